@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny random BERT checkpoints (fast) and one real MiniLM export (parity)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from tritonforge.export.bert.model import embedded_model_dir
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+
+
+def save_tiny_bert(folder: Path, classifier: bool = False, seed: int = 0) -> Path:
+    """A 2-layer, 32-wide BERT with MiniLM's real tokenizer, randomly initialised."""
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=512)
+    if classifier:
+        config.num_labels = 3
+        config.id2label = {0: "negative", 1: "neutral", 2: "positive"}
+        config.label2id = {v: k for k, v in config.id2label.items()}
+        model = BertForSequenceClassification(config)
+    else:
+        model = BertModel(config)
+    model.save_pretrained(str(folder))
+    for name in TOKENIZER_FILES:
+        source = embedded_model_dir() / name
+        if source.is_file():
+            shutil.copy(source, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory) -> Path:
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny_classifier"), classifier=True)
+
+
+@pytest.fixture(scope="session")
+def minilm_repo(tmp_path_factory) -> Path:
+    """The embedded MiniLM exported once (FP32) into a repository shared by read-only tests."""
+    from tritonforge.export.bert import BertOptions
+    from tritonforge.export.pipeline import export_model
+
+    repo = tmp_path_factory.mktemp("minilm_repo")
+    export_model("bert", BertOptions(), repo)
+    return repo

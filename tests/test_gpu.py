@@ -1,0 +1,36 @@
+"""GPU parity and latency (CUDA and TensorRT execution providers, FP16): `make gpu-check`.
+
+Skipped cleanly where ONNX Runtime cannot use a CUDA GPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tritonforge.errors import TritonForgeError
+from tritonforge.export.bert import BertOptions
+from tritonforge.export.pipeline import export_model
+from tritonforge.runtime import ort_session
+from tritonforge.verify.runner import verify_model
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(scope="module")
+def gpu_repo(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("gpu_repo")
+    fp32 = export_model("bert", BertOptions(), repo)
+    try:
+        ort_session(fp32.folder / "model.onnx", provider="cuda")
+    except TritonForgeError as exc:
+        pytest.skip(f"no usable CUDA GPU: {exc}")
+    export_model("bert", BertOptions(bits=16, gpu=True), repo)
+    return repo
+
+
+@pytest.mark.parametrize("name,provider", [("bert_fp32", "cuda"), ("bert_fp16", "cuda"),
+                                           ("bert_fp32", "tensorrt"), ("bert_fp16", "tensorrt")])
+def test_gpu_parity_and_latency(gpu_repo, name, provider):
+    report = verify_model(gpu_repo, name, provider=provider, iterations=20)
+    print(name, provider, report.to_json())
+    assert report.parity.passed

@@ -1,0 +1,203 @@
+"""The `tritonforge` command: parses, calls the library, prints. No family-specific logic."""
+
+from __future__ import annotations
+
+import functools
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tritonforge.errors import TritonForgeError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Export research models to verified ONNX and serve them with Triton.")
+export_app = typer.Typer(no_args_is_help=True, help="Export a model family into the model repository.")
+app.add_typer(export_app, name="export")
+
+console = Console()
+errors = Console(stderr=True)
+
+RepoOption = Annotated[Path, typer.Option("--repo", help="Model repository folder.")]
+DEFAULT_REPO = Path("model_repo")
+
+
+def friendly(command):
+    """Turn TritonForgeError into a one-line message (exit 2) and Ctrl-C into exit 130."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except TritonForgeError as exc:
+            errors.print(f"[bold red]error:[/] {exc}")
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            errors.print("[yellow]interrupted:[/] nothing was published; the repository is as it was")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+class Stages:
+    """Rich progress for a pipeline: each call closes the previous step and opens the next.
+
+    `stages(description, total)` returns a tick function; total 0 shows a spinner only.
+    """
+
+    def __init__(self, progress: Progress):
+        self.progress, self.task = progress, None
+
+    def __call__(self, description: str, total: int = 0):
+        self.finish()
+        self.task = self.progress.add_task(description, total=total or None)
+        task = self.task
+        return lambda: self.progress.advance(task)
+
+    def finish(self) -> None:
+        if self.task is not None:
+            total = self.progress.tasks[self.task].total or 1
+            self.progress.update(self.task, total=total, completed=total)
+
+
+def progress_bar() -> Progress:
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                    TextColumn("{task.completed}/{task.total}", style="dim"), TimeElapsedColumn(),
+                    console=errors, transient=False)
+
+
+@export_app.command("bert")
+@friendly
+def export_bert(
+    model: Annotated[str | None, typer.Option(
+        help="Hugging Face BERT directory (config.json, weights, tokenizer). "
+             "Default: the embedded all-MiniLM-L6-v2.")] = None,
+    bits: Annotated[int, typer.Option(help="32 (FP32) or 16 (FP16, for GPU serving).")] = 32,
+    name: Annotated[str | None, typer.Option(help="Model name. Default: bert_fp32 / bert_fp16.")] = None,
+    repo: RepoOption = DEFAULT_REPO,
+    max_batch: Annotated[int, typer.Option(help="Triton max_batch_size.")] = 32,
+    gpu: Annotated[bool, typer.Option(help="Serve on GPU with the TensorRT accelerator.")] = False,
+    graph: Annotated[str, typer.Option(
+        help="plain, fused (ONNX Runtime transformer optimizer) or auto (time both, keep the "
+             "faster).")] = "auto",
+    version: Annotated[int | None, typer.Option(help="Version number. Default: the next one.")] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing version or config.")] = False,
+):
+    """Export a BERT encoder or sequence classifier to ONNX as a new model version."""
+    from tritonforge.export.bert import BertOptions
+    from tritonforge.export.pipeline import export_model
+    from tritonforge.serving.repository import ServingOptions
+
+    options = BertOptions(model=model, bits=bits, graph=graph, gpu=gpu)
+    serving = ServingOptions(max_batch_size=max_batch, gpu=gpu, fp16=bits == 16)
+    with progress_bar() as progress:
+        stages = Stages(progress)
+        result = export_model("bert", options, repo, name, serving, version, force, stages)
+        stages.finish()
+    parity = result.manifest["parity"]
+    console.print(f"[green]exported[/] {result.folder} ({result.manifest['precision']}, "
+                  f"graph {result.manifest['onnx'].get('graph')}, "
+                  f"{result.manifest['onnx']['bytes'] / 1e6:.1f} MB)")
+    console.print(f"parity vs PyTorch on {parity['samples']} sentences: "
+                  f"{parity['metric']} {parity['value']:.6f} (tolerance {parity['tolerance']})")
+
+
+@app.command()
+@friendly
+def verify(
+    name: Annotated[str, typer.Argument(help="Model name in the repository.")],
+    repo: RepoOption = DEFAULT_REPO,
+    version: Annotated[int | None, typer.Option(help="Version. Default: the latest.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Batch size for parity and latency.")] = 8,
+    seq_len: Annotated[int, typer.Option(help="Sequence length (inputs padded to it).")] = 128,
+    threads: Annotated[int, typer.Option(help="Threads for PyTorch and ONNX Runtime alike.")] = 2,
+    iterations: Annotated[int, typer.Option(help="Timed runs per runtime.")] = 30,
+    samples: Annotated[int | None, typer.Option(
+        help="Parity samples. Default: the whole evaluation set.")] = None,
+    provider: Annotated[str, typer.Option(help="cpu, cuda or tensorrt.")] = "cpu",
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
+):
+    """Parity and latency of an exported version against its PyTorch reference."""
+    from tritonforge.verify.runner import verify_model
+
+    with progress_bar() as progress:
+        stages = Stages(progress)
+        report = verify_model(repo, name, version, batch_size, seq_len, threads, samples,
+                              iterations, provider, stages)
+        stages.finish()
+    print_report(report)
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+        console.print(f"report written to {json_path}")
+    if not report.parity.passed:
+        errors.print("[bold red]parity FAILED[/]: the ONNX model does not match its reference")
+        raise typer.Exit(1)
+
+
+def print_report(report) -> None:
+    parity = Table(title=f"{report.model} v{report.version} ({report.precision}): parity vs PyTorch")
+    for column in ("metric", "value", "tolerance", "result"):
+        parity.add_column(column)
+    for check in report.parity.checks:
+        bound = ">=" if check.higher_is_better else "<="
+        parity.add_row(check.metric, f"{check.value:.6g}", f"{bound} {check.tolerance:g}",
+                       "[green]pass[/]" if check.passed else "[red]FAIL[/]")
+    console.print(parity)
+    latency = Table(title=f"latency, batch {report.batch_size}, length {report.seq_len}, "
+                          f"{report.threads} threads, interleaved")
+    for column in ("runtime", "p50 ms", "p95 ms", "p99 ms"):
+        latency.add_column(column)
+    for runtime, stats in report.latency.items():
+        latency.add_row(runtime, *(f"{stats.percentile(q):.1f}" for q in (50, 95, 99)))
+    console.print(latency)
+    console.print(f"ONNX Runtime is [bold]{report.speedup:.2f}x[/] PyTorch eager (p50)")
+
+
+@app.command("ls")
+@friendly
+def list_models(repo: RepoOption = DEFAULT_REPO):
+    """The models and versions in the repository."""
+    from tritonforge.serving.repository import ModelRepository
+
+    repository = ModelRepository(repo)
+    table = Table(title=f"model repository {repo}")
+    for column in ("model", "versions", "family", "precision", "parity", "size MB", "created"):
+        table.add_column(column)
+    for model in repository.models():
+        versions = repository.versions(model)
+        if not versions:
+            table.add_row(model, "-", "", "", "", "", "")
+            continue
+        try:
+            manifest = repository.read_manifest(model)
+        except TritonForgeError:
+            table.add_row(model, ",".join(map(str, versions)), "?", "", "no manifest", "", "")
+            continue
+        parity = manifest.get("parity", {})
+        table.add_row(model, ",".join(map(str, versions)), manifest.get("family", "?"),
+                      manifest.get("precision", "?"),
+                      f"{parity.get('metric')} {parity.get('value', float('nan')):.6f}",
+                      f"{manifest.get('onnx', {}).get('bytes', 0) / 1e6:.1f}",
+                      manifest.get("created", ""))
+    console.print(table)
+
+
+def _terminate(signum, _frame):
+    # SIGTERM unwinds like Ctrl-C, so staging folders are removed on the way out.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
+    app(prog_name="tritonforge")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Exporters: the Family contract, the per-family packages, and the export pipeline."""

@@ -1,0 +1,210 @@
+"""The `bert` family: Hugging Face BERT encoders and sequence classifiers."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tritonforge.data import sentences
+from tritonforge.errors import TritonForgeError
+from tritonforge.export.base import Check, ExportInfo, Family, ModelIO, Parity, TensorSpec, register
+from tritonforge.export.bert.model import (
+    EMBEDDED_NAME,
+    SequenceClassifier,
+    eager_attention,
+    hf_config,
+    load_bert,
+    max_sequence_length,
+    output_width,
+    resolve_model_dir,
+)
+from tritonforge.export.onnx import (
+    MIN_OPSET,
+    check_onnx,
+    fastest_graph,
+    soften_mask_constants,
+    torch_to_onnx,
+)
+from tritonforge.verify.metrics import max_abs_diff, row_cosines, top1_agreement
+
+FLOAT_BITS = {32: "fp32", 16: "fp16"}
+GRAPHS = ("auto", "plain", "fused")
+# Declared tolerances per precision: (sentence-embedding cosine floor, max-abs-diff ceiling,
+# top-1 agreement floor for classifiers). FP32 is the same arithmetic in another order;
+# FP16 rounds every activation to 11 significant bits.
+TOLERANCES = {"fp32": (0.99999, 1e-4, 0.99), "fp16": (0.999, 0.05, 0.97)}
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass(frozen=True)
+class BertOptions:
+    """The export recipe; written verbatim into the manifest."""
+
+    model: str | None = None  # Hugging Face BERT directory; None: the embedded MiniLM
+    bits: int = 32  # 32 (FP32) or 16 (FP16, for GPU serving)
+    graph: str = "auto"  # "plain" ONNX, "fused" by ORT's transformer optimizer, or "auto": faster
+    gpu: bool = False  # serve with the CUDA / TensorRT execution accelerators
+    opset: int = MIN_OPSET
+    threads: int = 2  # threads used when "auto" times the candidate graphs
+
+    def __post_init__(self):
+        if self.bits not in FLOAT_BITS:
+            raise TritonForgeError(
+                f"--bits {self.bits} is not available for bert: choose 32 (FP32) or 16 (FP16)")
+        if self.graph not in GRAPHS:
+            raise TritonForgeError(f"--graph {self.graph!r} is unknown: choose one of {', '.join(GRAPHS)}")
+
+    @property
+    def precision(self) -> str:
+        return FLOAT_BITS[self.bits]
+
+
+@register
+class BertFamily(Family):
+    name = "bert"
+    options_type = BertOptions
+
+    def default_name(self, options: BertOptions) -> str:
+        return f"bert_{options.precision}"
+
+    def load(self, options: BertOptions):
+        return load_bert(resolve_model_dir(options.model))
+
+    def source(self, model) -> dict[str, Any]:
+        """Where the weights came from, for the manifest."""
+        config = hf_config(model)
+        embedded = model.model_dir == resolve_model_dir(None)
+        return {
+            "model_dir": None if embedded else str(Path(model.model_dir).resolve()),
+            "embedded": EMBEDDED_NAME if embedded else None,
+            "architecture": type(model.classifier).__name__ if isinstance(model, SequenceClassifier)
+            else "BertModel",
+            "hidden_size": int(config.hidden_size),
+            "num_hidden_layers": int(config.num_hidden_layers),
+        }
+
+    def io(self, model, options: BertOptions) -> ModelIO:
+        width = output_width(model)
+        if isinstance(model, SequenceClassifier):
+            outputs = (TensorSpec("logits", "float32", (width,)),)
+            labels = {int(k): v for k, v in hf_config(model).id2label.items()}
+            head: dict[str, Any] = {"labels": [labels[i] for i in sorted(labels)]}
+        else:
+            outputs = (TensorSpec("last_hidden_state", "float32", (-1, width)),
+                       TensorSpec("sentence_embedding", "float32", (width,)))
+            head = {"pooling": model.pooling, "normalize": model.normalize}
+        tokenizer = model.tokenizer
+        preprocessing = {
+            "kind": "text",
+            "tokenizer": "tokenizer/tokenizer.json",
+            "max_length": max_sequence_length(model.model_dir, hf_config(model)),
+            "lowercase": bool(getattr(tokenizer, "do_lower_case", False)),
+            "padding": "longest",
+            "truncation": True,
+            "pad_token_id": int(tokenizer.pad_token_id),
+            **head,
+        }
+        return ModelIO(tuple(TensorSpec(n, "int64", (-1,)) for n in INPUTS), outputs, preprocessing)
+
+    def sample_inputs(self, model, options: BertOptions, n: int | None, seq_len: int | None = 128
+                      ) -> dict[str, np.ndarray]:
+        corpus = sentences()
+        texts = corpus if n is None else [corpus[i % len(corpus)] for i in range(n)]
+        return tokenize(model.tokenizer, texts, seq_len)
+
+    def export(self, model, path: Path, options: BertOptions) -> ExportInfo:
+        io = self.io(model, options)
+        feed = self.sample_inputs(model, options, 8, 128)
+        axes = {name: {0: "batch", 1: "sequence"} for name in INPUTS}
+        axes.update({spec.name: {0: "batch"} for spec in io.outputs})
+        if "last_hidden_state" in axes:
+            axes["last_hidden_state"] = {0: "batch", 1: "sequence"}
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".graphs-") as scratch:
+            plain = Path(scratch) / "plain.onnx"
+            with eager_attention(model):
+                torch_to_onnx(model, feed, plain, io, axes, options.opset)
+            soften_mask_constants(plain)
+            candidates = {"plain": plain}
+            if options.graph != "plain" or options.bits == 16:
+                candidates["fused"] = fuse_transformer(plain, model, Path(scratch) / "fused.onnx")
+            details: dict[str, Any] = {}
+            if options.bits == 16 or options.gpu:
+                # GPU graphs are the fused ones (fused Attention is what GPUs gain most from);
+                # FP16 conversion keeps fp32 inputs/outputs so clients need not change.
+                chosen = "fused"
+            elif options.graph == "auto":
+                chosen, timings = fastest_graph(candidates, feed, options.threads)
+                details["candidates_ms"] = {k: round(v, 2) for k, v in timings.items()}
+            else:
+                chosen = options.graph
+            if options.bits == 16:
+                candidates["fused"] = to_float16(candidates["fused"])
+            shutil.move(str(candidates[chosen]), str(path))
+        details["graph"] = chosen
+        return ExportInfo(opset=check_onnx(path), precision=options.precision, details=details)
+
+    def write_side_files(self, model, version_dir: Path) -> None:
+        """The tokenizer travels with the artifact, so any client can reproduce the inputs."""
+        model.tokenizer.save_pretrained(str(version_dir / "tokenizer"))
+
+    def compare(self, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray],
+                options: BertOptions, inputs: Mapping[str, np.ndarray] | None = None) -> Parity:
+        cosine_floor, abs_ceiling, top1_floor = TOLERANCES[options.precision]
+        if "logits" in reference:
+            ref, cand = reference["logits"], candidate["logits"]
+            agreement = top1_agreement(ref, cand)
+            return Parity((Check("top1_agreement", agreement, top1_floor, True),
+                           Check("max_abs_diff", max_abs_diff(ref, cand), abs_ceiling, False)),
+                          {"samples": int(ref.shape[0])})
+        cosines = row_cosines(reference["sentence_embedding"], candidate["sentence_embedding"])
+        hidden_ref, hidden_cand = reference["last_hidden_state"], candidate["last_hidden_state"]
+        details = {"min_cosine": float(cosines.min()), "samples": int(cosines.shape[0]),
+                   "embedding_max_abs_diff": max_abs_diff(reference["sentence_embedding"],
+                                                          candidate["sentence_embedding"])}
+        if inputs is not None:
+            # Hidden states at padding positions are never used (pooling masks them out) and
+            # differ more between attention kernels: judge the real tokens, report the rest.
+            real = inputs["attention_mask"][:, : hidden_ref.shape[1]].astype(bool)
+            if (~real).any():
+                details["padding_max_abs_diff"] = max_abs_diff(hidden_ref[~real], hidden_cand[~real])
+            hidden_ref, hidden_cand = hidden_ref[real], hidden_cand[real]
+        return Parity((Check("cosine", float(cosines.mean()), cosine_floor, True),
+                       Check("max_abs_diff", max_abs_diff(hidden_ref, hidden_cand), abs_ceiling, False)),
+                      details)
+
+
+def tokenize(tokenizer, texts: list[str], seq_len: int | None) -> dict[str, np.ndarray]:
+    """Token arrays for the graph: padded to `seq_len` (None: to the longest text)."""
+    padding = "max_length" if seq_len else "longest"
+    encoded = tokenizer(texts, padding=padding, truncation=True, max_length=seq_len,
+                        return_tensors="np", return_token_type_ids=True)
+    return {name: np.asarray(encoded[name], dtype=np.int64) for name in INPUTS}
+
+
+def fuse_transformer(source: Path, model, target: Path) -> Path:
+    """ONNX Runtime's transformer optimizer: fused Attention, SkipLayerNorm, BiasGelu."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    config = hf_config(model)
+    optimized = optimize_model(str(source), model_type="bert", opt_level=0,
+                               num_heads=int(config.num_attention_heads),
+                               hidden_size=int(config.hidden_size))
+    optimized.save_model_to_file(str(target))
+    return target
+
+
+def to_float16(path: Path) -> Path:
+    """FP16 weights and activations; inputs and outputs keep their types."""
+    import onnx
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    model = OnnxModel(onnx.load(str(path)))
+    model.convert_float_to_float16(keep_io_types=True)
+    model.save_model_to_file(str(path))
+    return path

@@ -1,0 +1,120 @@
+"""`export`: reference -> ONNX -> parity check -> a new version in the model repository."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tritonforge import __version__
+from tritonforge.errors import TritonForgeError
+from tritonforge.export.base import Family, ModelIO, Parity, get_family
+from tritonforge.export.onnx import sha256_file
+from tritonforge.runtime import ort_session
+from tritonforge.serving.repository import (
+    MODEL_FILE,
+    ModelRepository,
+    ServingOptions,
+    model_config,
+    validate_name,
+    write_manifest,
+)
+from tritonforge.verify.runner import parity_check
+
+EXPORT_PARITY_SAMPLES = 32
+
+Stage = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    name: str
+    version: int
+    folder: Path
+    manifest: dict[str, Any]
+
+
+def export_model(family: str | Family, options: Any, repo: Path | str = "model_repo",
+                 name: str | None = None, serving: ServingOptions | None = None,
+                 version: int | None = None, force: bool = False,
+                 stage: Stage | None = None) -> ExportResult:
+    """Export `options` of `family` as a new version of `name` in `repo` and return it.
+
+    The version is published only if the ONNX graph passes the family's parity check on
+    real inputs; otherwise nothing is written.
+    """
+    family = get_family(family) if isinstance(family, str) else family
+    name = validate_name(name or family.default_name(options))
+    serving = serving or ServingOptions()
+    stage = stage or (lambda _message: None)
+    repository = ModelRepository(repo)
+
+    stage("loading the PyTorch reference")
+    model = family.load(options)
+    io = family.io(model, options)
+    config = model_config(name, io, serving)
+    result: dict[str, Any] = {}
+
+    def populate(folder: Path, number: int) -> None:
+        stage("exporting to ONNX")
+        info = family.export(model, folder / MODEL_FILE, options)
+        family.write_side_files(model, folder)
+        stage("checking ONNX Runtime against PyTorch")
+        session = ort_session(folder / MODEL_FILE, threads=getattr(options, "threads", 2))
+        inputs = family.sample_inputs(model, options, EXPORT_PARITY_SAMPLES)
+        parity = parity_check(family, model, options, io, session, inputs)
+        if not parity.passed:
+            raise TritonForgeError(
+                f"the exported graph does not match PyTorch ({describe_parity(parity)}); "
+                "nothing was written. Try --graph plain, or report the model")
+        stage("writing the version")
+        result["manifest"] = manifest = {
+            "manifest_version": 1,
+            "tritonforge_version": __version__,
+            "name": name,
+            "version": number,
+            "family": family.name,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "source": family.source(model),
+            "recipe": dataclasses.asdict(options),
+            "precision": info.precision,
+            "io": io.to_json(),
+            "onnx": {"file": MODEL_FILE, "sha256": sha256_file(folder / MODEL_FILE),
+                     "bytes": (folder / MODEL_FILE).stat().st_size, "opset": info.opset,
+                     **dict(info.details)},
+            "serving": dataclasses.asdict(serving),
+            "parity": {"reference": "pytorch", "samples": EXPORT_PARITY_SAMPLES, **parity.to_json()},
+            "environment": environment(),
+        }
+        write_manifest(folder, manifest)
+
+    number = repository.write_version(name, config, populate, version=version, force=force)
+    return ExportResult(name, number, repository.root / name / str(number), result["manifest"])
+
+
+def describe_parity(parity: Parity) -> str:
+    return ", ".join(
+        f"{c.metric} {c.value:.6g} {'>=' if c.higher_is_better else '<='} {c.tolerance:g}"
+        f" {'ok' if c.passed else 'FAILED'}" for c in parity.checks)
+
+
+def environment() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import torch
+
+    versions = {"torch": torch.__version__, "onnx": onnx.__version__,
+                "onnxruntime": onnxruntime.__version__}
+    try:
+        import transformers
+
+        versions["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+    return versions
+
+
+__all__ = ["ExportResult", "ModelIO", "export_model"]

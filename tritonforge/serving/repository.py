@@ -1,0 +1,320 @@
+"""The Triton model repository: protobuf configs, numbered versions, manifests, atomic writes.
+
+Layout (what Triton reads, plus our manifest beside the model):
+
+    <repo>/<name>/config.pbtxt
+    <repo>/<name>/<version>/model.onnx
+    <repo>/<name>/<version>/tritonforge.json
+
+A version is built in a hidden staging folder inside the repository and renamed into place,
+so an interrupted export leaves the repository as it was. Existing versions are never
+replaced unless asked (`force`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+from tritonclient.utils import np_to_triton_dtype
+
+from tritonforge.errors import TritonForgeError
+from tritonforge.export.base import ModelIO
+
+CONFIG_FILE = "config.pbtxt"
+MANIFEST_FILE = "tritonforge.json"
+MODEL_FILE = "model.onnx"
+STAGING_PREFIX = ".staging-"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def validate_name(name: str) -> str:
+    """A model name is one plain folder name: no '/', no '..', no leading dot."""
+    if not _NAME.match(name) or ".." in name:
+        raise TritonForgeError(
+            f"model name {name!r} is not allowed: use letters, digits, '_', '-' and '.', "
+            "starting with a letter or digit, without '/' or '..' (at most 128 characters)"
+        )
+    return name
+
+
+# -- config.pbtxt -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServingOptions:
+    """How Triton should run the model; the part of the config that is not the model's I/O."""
+
+    max_batch_size: int = 32
+    gpu: bool = False
+    fp16: bool = False  # TensorRT precision when gpu
+    instances: int = 1
+    queue_delay_us: int = 500
+    warmup_length: int = 16  # stands in for dynamic axes in the warm-up request
+
+    def __post_init__(self):
+        if self.max_batch_size < 1:
+            raise TritonForgeError(
+                f"--max-batch {self.max_batch_size} must be at least 1 (Triton batches along dim 0)")
+        if self.instances < 1:
+            raise TritonForgeError(f"instance count {self.instances} must be at least 1")
+
+
+def triton_dtype(dtype: str) -> int:
+    """numpy dtype name -> ModelConfig DataType (strings travel as TYPE_STRING)."""
+    name = np_to_triton_dtype(np.dtype(dtype))
+    return mc.DataType.Value("TYPE_STRING" if name == "BYTES" else f"TYPE_{name}")
+
+
+def preferred_batch_sizes(max_batch_size: int) -> list[int]:
+    return [size for size in (4, 8, 16, 32) if size <= max_batch_size] or [max_batch_size]
+
+
+def model_config(name: str, io: ModelIO, serving: ServingOptions,
+                 backend: str = "onnxruntime") -> mc.ModelConfig:
+    """A ModelConfig message for one model; serialize with `config_text`."""
+    config = mc.ModelConfig(name=name, backend=backend, max_batch_size=serving.max_batch_size)
+    for spec in io.inputs:
+        config.input.add(name=spec.name, data_type=triton_dtype(spec.dtype), dims=list(spec.dims))
+    for spec in io.outputs:
+        config.output.add(name=spec.name, data_type=triton_dtype(spec.dtype), dims=list(spec.dims))
+    config.dynamic_batching.preferred_batch_size.extend(preferred_batch_sizes(serving.max_batch_size))
+    config.dynamic_batching.max_queue_delay_microseconds = serving.queue_delay_us
+    kind = mc.ModelInstanceGroup.KIND_GPU if serving.gpu else mc.ModelInstanceGroup.KIND_CPU
+    config.instance_group.add(count=serving.instances, kind=kind)
+    warmup = config.model_warmup.add(name="warmup", batch_size=1)
+    for spec in io.inputs:
+        dims = [serving.warmup_length if d < 0 else d for d in spec.dims]
+        warmup.inputs[spec.name].CopyFrom(mc.ModelWarmup.Input(
+            data_type=triton_dtype(spec.dtype), dims=dims, zero_data=True))
+    if serving.gpu:
+        accelerators = config.optimization.execution_accelerators.gpu_execution_accelerator
+        accelerators.add(name="tensorrt", parameters={
+            "precision_mode": "FP16" if serving.fp16 else "FP32",
+            "max_workspace_size_bytes": str(1 << 30),
+            "trt_engine_cache_enable": "1",
+            "trt_engine_cache_path": "/tmp/triton_trt_cache",
+        })
+    return config
+
+
+def config_text(config: mc.ModelConfig) -> str:
+    return text_format.MessageToString(config)
+
+
+def parse_config(text: str) -> mc.ModelConfig:
+    return text_format.Parse(text, mc.ModelConfig())
+
+
+def io_signature(config: mc.ModelConfig) -> list[tuple]:
+    """What clients depend on: each input/output's name, dtype and dims, and batching."""
+    rows = [("max_batch_size", config.max_batch_size > 0)]
+    for group, tensors in (("input", config.input), ("output", config.output)):
+        rows += [(group, t.name, t.data_type, tuple(t.dims)) for t in tensors]
+    return rows
+
+
+# -- the repository ------------------------------------------------------------------------
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write beside the target and rename over it: readers see the old file or the new one."""
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "w") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class ModelRepository:
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+
+    # reading ------------------------------------------------------------------------------
+
+    def models(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir()
+                      if p.is_dir() and not p.name.startswith(".") and (p / CONFIG_FILE).is_file())
+
+    def versions(self, name: str) -> list[int]:
+        folder = self.root / validate_name(name)
+        if not folder.is_dir():
+            return []
+        return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+
+    def resolve(self, name: str, version: int | None = None) -> tuple[int, Path]:
+        """(version, folder) of an existing version; the latest when version is None."""
+        versions = self.versions(name)
+        if not versions:
+            known = ", ".join(self.models()) or "none yet"
+            raise TritonForgeError(
+                f"no model named {name!r} in {self.root} (models there: {known}); "
+                f"export it first, e.g. `tritonforge export bert --name {name}`, or pass --repo")
+        chosen = versions[-1] if version is None else version
+        if chosen not in versions:
+            raise TritonForgeError(
+                f"model {name!r} has no version {chosen} (versions: {', '.join(map(str, versions))})")
+        return chosen, self.root / name / str(chosen)
+
+    def read_manifest(self, name: str, version: int | None = None) -> dict[str, Any]:
+        version, folder = self.resolve(name, version)
+        path = folder / MANIFEST_FILE
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise TritonForgeError(
+                f"{path} is missing: this version was not written by tritonforge; export again"
+            ) from exc
+        except json.JSONDecodeError as exc:
+            raise TritonForgeError(f"{path} is not valid JSON ({exc}): export the model again") from exc
+
+    def read_config(self, name: str) -> mc.ModelConfig:
+        path = self.root / validate_name(name) / CONFIG_FILE
+        try:
+            return parse_config(path.read_text())
+        except FileNotFoundError as exc:
+            raise TritonForgeError(f"{path} is missing: export the model again") from exc
+        except text_format.ParseError as exc:
+            raise TritonForgeError(f"{path} is not a valid Triton model config: {exc}") from exc
+
+    # writing ------------------------------------------------------------------------------
+
+    def _ensure_writable(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            handle, probe = tempfile.mkstemp(dir=self.root, prefix=".write-check-")
+            os.close(handle)
+            os.unlink(probe)
+        except OSError as exc:
+            raise TritonForgeError(
+                f"cannot write the model repository {self.root}: {exc.strerror or exc}; "
+                "choose another folder with --repo or fix its permissions") from exc
+
+    def _remove_stale_staging(self) -> None:
+        """Staging folders left by an export that was killed (its process is gone)."""
+        for folder in self.root.glob(f"{STAGING_PREFIX}*"):
+            owner = folder.name[len(STAGING_PREFIX):].split("-")[0]
+            if owner.isdigit() and not _pid_alive(int(owner)):
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def write_version(self, name: str, config: mc.ModelConfig,
+                      populate: Callable[[Path, int], None], version: int | None = None,
+                      force: bool = False) -> int:
+        """Build a new version with `populate(folder, version)` and publish it atomically.
+
+        The next free version number is used unless `version` is given; an existing version
+        is replaced only with `force`. The config is rewritten after the version is in place;
+        a config whose inputs/outputs differ from the existing one needs `force`.
+        """
+        validate_name(name)
+        if config.name != name:
+            raise ValueError(f"config is for {config.name!r}, not {name!r}")
+        self._ensure_writable()
+        self._remove_stale_staging()
+        model_dir = self.root / name
+        existing = self.versions(name)
+        version = version if version is not None else (existing[-1] + 1 if existing else 1)
+        if version < 1:
+            raise TritonForgeError(f"version {version} is not allowed: versions start at 1")
+        if version in existing and not force:
+            raise TritonForgeError(
+                f"{model_dir / str(version)} already exists and may be served: "
+                "leave --version out to add the next version, or pass --force to replace it")
+        if (model_dir / CONFIG_FILE).is_file() and not force:
+            old = self.read_config(name)
+            if io_signature(old) != io_signature(config):
+                raise TritonForgeError(
+                    f"the new export's inputs/outputs differ from those of the versions already "
+                    f"in {model_dir} (one config serves all versions): use another --name, "
+                    "or --force to replace the config")
+
+        staging = Path(tempfile.mkdtemp(dir=self.root, prefix=f"{STAGING_PREFIX}{os.getpid()}-"))
+        try:
+            version_dir = staging / str(version)
+            version_dir.mkdir()
+            populate(version_dir, version)
+            (staging / CONFIG_FILE).write_text(config_text(config))
+            if not model_dir.exists():
+                os.rename(staging, model_dir)  # the whole model appears at once
+                return version
+            self._publish_version(staging, version_dir, model_dir / str(version))
+            os.replace(staging / CONFIG_FILE, model_dir / CONFIG_FILE)
+            return version
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    @staticmethod
+    def _publish_version(staging: Path, built: Path, target: Path) -> None:
+        old = staging / "replaced"
+        if target.exists():  # only reached with force
+            os.rename(target, old)
+        try:
+            os.rename(built, target)
+        except OSError as exc:
+            if old.exists():
+                os.rename(old, target)
+            raise TritonForgeError(
+                f"could not publish {target} ({exc.strerror or exc}); another export may have "
+                "written it meanwhile: run the export again") from exc
+
+
+def write_manifest(version_dir: Path, manifest: Mapping[str, Any]) -> None:
+    (version_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+
+
+def onnx_io_matches_config(onnx_inputs: Sequence, onnx_outputs: Sequence,
+                           config: mc.ModelConfig) -> list[str]:
+    """Differences between an ONNX file's graph I/O and the config (empty when they agree).
+
+    ONNX rows are (name, elem_type, dims) with the batch axis first; dims that are names
+    (dynamic) must be -1 in the config.
+    """
+    import onnx
+    from onnx import helper
+
+    problems = []
+    for kind, rows, tensors in (("input", onnx_inputs, config.input),
+                                ("output", onnx_outputs, config.output)):
+        by_name = {t.name: t for t in tensors}
+        if {r[0] for r in rows} != set(by_name):
+            problems.append(f"{kind} names: onnx {sorted(r[0] for r in rows)} vs config "
+                            f"{sorted(by_name)}")
+            continue
+        for name, elem_type, dims in rows:
+            tensor = by_name[name]
+            want = mc.DataType.Name(tensor.data_type)
+            have = triton_dtype(helper.tensor_dtype_to_np_dtype(elem_type).name) \
+                if elem_type != onnx.TensorProto.STRING else mc.TYPE_STRING
+            if have != tensor.data_type:
+                problems.append(f"{kind} {name}: onnx {mc.DataType.Name(have)} vs config {want}")
+            onnx_dims = [-1 if isinstance(d, str) or d == 0 else d for d in dims[1:]]
+            if onnx_dims != list(tensor.dims):
+                problems.append(f"{kind} {name}: onnx dims {onnx_dims} vs config {list(tensor.dims)}")
+    return problems

@@ -1,0 +1,1 @@
+"""Parity and latency of exported artifacts against their PyTorch reference."""
