@@ -1,0 +1,1 @@
+"""Serving: the Triton model repository writer (and, later, the local server and client)."""
