@@ -1,0 +1,1 @@
+"""Shared quantization: fake quantizers, observers, Outlier Suppression transforms, QDQ ONNX."""
