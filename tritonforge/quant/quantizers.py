@@ -1,0 +1,187 @@
+"""Fake quantizers for 2..8 bits, their observers, and LSQ+ learnable parameters.
+
+Weights: symmetric, per output channel (rows of a Linear's [out, in] weight, rows of an
+embedding table), q in [-2^(b-1), 2^(b-1) - 1], zero point 0.
+Activations: asymmetric, per tensor, q in [0, 2^b - 1], scale and zero point from an
+observer (MinMax, percentile, token-wise clipping) and optionally trained (LSQ+).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from tritonforge.errors import TritonForgeError
+
+MIN_BITS, MAX_BITS = 2, 8
+
+
+def check_bits(bits: int, what: str = "--bits") -> int:
+    if not MIN_BITS <= int(bits) <= MAX_BITS:
+        raise TritonForgeError(
+            f"{what} {bits} is outside {MIN_BITS}..{MAX_BITS}: quantized graphs use 8-bit "
+            "containers, so choose 8, 6, 4 (or another value in that range)")
+    return int(bits)
+
+
+def signed_range(bits: int) -> tuple[int, int]:
+    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+
+def unsigned_range(bits: int) -> tuple[int, int]:
+    return 0, 2**bits - 1
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """round() whose gradient is the identity (straight-through), so LSQ+ can learn."""
+    return (x.round() - x).detach() + x
+
+
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int,
+                  qmax: int) -> torch.Tensor:
+    """Quantize to integers in [qmin, qmax] and back: (clamp(round(x/s) + z) - z) * s."""
+    q = torch.clamp(round_ste(x / scale) + round_ste(zero_point), qmin, qmax)
+    return (q - round_ste(zero_point)) * scale
+
+
+# -- weights -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QuantizedWeight:
+    """Integers on the k-bit grid and per-row scales: weight ~= values * scale[:, None]."""
+
+    values: torch.Tensor  # int8 container, every value within the k-bit signed range
+    scale: torch.Tensor  # [rows], float32
+    bits: int
+
+    def dequantize(self) -> torch.Tensor:
+        return self.values.float() * self.scale[:, None]
+
+
+@torch.no_grad()
+def quantize_weight(weight: torch.Tensor, bits: int, method: str = "minmax",
+                    grid: int = 100) -> QuantizedWeight:
+    """Symmetric per-row quantization of a 2-D weight.
+
+    `minmax` maps each row's max |w| to the top of the grid. `mse` shrinks each row's range
+    by the factor in (0.3, 1] that minimises that row's squared rounding error: at 4 bits the
+    largest weights are rarer than the precision lost on all the others.
+    """
+    check_bits(bits)
+    if weight.dim() != 2:
+        raise ValueError(f"expected a 2-D weight, got shape {tuple(weight.shape)}")
+    qmin, qmax = signed_range(bits)
+    w = weight.detach().float()
+    peak = w.abs().amax(dim=1).clamp(min=1e-12)
+    if method == "minmax":
+        scale = peak / qmax
+    elif method == "mse":
+        best_err = torch.full_like(peak, float("inf"))
+        scale = peak / qmax
+        for ratio in torch.linspace(1.0, 0.3, grid):
+            candidate = peak * ratio / qmax
+            q = torch.clamp(torch.round(w / candidate[:, None]), qmin, qmax)
+            err = ((q * candidate[:, None] - w) ** 2).sum(dim=1)
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            scale = torch.where(better, candidate, scale)
+    else:
+        raise ValueError(f"unknown weight observer {method!r}: use minmax or mse")
+    values = torch.clamp(torch.round(w / scale[:, None]), qmin, qmax).to(torch.int8)
+    return QuantizedWeight(values, scale, bits)
+
+
+# -- activations ---------------------------------------------------------------------------
+
+
+class TokenMask:
+    """Which tokens are real (not padding) in the batch being run; set by the model's caller,
+    read by every observer, so statistics never include padding."""
+
+    def __init__(self):
+        self.mask: torch.Tensor | None = None  # [B, L] bool
+
+
+class ActQuantizer(nn.Module):
+    """Asymmetric per-tensor activation quantizer with three modes:
+
+    - "observe": pass x through and record, over real tokens, each token's max and min
+      (the statistics token-wise clipping needs) and a sample of values (for percentiles);
+    - "quantize": fake-quantize with `scale` and `zero_point` (trainable: LSQ+);
+    - "off": identity.
+
+    `token_axis` is where tokens are: 1 for [B, L, C] activations, 2 for attention
+    probabilities [B, H, L, L] (a query token's row).
+    """
+
+    def __init__(self, bits: int, token_mask: TokenMask, token_axis: int = 1, name: str = ""):
+        super().__init__()
+        self.bits = check_bits(bits)
+        self.qmin, self.qmax = unsigned_range(bits)
+        self.token_mask, self.token_axis, self.name = token_mask, token_axis, name
+        self.mode = "off"
+        self.scale = nn.Parameter(torch.tensor(1.0))
+        self.zero_point = nn.Parameter(torch.tensor(0.0))
+        self.token_max: list[torch.Tensor] = []
+        self.token_min: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "quantize":
+            return fake_quantize(x, self.scale, self.zero_point, self.qmin, self.qmax)
+        if self.mode == "observe":
+            self.observe(x.detach())
+        return x
+
+    def observe(self, x: torch.Tensor) -> None:
+        if not torch.isfinite(x).all():
+            raise TritonForgeError(
+                f"NaN or Inf in activation {self.name!r} during calibration: the model or the "
+                "calibration text is broken there; check the checkpoint")
+        tokens = x.movedim(self.token_axis, 1)  # [B, L, ...]
+        tokens = tokens.reshape(tokens.shape[0], tokens.shape[1], -1)
+        mask = self.token_mask.mask
+        if mask is not None:
+            tokens = tokens[mask[:, : tokens.shape[1]]]  # [real tokens, features]
+        else:
+            tokens = tokens.flatten(0, 1)
+        self.token_max.append(tokens.amax(dim=1))
+        self.token_min.append(tokens.amin(dim=1))
+        flat = tokens.flatten()
+        keep = torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(len(self.values)))
+        self.values.append(flat[keep[:20000]])
+
+    def reset_statistics(self) -> None:
+        self.token_max, self.token_min, self.values = [], [], []
+
+    # ranges -> (scale, zero point) -------------------------------------------------------
+
+    @torch.no_grad()
+    def set_range(self, low: float, high: float) -> None:
+        """Cover [low, high] (widened to include 0, as the grid must represent 0 exactly)."""
+        low, high = min(float(low), 0.0), max(float(high), 0.0)
+        scale = max((high - low) / (self.qmax - self.qmin), 1e-8)
+        self.scale.fill_(scale)
+        self.zero_point.fill_(float(min(max(round(-low / scale), self.qmin), self.qmax)))
+
+    def range(self) -> tuple[float, float]:
+        scale, zero = float(self.scale.detach()), float(torch.round(self.zero_point.detach()))
+        return (self.qmin - zero) * scale, (self.qmax - zero) * scale
+
+    def minmax_range(self) -> tuple[float, float]:
+        return float(torch.cat(self.token_min).min()), float(torch.cat(self.token_max).max())
+
+    def percentile_range(self, percentile: float = 99.99) -> tuple[float, float]:
+        values = torch.cat(self.values).double()
+        q = percentile / 100.0
+        return float(torch.quantile(values, 1.0 - q)), float(torch.quantile(values, q))
+
+    def token_wise_range(self, alpha: float) -> tuple[float, float]:
+        """Token-Wise Clipping, coarse stage: clip at the alpha-quantile of the per-token
+        maxima (and the (1 - alpha)-quantile of the per-token minima)."""
+        high = torch.quantile(torch.cat(self.token_max).double(), alpha)
+        low = torch.quantile(torch.cat(self.token_min).double(), 1.0 - alpha)
+        return float(low), float(high)
