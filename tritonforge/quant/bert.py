@@ -25,6 +25,7 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutput
 
 from tritonforge.errors import TritonForgeError
+from tritonforge.quant.quantizers import TokenMask
 
 ACTIVATION_SLOTS = ("query", "key", "value", "probs", "context", "gelu")
 
@@ -100,8 +101,10 @@ class QuantBert(nn.Module):
         # Output quantizer of each layer's final LayerNorm; the embedding LN's is embed_quant.
         self.embed_quant = nn.Identity()
         self.out_quant = nn.ModuleList(nn.Identity() for _ in self.layers)
+        self.token_mask = TokenMask()  # observers read which tokens are real from here
 
     def forward(self, input_ids, attention_mask, token_type_ids) -> BaseModelOutput:
+        self.token_mask.mask = attention_mask.bool()
         positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
         x = self.word(input_ids) + self.token_type(token_type_ids) + self.position(positions)
         x = self.embed_quant(self.embed_norm(x))
@@ -110,6 +113,26 @@ class QuantBert(nn.Module):
         for layer, out_quant in zip(self.layers, self.out_quant, strict=True):
             x = layer(x, mask, out_quant)
         return BaseModelOutput(last_hidden_state=x)
+
+    def activation_slots(self) -> list[tuple[str, nn.Module, str]]:
+        """(name, owner, key) of every activation quantizer slot, in execution order; the
+        last layer's output is the model's output and has none."""
+        slots = [("embed", self, "embed_quant")]
+        for index, layer in enumerate(self.layers):
+            for key in (*ACTIVATION_SLOTS[:5], "ln", "gelu"):
+                slots.append((f"layers.{index}.{key}", layer.quant, key))
+            if index < len(self.layers) - 1:
+                slots.append((f"layers.{index}.out", self.out_quant, str(index)))
+        return slots
+
+    def weight_tables(self) -> dict[str, nn.Parameter]:
+        """Every weight the paper quantizes: Linear weights and embedding tables (per row)."""
+        tables = {"word": self.word.weight, "position": self.position.weight,
+                  "token_type": self.token_type.weight}
+        for index, layer in enumerate(self.layers):
+            for key in ("query", "key", "value", "attn_out", "ffn_in", "ffn_out"):
+                tables[f"layers.{index}.{key}"] = getattr(layer, key).weight
+        return tables
 
     def norm_sites(self) -> list[tuple[nn.LayerNorm, list[nn.Linear], ShortcutLayerNorm | None]]:
         """Each LayerNorm with the Linears that read its output and the block end that adds it

@@ -1,0 +1,80 @@
+"""Post-training quantization of BERT in PyTorch: placement, calibration, clipping."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tritonforge.data import CALIBRATION, read_lines, sentences
+from tritonforge.errors import TritonForgeError
+from tritonforge.export.bert import tokenize
+from tritonforge.export.bert.model import load_bert
+from tritonforge.quant.calibrate import QuantRecipe, quantize_bert
+from tritonforge.quant.quantizers import ActQuantizer, signed_range
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_bert):
+    model = load_bert(tiny_bert)
+    return model, tokenize(model.tokenizer, read_lines(CALIBRATION)[:32], 64)
+
+
+def test_every_paper_site_gets_a_quantizer_and_weights_sit_on_the_grid(tiny):
+    model, calib = tiny
+    result = quantize_bert(model.bert, QuantRecipe(method="minmax", wbits=6, abits=6), calib, 16)
+    layers = len(result.model.layers)
+    # embedding LN + per layer (Q, K, V, probs, context, LN_a, GELU, LN_o) - the last LN_o
+    assert len(result.quantizers) == 1 + 8 * layers - 1
+    assert all(isinstance(q, ActQuantizer) and q.mode == "quantize" for q in result.quantizers.values())
+    assert {"word", "position", "token_type", "layers.0.query", "layers.1.ffn_out"} <= set(result.weights)
+    qmin, qmax = signed_range(6)
+    for quantized in result.weights.values():
+        assert quantized.values.min() >= qmin and quantized.values.max() <= qmax
+    torch.testing.assert_close(result.model.layers[0].query.weight,
+                               result.weights["layers.0.query"].dequantize())
+
+
+def test_activation_ranges_use_at_most_k_bits(tiny):
+    model, calib = tiny
+    result = quantize_bert(model.bert, QuantRecipe(method="percentile", wbits=8, abits=4), calib, 16)
+    for quantizer in result.quantizers.values():
+        assert (quantizer.qmin, quantizer.qmax) == (0, 15)
+        assert 0 <= float(quantizer.zero_point.detach()) <= 15
+
+
+def test_token_wise_clipping_picks_the_alpha_with_the_lowest_output_error(tiny):
+    model, calib = tiny
+    result = quantize_bert(model.bert, QuantRecipe(method="os", wbits=8, abits=6, alpha_grid=4),
+                           calib, 16)
+    assert any(abs(result.alpha - a) < 1e-9 for a in np.linspace(1.0, 0.95, 4))
+    # The grid includes alpha = 1 (no clipping), so the choice is never worse than it.
+    unclipped = quantize_bert(model.bert, QuantRecipe(method="os", wbits=8, abits=6, alpha_grid=1),
+                              calib, 16)
+    assert unclipped.alpha == 1.0
+    assert result.calibration_error <= unclipped.calibration_error
+
+
+def test_quantized_model_stays_close_to_fp_at_8_bits(tiny):
+    model, calib = tiny
+    result = quantize_bert(model.bert, QuantRecipe(method="minmax"), calib, 16)
+    feed = {k: torch.from_numpy(v) for k, v in tokenize(model.tokenizer, sentences(16), 64).items()}
+    with torch.no_grad():
+        fp = model.bert(**feed).last_hidden_state
+        q = result.model(**feed).last_hidden_state
+    cosine = torch.nn.functional.cosine_similarity(fp.flatten(1), q.flatten(1)).min()
+    assert cosine > 0.99
+
+
+def test_nan_in_calibration_stops_and_names_the_layer(tiny):
+    model, calib = tiny
+    broken = load_bert(model.model_dir)
+    with torch.no_grad():
+        broken.bert.encoder.layer[1].intermediate.dense.bias[0] = float("nan")
+    with pytest.raises(TritonForgeError, match=r"layers\.1\.gelu"):
+        quantize_bert(broken.bert, QuantRecipe(method="minmax"), calib, 16)
+
+
+def test_unknown_method_is_refused():
+    with pytest.raises(TritonForgeError, match="--method 'awq' is unknown"):
+        QuantRecipe(method="awq")
