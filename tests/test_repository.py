@@ -105,17 +105,23 @@ def test_brand_new_model_appears_whole_or_not_at_all(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_export_killed_midway_leaves_versions_untouched(tmp_path, tiny_bert):
-    export_model("bert", BertOptions(model=str(tiny_bert), graph="plain"), tmp_path)
-    before = snapshot(tmp_path)
-    command = [sys.executable, "-m", "tritonforge.cli", "export", "bert", "--model", str(tiny_bert),
-               "--repo", str(tmp_path)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def export_in_background_until_staging(repo: Path, model: Path) -> subprocess.Popen:
+    """Start `tritonforge export bert` and return once its staging folder exists."""
+    command = [sys.executable, "-m", "tritonforge.cli", "export", "bert", "--model", str(model),
+               "--repo", str(repo)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not list(tmp_path.glob(".staging-*")):
+    while not list(repo.glob(".staging-*")):
         assert process.poll() is None, "export finished before it could be interrupted"
         assert time.monotonic() < deadline
         time.sleep(0.01)
+    return process
+
+
+def test_export_killed_midway_leaves_versions_untouched(tmp_path, tiny_bert):
+    export_model("bert", BertOptions(model=str(tiny_bert), graph="plain"), tmp_path)
+    before = snapshot(tmp_path)
+    process = export_in_background_until_staging(tmp_path, tiny_bert)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert {k: v for k, v in snapshot(tmp_path).items() if not k.startswith(".")} == before
@@ -127,13 +133,7 @@ def test_export_killed_midway_leaves_versions_untouched(tmp_path, tiny_bert):
 
 
 def test_sigterm_unwinds_and_removes_the_staging_folder(tmp_path, tiny_bert):
-    command = [sys.executable, "-m", "tritonforge.cli", "export", "bert", "--model", str(tiny_bert),
-               "--repo", str(tmp_path)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not list(tmp_path.glob(".staging-*")):
-        assert process.poll() is None and time.monotonic() < deadline
-        time.sleep(0.01)
+    process = export_in_background_until_staging(tmp_path, tiny_bert)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130

@@ -11,7 +11,7 @@ from typing import Any
 
 from tritonforge import __version__
 from tritonforge.errors import TritonForgeError
-from tritonforge.export.base import Family, ModelIO, Parity, get_family
+from tritonforge.export.base import Family, Parity, get_family
 from tritonforge.export.onnx import sha256_file
 from tritonforge.runtime import ort_session
 from tritonforge.serving.repository import (
@@ -116,5 +116,3 @@ def environment() -> dict[str, str]:
         pass
     return versions
 
-
-__all__ = ["ExportResult", "ModelIO", "export_model"]

@@ -14,6 +14,7 @@ from tritonforge.errors import TritonForgeError
 from tritonforge.quant.bert import QuantBert
 from tritonforge.quant.migration import gamma_migrate
 from tritonforge.quant.quantizers import ActQuantizer, QuantizedWeight, check_bits, quantize_weight
+from tritonforge.verify.runner import batches
 
 METHODS = ("os", "minmax", "percentile")
 
@@ -37,9 +38,8 @@ class QuantRecipe:
 
 
 def token_batches(inputs: Mapping[str, np.ndarray], size: int):
-    count = len(next(iter(inputs.values())))
-    for start in range(0, count, size):
-        yield {k: torch.from_numpy(v[start:start + size]) for k, v in inputs.items()}
+    for batch in batches(inputs, size):
+        yield {k: torch.from_numpy(v) for k, v in batch.items()}
 
 
 def attach_quantizers(model: QuantBert, abits: int) -> dict[str, ActQuantizer]:
