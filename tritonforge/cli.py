@@ -11,7 +11,14 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from tritonforge.errors import TritonForgeError
@@ -36,7 +43,7 @@ def friendly(command):
         try:
             return command(*args, **kwargs)
         except TritonForgeError as exc:
-            errors.print(f"[bold red]error:[/] {exc}")
+            errors.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             errors.print("[yellow]interrupted:[/] nothing was published; the repository is as it was")
@@ -68,8 +75,7 @@ class Stages:
 
 def progress_bar() -> Progress:
     return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                    TextColumn("{task.completed}/{task.total}", style="dim"), TimeElapsedColumn(),
-                    console=errors, transient=False)
+                    MofNCompleteColumn(), TimeElapsedColumn(), console=errors, transient=False)
 
 
 @export_app.command("bert")
