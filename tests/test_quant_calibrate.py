@@ -78,3 +78,14 @@ def test_nan_in_calibration_stops_and_names_the_layer(tiny):
 def test_unknown_method_is_refused():
     with pytest.raises(TritonForgeError, match="--method 'awq' is unknown"):
         QuantRecipe(method="awq")
+
+
+def test_lsq_plus_lowers_the_output_error_of_its_starting_point(tiny):
+    model, calib = tiny
+    start = quantize_bert(model.bert, QuantRecipe(method="minmax", wbits=8, abits=4), calib, 16)
+    tuned = quantize_bert(model.bert, QuantRecipe(method="minmax", wbits=8, abits=4, lsq_epochs=8,
+                                                  lsq_lr=1e-2), calib, 16)
+    assert tuned.calibration_error < 0.9 * start.calibration_error
+    moved = [name for name, q in tuned.quantizers.items()
+             if float(q.scale.detach()) != float(start.quantizers[name].scale.detach())]
+    assert len(moved) == len(tuned.quantizers)

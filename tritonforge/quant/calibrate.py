@@ -29,6 +29,8 @@ class QuantRecipe:
     weight_observer: str = "minmax"  # minmax or mse (per-row clipping search)
     percentile: float = 99.99
     alpha_grid: int = 30  # coarse-stage candidates for the clipping quantile
+    lsq_epochs: int = 0  # fine stage: LSQ+ epochs over the calibration set (0: coarse only)
+    lsq_lr: float = 1e-5
 
     def __post_init__(self):
         check_bits(self.wbits, "--wbits")
@@ -137,5 +139,37 @@ def quantize_bert(bert: nn.Module, recipe: QuantRecipe, calib: Mapping[str, np.n
     set_mode(quantizers, "quantize")
     for quantizer in quantizers.values():
         quantizer.reset_statistics()
+    if recipe.lsq_epochs:
+        tick("LSQ+ (fine)")
+        train_lsq_plus(model, quantizers, calib, reference, recipe.lsq_epochs, recipe.lsq_lr, batch_size)
     result.calibration_error = output_error(model, calib, reference, batch_size)
     return result
+
+
+@torch.enable_grad()
+def train_lsq_plus(model: QuantBert, quantizers: Mapping[str, ActQuantizer], calib,
+                   reference: list[torch.Tensor], epochs: int, lr: float, batch_size: int = 32) -> None:
+    """LSQ+: learn every activation quantizer's scale and zero point on the final-output
+    error against FP (Adam, cosine decay), starting from the calibrated ranges."""
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    learnable = [p for q in quantizers.values() for p in (q.scale, q.zero_point)]
+    for parameter in learnable:
+        parameter.requires_grad_(True)
+    steps = epochs * len(reference)
+    optimizer = torch.optim.Adam(learnable, lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    for _ in range(epochs):
+        for batch, ref in zip(token_batches(calib, batch_size), reference, strict=True):
+            real = batch["attention_mask"].bool()
+            loss = ((model(**batch).last_hidden_state - ref) ** 2)[real].mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            with torch.no_grad():
+                for quantizer in quantizers.values():
+                    quantizer.scale.clamp_(min=1e-8)
+                    quantizer.zero_point.clamp_(quantizer.qmin, quantizer.qmax)
+    for parameter in learnable:
+        parameter.requires_grad_(False)
