@@ -105,8 +105,7 @@ def quantize_bert(bert: nn.Module, recipe: QuantRecipe, calib: Mapping[str, np.n
                   batch_size: int = 32, tick: Callable[[str], None] | None = None) -> QuantizedBert:
     """Quantize a Hugging Face BertModel with `recipe`, calibrated on token arrays `calib`."""
     tick = tick or (lambda _stage: None)
-    fp = QuantBert(copy.deepcopy(bert)).eval()
-    reference = hidden_states(fp, calib, batch_size)
+    reference = hidden_states(bert.eval(), calib, batch_size)  # FP targets
     model = QuantBert(copy.deepcopy(bert)).eval()
     if recipe.method == "os":
         tick("Gamma Migration")
