@@ -79,14 +79,19 @@ def hidden_states(model: nn.Module, inputs: Mapping[str, np.ndarray], batch_size
     return [model(**batch).last_hidden_state for batch in token_batches(inputs, batch_size)]
 
 
+def real_token_squared_error(out: torch.Tensor, ref: torch.Tensor, attention_mask: torch.Tensor
+                             ) -> torch.Tensor:
+    """Squared error of hidden states at real (non-padding) tokens: [real tokens, features]."""
+    return ((out - ref) ** 2)[attention_mask.bool()]
+
+
 def output_error(model: nn.Module, inputs, reference: list[torch.Tensor], batch_size: int = 32) -> float:
     """Mean squared error of the final hidden states over real tokens."""
     total, count = 0.0, 0
     for batch, ref in zip(token_batches(inputs, batch_size), reference, strict=True):
-        out = model(**batch).last_hidden_state
-        real = batch["attention_mask"].bool()
-        total += float(((out - ref) ** 2)[real].sum())
-        count += int(real.sum()) * out.shape[-1]
+        errors = real_token_squared_error(model(**batch).last_hidden_state, ref, batch["attention_mask"])
+        total += float(errors.sum())
+        count += errors.numel()
     return total / count
 
 
@@ -126,10 +131,10 @@ def quantize_bert(bert: nn.Module, recipe: QuantRecipe, calib: Mapping[str, np.n
         tick("Token-Wise Clipping (coarse)")
         # One clipping quantile for all activations, chosen by the final-output error.
         best = (float("inf"), 1.0)
+        set_mode(quantizers, "quantize")
         for alpha in np.linspace(1.0, 0.95, recipe.alpha_grid):
             for quantizer in quantizers.values():
                 quantizer.set_range(*quantizer.token_wise_range(float(alpha)))
-            set_mode(quantizers, "quantize")
             error = output_error(model, calib, reference, batch_size)
             best = min(best, (error, float(alpha)))
         for quantizer in quantizers.values():
@@ -160,8 +165,8 @@ def train_lsq_plus(model: QuantBert, quantizers: Mapping[str, ActQuantizer], cal
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     for _ in range(epochs):
         for batch, ref in zip(token_batches(calib, batch_size), reference, strict=True):
-            real = batch["attention_mask"].bool()
-            loss = ((model(**batch).last_hidden_state - ref) ** 2)[real].mean()
+            loss = real_token_squared_error(model(**batch).last_hidden_state, ref,
+                                            batch["attention_mask"]).mean()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
