@@ -50,11 +50,11 @@ def test_migrated_norms_are_non_scaling_except_the_last(minilm):
     original = QuantBert(copy.deepcopy(model.bert))
     migrated = gamma_migrate(QuantBert(copy.deepcopy(model.bert)))
     sites, originals = migrated.norm_sites(), original.norm_sites()
-    for (norm, _, shortcut), (before, _, _) in zip(sites[:-1], originals[:-1], strict=True):
+    for (norm, _, shortcut, _), (before, *_) in zip(sites[:-1], originals[:-1], strict=True):
         assert torch.equal(norm.weight, torch.ones_like(norm.weight))
         torch.testing.assert_close(norm.bias * before.weight, before.bias)
         torch.testing.assert_close(shortcut.shortcut_scale, before.weight)
-    assert torch.equal(sites[-1][0].weight, originals[-1][0].weight)
+    assert torch.equal(sites[-1].norm.weight, originals[-1].norm.weight)
 
 
 def test_near_zero_gamma_is_guarded(tiny_bert):

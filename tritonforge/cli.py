@@ -84,8 +84,22 @@ def export_bert(
     model: Annotated[str | None, typer.Option(
         help="Hugging Face BERT directory (config.json, weights, tokenizer). "
              "Default: the embedded all-MiniLM-L6-v2.")] = None,
-    bits: Annotated[int, typer.Option(help="32 (FP32) or 16 (FP16, for GPU serving).")] = 32,
-    name: Annotated[str | None, typer.Option(help="Model name. Default: bert_fp32 / bert_fp16.")] = None,
+    bits: Annotated[int, typer.Option(
+        help="32 (FP32), 16 (FP16, for GPU serving), or 8, 6, 4 (quantized W8A8, W6A6, W4A8; "
+             "any 2..8 works).")] = 32,
+    method: Annotated[str, typer.Option(
+        help="Quantization: os (Gamma Migration + Token-Wise Clipping + LSQ+), os+ (channel-wise "
+             "shifting and scaling + clipping + LSQ+), minmax or percentile.")] = "os",
+    wbits: Annotated[int | None, typer.Option(help="Weight bits (overrides --bits).")] = None,
+    abits: Annotated[int | None, typer.Option(help="Activation bits (overrides --bits).")] = None,
+    calib: Annotated[str | None, typer.Option(
+        help="Calibration text file, one text per line. Default: the shipped corpus.")] = None,
+    calib_size: Annotated[int, typer.Option(help="Calibration texts (length 128, batch 32).")] = 256,
+    allow_fewer: Annotated[bool, typer.Option(
+        help="Calibrate on fewer texts when the file is shorter than --calib-size.")] = False,
+    lsq_epochs: Annotated[int, typer.Option(help="LSQ+ epochs of os / os+ (0: coarse clipping only).")] = 3,
+    name: Annotated[str | None, typer.Option(
+        help="Model name. Default: bert_fp32, bert_fp16, bert_w6a6 (os), bert_w6a6_osplus, ...")] = None,
     repo: RepoOption = DEFAULT_REPO,
     max_batch: Annotated[int, typer.Option(help="Triton max_batch_size.")] = 32,
     gpu: Annotated[bool, typer.Option(help="Serve on GPU with the TensorRT accelerator.")] = False,
@@ -100,7 +114,9 @@ def export_bert(
     from tritonforge.export.pipeline import export_model
     from tritonforge.serving.repository import ServingOptions
 
-    options = BertOptions(model=model, bits=bits, graph=graph, gpu=gpu)
+    options = BertOptions(model=model, bits=bits, graph=graph, gpu=gpu, wbits=wbits, abits=abits,
+                          method=method, calib=calib, calib_size=calib_size, allow_fewer=allow_fewer,
+                          lsq_epochs=lsq_epochs)
     serving = ServingOptions(max_batch_size=max_batch, gpu=gpu, fp16=bits == 16)
     with progress_bar() as progress:
         stages = Stages(progress)
@@ -112,6 +128,11 @@ def export_bert(
                   f"{result.manifest['onnx']['bytes'] / 1e6:.1f} MB)")
     console.print(f"parity vs PyTorch on {parity['samples']} sentences: "
                   f"{parity['metric']} {parity['value']:.6f} (tolerance {parity['tolerance']})")
+    quality = result.manifest.get("quality")
+    if quality:
+        console.print(f"quality vs FP on {quality['samples']} held-out sentences: embedding cosine "
+                      f"{quality['cosine_vs_fp']:.4f}, nearest-neighbour agreement "
+                      f"{quality['nn_agreement_vs_fp']:.3f}")
 
 
 @app.command()
@@ -163,7 +184,11 @@ def print_report(report) -> None:
     for runtime, stats in report.latency.items():
         latency.add_row(runtime, *(f"{stats.percentile(q):.1f}" for q in (50, 95, 99)))
     console.print(latency)
-    console.print(f"ONNX Runtime is [bold]{report.speedup:.2f}x[/] PyTorch eager (p50)")
+    console.print(f"ONNX Runtime is [bold]{report.speedup:.2f}x[/] PyTorch eager (p50; the FP32 model "
+                  "for quantized exports)")
+    if report.quality:
+        console.print("quality vs full precision on {samples} held-out inputs: ".format(**report.quality)
+                      + ", ".join(f"{k} {v:.4f}" for k, v in report.quality.items() if k != "samples"))
 
 
 @app.command("ls")

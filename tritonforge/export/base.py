@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -130,7 +130,8 @@ class ExportInfo:
 
     opset: int
     precision: str  # "fp32", "fp16", "w6a6", ...
-    details: Mapping[str, Any] = field(default_factory=dict)
+    details: Mapping[str, Any] = field(default_factory=dict)  # goes under the manifest's "onnx"
+    sections: Mapping[str, Any] = field(default_factory=dict)  # extra top-level manifest sections
 
 
 # -- the contract --------------------------------------------------------------------------
@@ -147,8 +148,13 @@ class Family(ABC):
     options_type: ClassVar[type]
 
     @abstractmethod
-    def load(self, options: Any) -> Any:
-        """The PyTorch reference, in eval mode."""
+    def load(self, options: Any, stage: Callable[[str], None] | None = None) -> Any:
+        """The PyTorch reference, in eval mode (for a quantized recipe: calibrated here).
+        `stage(description)` is told about each long step."""
+
+    def load_version(self, options: Any, folder: Path, stage: Callable[[str], None] | None = None) -> Any:
+        """The reference of an exported version in `folder` (by default: load it again)."""
+        return self.load(options, stage)
 
     @abstractmethod
     def io(self, model: Any, options: Any) -> ModelIO:
@@ -173,6 +179,17 @@ class Family(ABC):
     @abstractmethod
     def default_name(self, options: Any) -> str:
         """The repository name used when the user gives none, e.g. `bert_w6a6`."""
+
+    def quality(self, model: Any, options: Any,
+                run: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]) -> dict[str, Any] | None:
+        """For lossy recipes (quantization): the task quality of `run` (the exported graph) on
+        the family's evaluation set against the full-precision model. None when lossless."""
+        return None
+
+    def latency_baseline(self, model: Any) -> Any:
+        """The PyTorch model an export's speed is compared with: the reference itself, except
+        where the reference only simulates the export (fake quantization): then the FP model."""
+        return model
 
     def source(self, model: Any) -> dict[str, Any]:
         """Where the reference came from (paths, architecture), for the manifest."""

@@ -13,7 +13,7 @@ from tritonforge import __version__
 from tritonforge.errors import TritonForgeError
 from tritonforge.export.base import Family, Parity, get_family
 from tritonforge.export.onnx import sha256_file
-from tritonforge.runtime import ort_session
+from tritonforge.runtime import ort_session, run_session
 from tritonforge.serving.repository import (
     MODEL_FILE,
     ModelRepository,
@@ -53,7 +53,7 @@ def export_model(family: str | Family, options: Any, repo: Path | str = "model_r
     repository = ModelRepository(repo)
 
     stage("loading the PyTorch reference")
-    model = family.load(options)
+    model = family.load(options, stage)
     io = family.io(model, options)
     config = model_config(name, io, serving)
     result: dict[str, Any] = {}
@@ -70,6 +70,8 @@ def export_model(family: str | Family, options: Any, repo: Path | str = "model_r
             raise TritonForgeError(
                 f"the exported graph does not match PyTorch ({describe_parity(parity)}); "
                 "nothing was written. Try --graph plain, or report the model")
+        stage("measuring quality against full precision")
+        quality = family.quality(model, options, lambda batch: run_session(session, batch))
         stage("writing the version")
         result["manifest"] = manifest = {
             "manifest_version": 1,
@@ -87,6 +89,8 @@ def export_model(family: str | Family, options: Any, repo: Path | str = "model_r
                      **dict(info.details)},
             "serving": dataclasses.asdict(serving),
             "parity": {"reference": "pytorch", "samples": EXPORT_PARITY_SAMPLES, **parity.to_json()},
+            **({"quality": quality} if quality is not None else {}),
+            **dict(info.sections),
             "environment": environment(),
         }
         write_manifest(folder, manifest)

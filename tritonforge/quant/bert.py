@@ -19,30 +19,45 @@ Not quantized (as in the paper): pre-softmax scores, the FFN pre-GELU output, re
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutput
 
 from tritonforge.errors import TritonForgeError
-from tritonforge.quant.quantizers import TokenMask
+from tritonforge.quant.quantizers import ActQuantizer, TokenMask
 
 ACTIVATION_SLOTS = ("query", "key", "value", "probs", "context", "gelu")
 
 
 class ShortcutLayerNorm(nn.Module):
-    """LayerNorm(sublayer + shortcut_scale * shortcut): a post-LN residual block's end.
+    """LayerNorm(sublayer + shortcut_scale * shortcut + shortcut_shift): a post-LN residual
+    block's end.
 
-    `shortcut_scale` is 1 until Gamma Migration moves the previous LayerNorm's gamma there.
+    `shortcut_scale` is 1 and `shortcut_shift` 0 until an equivalent transformation of the
+    previous LayerNorm (Gamma Migration, channel-wise shifting and scaling) moves them there.
     """
 
     def __init__(self, norm: nn.LayerNorm):
         super().__init__()
         self.norm = norm
         self.register_buffer("shortcut_scale", torch.ones(norm.normalized_shape))
+        self.register_buffer("shortcut_shift", torch.zeros(norm.normalized_shape))
 
     def forward(self, sublayer: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
-        return self.norm(sublayer + self.shortcut_scale * shortcut)
+        return self.norm(sublayer + self.shortcut_scale * shortcut + self.shortcut_shift)
+
+
+class NormSite(NamedTuple):
+    """A LayerNorm, the Linears that read its output, the block end that adds it back as a
+    shortcut (None for the last LayerNorm, whose output is the model's), and the name of the
+    activation quantizer on its output (None for the last)."""
+
+    norm: nn.LayerNorm
+    linears: list[nn.Linear]
+    shortcut: ShortcutLayerNorm | None
+    quantizer: str | None
 
 
 class QuantBertLayer(nn.Module):
@@ -63,22 +78,57 @@ class QuantBertLayer(nn.Module):
         self.act = act
         self.quant = nn.ModuleDict({name: nn.Identity() for name in ACTIVATION_SLOTS})
         self.quant["ln"] = nn.Identity()  # this layer's attention-output LayerNorm (A)
+        self.exact = False  # see linear()
 
     def split(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, _ = x.shape
         return x.view(batch, length, self.heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, out_quant: nn.Module) -> torch.Tensor:
-        q = self.quant["query"](self.query(x))
-        k = self.quant["key"](self.key(x))
-        v = self.quant["value"](self.value(x))
-        scores = self.split(q) @ self.split(k).transpose(-1, -2) / math.sqrt(self.head_dim)
-        probs = self.quant["probs"](torch.softmax(scores + mask, dim=-1))
-        context = (probs @ self.split(v)).transpose(1, 2).flatten(2)
-        context = self.quant["context"](context)
-        a = self.quant["ln"](self.attn_norm(self.attn_out(context), x))
-        g = self.quant["gelu"](self.act(self.ffn_in(a)))
-        return out_quant(self.out_norm(self.ffn_out(g), a))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, in_quant: nn.Module, out_quant: nn.Module
+                ) -> torch.Tensor:
+        quant = self.quant
+        q = quant["query"](self.linear(self.query, x, in_quant))
+        k = quant["key"](self.linear(self.key, x, in_quant))
+        v = quant["value"](self.linear(self.value, x, in_quant))
+        scores = self.matmul(self.split(q), quant["query"], self.split(k).transpose(-1, -2), quant["key"])
+        probs = quant["probs"](torch.softmax(scores / math.sqrt(self.head_dim) + mask, dim=-1))
+        context = self.matmul(probs, quant["probs"], self.split(v), quant["value"])
+        context = quant["context"](context.transpose(1, 2).flatten(2))
+        a = quant["ln"](self.attn_norm(self.linear(self.attn_out, context, quant["context"]), x))
+        g = quant["gelu"](self.act(self.linear(self.ffn_in, a, quant["ln"])))
+        return out_quant(self.out_norm(self.linear(self.ffn_out, g, quant["gelu"]), a))
+
+    # With `exact` set, products of two quantized operands are summed exactly in integers and
+    # scaled once, as ONNX Runtime's integer kernels do. Float sums round differently, and at
+    # 6 bits a value that lands on the other side of a rounding boundary moves a whole grid
+    # step and drags later quantizers along: the reference must round where the graph rounds.
+
+    def linear(self, linear: nn.Linear, x: torch.Tensor, x_quant: nn.Module) -> torch.Tensor:
+        if not (self.exact and quantizing(x_quant) and hasattr(linear, "weight_scale")):
+            return linear(x)
+        return grid_matmul(x, x_quant.scale.detach(), linear.weight.T, linear.weight_scale) + linear.bias
+
+    def matmul(self, a: torch.Tensor, a_quant: nn.Module, b: torch.Tensor, b_quant: nn.Module
+               ) -> torch.Tensor:
+        if not (self.exact and quantizing(a_quant) and quantizing(b_quant)):
+            return a @ b
+        return grid_matmul(a, a_quant.scale.detach(), b, b_quant.scale.detach())
+
+
+def quantizing(module: nn.Module) -> bool:
+    return isinstance(module, ActQuantizer) and module.mode == "quantize"
+
+
+def grid_matmul(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor, b_scale: torch.Tensor
+                ) -> torch.Tensor:
+    """a @ b for operands on quantization grids (a = i * a_scale, b = j * b_scale, b_scale per
+    column or scalar): the integer products summed exactly,
+    converted to float32 and scaled once by a_scale * b_scale, like MatMulIntegerToFloat."""
+    ia, ib = torch.round(a / a_scale), torch.round(b / b_scale)
+    # float32 sums integers exactly below 2^24; beyond (8-bit x 8-bit over long rows) use float64.
+    if float(ia.abs().max()) * float(ib.abs().max()) * a.shape[-1] >= 2**24:
+        ia, ib = ia.double(), ib.double()
+    return (ia @ ib).float() * (a_scale * b_scale)
 
 
 class QuantBert(nn.Module):
@@ -110,38 +160,59 @@ class QuantBert(nn.Module):
         x = self.embed_quant(self.embed_norm(x))
         # Additive mask: 0 where attending, a large negative where padding (see MASK_FILL).
         mask = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
+        in_quant = self.embed_quant
         for layer, out_quant in zip(self.layers, self.out_quant, strict=True):
-            x = layer(x, mask, out_quant)
+            x = layer(x, mask, in_quant, out_quant)
+            in_quant = out_quant
         return BaseModelOutput(last_hidden_state=x)
 
-    def activation_slots(self) -> list[tuple[str, nn.Module, str]]:
-        """(name, owner, key) of every activation quantizer slot, in execution order; the
-        last layer's output is the model's output and has none."""
-        slots = [("embed", self, "embed_quant")]
-        for index, layer in enumerate(self.layers):
-            for key in (*ACTIVATION_SLOTS[:5], "ln", "gelu"):
-                slots.append((f"layers.{index}.{key}", layer.quant, key))
+    def activation_slots(self) -> list[str]:
+        """Every activation quantizer slot, in execution order; the last layer's output is
+        the model's output and has none."""
+        slots = ["embed"]
+        for index in range(len(self.layers)):
+            slots += [f"layers.{index}.{key}" for key in (*ACTIVATION_SLOTS[:5], "ln", "gelu")]
             if index < len(self.layers) - 1:
-                slots.append((f"layers.{index}.out", self.out_quant, str(index)))
+                slots.append(f"layers.{index}.out")
         return slots
+
+    def set_slot(self, slot: str, module: nn.Module) -> None:
+        """Put `module` (a quantizer, or Identity) into an activation slot."""
+        if slot == "embed":
+            self.embed_quant = module
+            return
+        _, index, key = slot.split(".")
+        if key == "out":
+            self.out_quant[int(index)] = module
+        else:
+            self.layers[int(index)].quant[key] = module
+
+    def set_exact(self, exact: bool) -> None:
+        """Integer-exact products between quantized operands (the reference of an exported
+        graph), or plain float products (calibration, LSQ+ training)."""
+        for layer in self.layers:
+            layer.exact = exact
+
+    def linears(self) -> dict[str, nn.Linear]:
+        return {f"layers.{index}.{key}": getattr(layer, key) for index, layer in enumerate(self.layers)
+                for key in ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")}
 
     def weight_tables(self) -> dict[str, nn.Parameter]:
         """Every weight the paper quantizes: Linear weights and embedding tables (per row)."""
         tables = {"word": self.word.weight, "position": self.position.weight,
                   "token_type": self.token_type.weight}
-        for index, layer in enumerate(self.layers):
-            for key in ("query", "key", "value", "attn_out", "ffn_in", "ffn_out"):
-                tables[f"layers.{index}.{key}"] = getattr(layer, key).weight
+        tables.update({name: linear.weight for name, linear in self.linears().items()})
         return tables
 
-    def norm_sites(self) -> list[tuple[nn.LayerNorm, list[nn.Linear], ShortcutLayerNorm | None]]:
-        """Each LayerNorm with the Linears that read its output and the block end that adds it
-        back as a shortcut (None for the last LayerNorm, whose output is the model's)."""
+    def norm_sites(self) -> list[NormSite]:
+        """Every LayerNorm, in execution order, with what reads its output."""
         sites = []
-        previous = self.embed_norm
-        for layer in self.layers:
-            sites.append((previous, [layer.query, layer.key, layer.value], layer.attn_norm))
-            sites.append((layer.attn_norm.norm, [layer.ffn_in], layer.out_norm))
-            previous = layer.out_norm.norm
-        sites.append((previous, [], None))
+        previous, quantizer = self.embed_norm, "embed"
+        for index, layer in enumerate(self.layers):
+            sites.append(NormSite(previous, [layer.query, layer.key, layer.value], layer.attn_norm,
+                                  quantizer))
+            sites.append(NormSite(layer.attn_norm.norm, [layer.ffn_in], layer.out_norm,
+                                  f"layers.{index}.ln"))
+            previous, quantizer = layer.out_norm.norm, f"layers.{index}.out"
+        sites.append(NormSite(previous, [], None, None))
         return sites

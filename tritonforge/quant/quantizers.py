@@ -105,11 +105,29 @@ class TokenMask:
         self.mask: torch.Tensor | None = None  # [B, L] bool
 
 
+def affine_range(low: float, high: float, qmin: int, qmax: int) -> tuple[float, float]:
+    """(scale, zero point) of the asymmetric grid covering [low, high], widened to include 0
+    (the grid must represent 0 exactly: padding, ReLU-like zeros)."""
+    low, high = min(float(low), 0.0), max(float(high), 0.0)
+    scale = max((high - low) / (qmax - qmin), 1e-8)
+    return scale, float(min(max(round(-low / scale), qmin), qmax))
+
+
+def quantize_over(x: torch.Tensor, low: float, high: float, qmin: int, qmax: int) -> torch.Tensor:
+    """Fake-quantize x on the asymmetric grid that covers [low, high]."""
+    scale, zero = affine_range(low, high, qmin, qmax)
+    return fake_quantize(x, torch.tensor(scale), torch.tensor(zero), qmin, qmax)
+
+
+ROWS_PER_BATCH = 256  # tokens kept per observed batch for range searches and percentiles
+
+
 class ActQuantizer(nn.Module):
     """Asymmetric per-tensor activation quantizer with three modes:
 
     - "observe": pass x through and record, over real tokens, each token's max and min
-      (the statistics token-wise clipping needs) and a sample of values (for percentiles);
+      (what token-wise clipping needs), each channel's max and min (what channel-wise
+      shifting and scaling needs), and a sample of whole token rows (for range searches);
     - "quantize": fake-quantize with `scale` and `zero_point` (trainable: LSQ+);
     - "off": identity.
 
@@ -125,9 +143,7 @@ class ActQuantizer(nn.Module):
         self.mode = "off"
         self.scale = nn.Parameter(torch.tensor(1.0))
         self.zero_point = nn.Parameter(torch.tensor(0.0))
-        self.token_max: list[torch.Tensor] = []
-        self.token_min: list[torch.Tensor] = []
-        self.values: list[torch.Tensor] = []
+        self.reset_statistics()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "quantize":
@@ -150,22 +166,31 @@ class ActQuantizer(nn.Module):
             tokens = tokens.flatten(0, 1)
         self.token_max.append(tokens.amax(dim=1))
         self.token_min.append(tokens.amin(dim=1))
-        flat = tokens.flatten()
-        keep = torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(len(self.values)))
-        self.values.append(flat[keep[:20000]])
+        high, low = tokens.amax(dim=0), tokens.amin(dim=0)
+        self.channel_max = high if self.channel_max is None else torch.maximum(self.channel_max, high)
+        self.channel_min = low if self.channel_min is None else torch.minimum(self.channel_min, low)
+        generator = torch.Generator().manual_seed(len(self.rows))
+        keep = torch.randperm(tokens.shape[0], generator=generator)[:ROWS_PER_BATCH]
+        self.rows.append(tokens[keep])
 
     def reset_statistics(self) -> None:
-        self.token_max, self.token_min, self.values = [], [], []
+        self.token_max: list[torch.Tensor] = []
+        self.token_min: list[torch.Tensor] = []
+        self.rows: list[torch.Tensor] = []  # sampled real-token rows, [tokens, features]
+        self.channel_max: torch.Tensor | None = None
+        self.channel_min: torch.Tensor | None = None
+
+    def sample(self) -> torch.Tensor:
+        """The sampled real-token rows seen so far, [tokens, features]."""
+        return torch.cat(self.rows)
 
     # ranges -> (scale, zero point) -------------------------------------------------------
 
     @torch.no_grad()
     def set_range(self, low: float, high: float) -> None:
-        """Cover [low, high] (widened to include 0, as the grid must represent 0 exactly)."""
-        low, high = min(float(low), 0.0), max(float(high), 0.0)
-        scale = max((high - low) / (self.qmax - self.qmin), 1e-8)
+        scale, zero = affine_range(low, high, self.qmin, self.qmax)
         self.scale.fill_(scale)
-        self.zero_point.fill_(float(min(max(round(-low / scale), self.qmin), self.qmax)))
+        self.zero_point.fill_(zero)
 
     def range(self) -> tuple[float, float]:
         scale, zero = float(self.scale.detach()), float(torch.round(self.zero_point.detach()))
@@ -175,7 +200,7 @@ class ActQuantizer(nn.Module):
         return float(torch.cat(self.token_min).min()), float(torch.cat(self.token_max).max())
 
     def percentile_range(self, percentile: float = 99.99) -> tuple[float, float]:
-        values = torch.cat(self.values).double()
+        values = self.sample().flatten().double()
         q = percentile / 100.0
         return float(torch.quantile(values, 1.0 - q)), float(torch.quantile(values, q))
 
@@ -185,3 +210,9 @@ class ActQuantizer(nn.Module):
         high = torch.quantile(torch.cat(self.token_max).double(), alpha)
         low = torch.quantile(torch.cat(self.token_min).double(), 1.0 - alpha)
         return float(low), float(high)
+
+    @torch.no_grad()
+    def quantization_error(self, low: float, high: float, values: torch.Tensor | None = None) -> float:
+        """Mean squared error that the grid covering [low, high] adds to the sampled values."""
+        values = self.sample() if values is None else values
+        return float(((quantize_over(values, low, high, self.qmin, self.qmax) - values) ** 2).mean())

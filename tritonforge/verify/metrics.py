@@ -18,3 +18,17 @@ def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def top1_agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(a.argmax(-1) == b.argmax(-1)))
+
+
+def nearest_neighbour_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """How often each row's nearest other row (by cosine) is the same under both embeddings:
+    whether a quantized encoder still retrieves what the FP one retrieves."""
+
+    def nearest(x: np.ndarray) -> np.ndarray:
+        x = x.astype(np.float64)
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        similarity = x @ x.T
+        np.fill_diagonal(similarity, -np.inf)
+        return similarity.argmax(axis=1)
+
+    return float(np.mean(nearest(reference) == nearest(candidate)))

@@ -91,6 +91,7 @@ class VerifyReport:
     seq_len: int | None
     threads: int
     provider: str
+    quality: dict[str, Any] | None = None  # lossy exports: quality against full precision
 
     @property
     def speedup(self) -> float:
@@ -105,6 +106,7 @@ class VerifyReport:
             "speedup_onnxruntime_vs_pytorch": round(self.speedup, 3),
             "batch_size": self.batch_size, "seq_len": self.seq_len, "threads": self.threads,
             "provider": self.provider,
+            **({"quality": self.quality} if self.quality is not None else {}),
         }
 
 
@@ -160,22 +162,25 @@ def verify_model(repo: Path | str, name: str, version: int | None = None, batch_
     session = ort_session(plan.model_path, threads, provider)
     torch.set_num_threads(threads)
     stage("loading the PyTorch reference", 0)
-    model = plan.family.load(plan.options)
+    model = plan.family.load_version(plan.options, plan.model_path.parent)
     inputs = plan.family.sample_inputs(model, plan.options, samples, seq_len)
     count = len(next(iter(inputs.values())))
     tick = stage(f"parity on {count} real inputs", -(-count // batch_size))
     parity = parity_check(plan.family, model, plan.options, plan.io, session, inputs,
                           batch_size, tick)
+    stage("quality against full precision", 0)
+    quality = plan.family.quality(model, plan.options, lambda feed: run_session(session, feed))
     batch = next(batches(inputs, batch_size))
     if len(next(iter(batch.values()))) < batch_size:
         batch = plan.family.sample_inputs(model, plan.options, batch_size, seq_len)
     feed = {i.name: batch[i.name] for i in session.get_inputs()}
     tick = stage("latency, PyTorch and ONNX Runtime interleaved", iterations)
+    baseline = plan.family.latency_baseline(model)
     latency = measure_interleaved({
-        "pytorch": lambda: plan.family.reference_outputs(model, batch, plan.io),
+        "pytorch": lambda: plan.family.reference_outputs(baseline, batch, plan.io),
         "onnxruntime": lambda: session.run(None, feed),
     }, iterations, tick=tick)
     return VerifyReport(plan.name, plan.version, plan.family.name,
                         plan.manifest.get("precision", ""), parity, latency, batch_size, seq_len,
-                        threads, provider)
+                        threads, provider, quality)
 

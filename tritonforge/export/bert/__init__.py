@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -24,6 +25,15 @@ from tritonforge.export.bert.model import (
     output_width,
     resolve_model_dir,
 )
+from tritonforge.export.bert.quantized import (
+    QuantizedEncoder,
+    load_reference,
+    quality_vs_fp,
+    quantize_encoder,
+    recipe_record,
+    save_reference,
+    trace_qdq,
+)
 from tritonforge.export.onnx import (
     MIN_OPSET,
     check_onnx,
@@ -31,14 +41,20 @@ from tritonforge.export.onnx import (
     soften_mask_constants,
     torch_to_onnx,
 )
+from tritonforge.quant.calibrate import QuantRecipe
+from tritonforge.quant.qdq import integer_kernels
+from tritonforge.quant.quantizers import check_bits
 from tritonforge.verify.metrics import max_abs_diff, row_cosines, top1_agreement
+from tritonforge.verify.runner import batches
 
 FLOAT_BITS = {32: "fp32", 16: "fp16"}
 GRAPHS = ("auto", "plain", "fused")
 # Declared tolerances per precision: (sentence-embedding cosine floor, max-abs-diff ceiling,
 # top-1 agreement floor for classifiers). FP32 is the same arithmetic in another order;
-# FP16 rounds every activation to 11 significant bits.
-TOLERANCES = {"fp32": (0.99999, 1e-4, 0.99), "fp16": (0.999, 0.05, 0.97)}
+# FP16 rounds every activation to 11 significant bits. A quantized graph is compared with its
+# fake-quantized PyTorch reference: integer GEMMs sum exactly where PyTorch rounds, so a value
+# that sits on a rounding boundary can land one grid step away; the cosine is what must hold.
+TOLERANCES = {"fp32": (0.99999, 1e-4, 0.99), "fp16": (0.999, 0.05, 0.97), "quantized": (0.999, None, 0.95)}
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -47,22 +63,54 @@ class BertOptions:
     """The export recipe; written verbatim into the manifest."""
 
     model: str | None = None  # Hugging Face BERT directory; None: the embedded MiniLM
-    bits: int = 32  # 32 (FP32) or 16 (FP16, for GPU serving)
+    # 32 (FP32), 16 (FP16, for GPU serving), or 8/6/4 and other 2..8: quantized, W = A = bits
+    # except 4 = W4A8 (4-bit activations lose too much); wbits/abits override.
+    bits: int = 32
     graph: str = "auto"  # "plain" ONNX, "fused" by ORT's transformer optimizer, or "auto": faster
     gpu: bool = False  # serve with the CUDA / TensorRT execution accelerators
     opset: int = MIN_OPSET
     threads: int = 2  # threads used when "auto" times the candidate graphs
+    # Quantization (bits <= 8): see tritonforge.quant and QuantRecipe.
+    wbits: int | None = None
+    abits: int | None = None
+    method: str = "os"  # os, os+, minmax, percentile
+    calib: str | None = None  # one text per line; None: the shipped calibration corpus
+    calib_size: int = 256
+    allow_fewer: bool = False  # calibrate on a shorter file instead of refusing it
+    weight_observer: str | None = None  # minmax or mse; None: mse below 6 bits, else minmax
+    lsq_epochs: int = 3  # LSQ+ fine stage of os / os+
+    lsq_lr: float = 1e-2
 
     def __post_init__(self):
         if self.bits not in FLOAT_BITS:
+            check_bits(self.bits, "--bits")
+        elif self.wbits is not None or self.abits is not None:
             raise TritonForgeError(
-                f"--bits {self.bits} is not available for bert: choose 32 (FP32) or 16 (FP16)")
+                f"--wbits/--abits quantize; they do not combine with --bits {self.bits}: "
+                "use --bits 8, 6 or 4 (or leave --wbits/--abits out)")
         if self.graph not in GRAPHS:
             raise TritonForgeError(f"--graph {self.graph!r} is unknown: choose one of {', '.join(GRAPHS)}")
+        if self.quantized:
+            self.recipe()  # validates bits and method
+
+    @property
+    def quantized(self) -> bool:
+        return self.bits not in FLOAT_BITS
+
+    def recipe(self) -> QuantRecipe:
+        wbits = self.wbits or self.bits
+        abits = self.abits or (8 if self.bits == 4 else self.bits)
+        observer = self.weight_observer or ("mse" if wbits < 6 else "minmax")
+        lsq = self.lsq_epochs if self.method in ("os", "os+") else 0
+        return QuantRecipe(method=self.method, wbits=wbits, abits=abits, weight_observer=observer,
+                           lsq_epochs=lsq, lsq_lr=self.lsq_lr)
 
     @property
     def precision(self) -> str:
-        return FLOAT_BITS[self.bits]
+        if not self.quantized:
+            return FLOAT_BITS[self.bits]
+        recipe = self.recipe()
+        return f"w{recipe.wbits}a{recipe.abits}"
 
 
 @register
@@ -71,10 +119,21 @@ class BertFamily(Family):
     options_type = BertOptions
 
     def default_name(self, options: BertOptions) -> str:
-        return f"bert_{options.precision}"
+        # bert_w6a6 for the default method, bert_w6a6_osplus / _minmax / _percentile otherwise
+        suffix = "" if not options.quantized or options.method == "os" else "_" + options.method
+        return f"bert_{options.precision}{suffix.replace('+', 'plus')}"
 
-    def load(self, options: BertOptions):
-        return load_bert(resolve_model_dir(options.model))
+    def load(self, options: BertOptions, stage=None):
+        model = load_bert(resolve_model_dir(options.model))
+        if not options.quantized:
+            return model
+        return quantize_encoder(model, options.recipe(), options.calib, options.calib_size,
+                                options.allow_fewer, stage)
+
+    def load_version(self, options: BertOptions, folder: Path, stage=None):
+        if not options.quantized:
+            return self.load(options, stage)
+        return load_reference(load_bert(resolve_model_dir(options.model)), options.recipe(), folder)
 
     def source(self, model) -> dict[str, Any]:
         """Where the weights came from, for the manifest."""
@@ -125,11 +184,21 @@ class BertFamily(Family):
         axes.update({spec.name: {0: "batch"} for spec in io.outputs})
         if "last_hidden_state" in axes:
             axes["last_hidden_state"] = {0: "batch", 1: "sequence"}
+
+        def trace(module, target: Path) -> None:
+            torch_to_onnx(module, feed, target, io, axes, options.opset)
+            soften_mask_constants(target)
+
+        if options.quantized:
+            trace_qdq(model, path, trace)
+            details = {"graph": "qdq", "onnxruntime_cpu_ops": integer_kernels(path)}
+            return ExportInfo(opset=check_onnx(path), precision=options.precision, details=details,
+                              sections={"quantization": {"recipe": dataclasses.asdict(options.recipe()),
+                                                         **recipe_record(model)}})
         with tempfile.TemporaryDirectory(dir=path.parent, prefix=".graphs-") as scratch:
             plain = Path(scratch) / "plain.onnx"
             with eager_attention(model):
-                torch_to_onnx(model, feed, plain, io, axes, options.opset)
-            soften_mask_constants(plain)
+                trace(model, plain)
             candidates = {"plain": plain}
             if options.graph != "plain" or options.bits == 16:
                 candidates["fused"] = fuse_transformer(plain, model, Path(scratch) / "fused.onnx")
@@ -150,12 +219,29 @@ class BertFamily(Family):
         return ExportInfo(opset=check_onnx(path), precision=options.precision, details=details)
 
     def write_side_files(self, model, version_dir: Path) -> None:
-        """The tokenizer travels with the artifact, so any client can reproduce the inputs."""
+        """The tokenizer travels with the artifact, so any client can reproduce the inputs; a
+        quantized export also keeps its PyTorch reference for `verify`."""
         model.tokenizer.save_pretrained(str(version_dir / "tokenizer"))
+        if isinstance(model, QuantizedEncoder):
+            save_reference(model, version_dir)
+
+    def latency_baseline(self, model):
+        return model.fp[0] if isinstance(model, QuantizedEncoder) else model
+
+    def quality(self, model, options: BertOptions, run) -> dict[str, Any] | None:
+        if not isinstance(model, QuantizedEncoder):
+            return None
+        inputs = self.sample_inputs(model, options, None, 128)
+        fp_io = self.io(model, options)
+        fp = np.concatenate([self.reference_outputs(model.fp[0], batch, fp_io)["sentence_embedding"]
+                             for batch in batches(inputs, 32)])
+        embeddings = np.concatenate([run(batch)["sentence_embedding"] for batch in batches(inputs, 32)])
+        return quality_vs_fp(fp, embeddings)
 
     def compare(self, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray],
                 options: BertOptions, inputs: Mapping[str, np.ndarray] | None = None) -> Parity:
-        cosine_floor, abs_ceiling, top1_floor = TOLERANCES[options.precision]
+        cosine_floor, abs_ceiling, top1_floor = TOLERANCES[
+            "quantized" if options.quantized else options.precision]
         if "logits" in reference:
             ref, cand = reference["logits"], candidate["logits"]
             agreement = top1_agreement(ref, cand)
@@ -174,9 +260,13 @@ class BertFamily(Family):
             if (~real).any():
                 details["padding_max_abs_diff"] = max_abs_diff(hidden_ref[~real], hidden_cand[~real])
             hidden_ref, hidden_cand = hidden_ref[real], hidden_cand[real]
-        return Parity((Check("cosine", float(cosines.mean()), cosine_floor, True),
-                       Check("max_abs_diff", max_abs_diff(hidden_ref, hidden_cand), abs_ceiling, False)),
-                      details)
+        checks = [Check("cosine", float(cosines.mean()), cosine_floor, True)]
+        hidden_diff = max_abs_diff(hidden_ref, hidden_cand)
+        if abs_ceiling is None:
+            details["max_abs_diff"] = hidden_diff
+        else:
+            checks.append(Check("max_abs_diff", hidden_diff, abs_ceiling, False))
+        return Parity(tuple(checks), details)
 
 
 def tokenize(tokenizer, texts: list[str], seq_len: int | None) -> dict[str, np.ndarray]:

@@ -47,7 +47,8 @@ def resolve_model_dir(model: str | None) -> Path:
         found = f"model_type {model_type!r}, architectures {architectures}"
         raise TritonForgeError(
             f"--model {path} is not a supported BERT checkpoint ({found}): the bert family "
-            f"exports {', '.join(SUPPORTED)} (and the encoder of other BERT checkpoints)"
+            f"exports {', '.join(SUPPORTED)} (and the encoder of other BERT checkpoints), and its "
+            "quantization (Outlier Suppression) needs such a post-LN BERT"
         )
     if not any((path / name).is_file() for name in WEIGHT_FILES):
         raise TritonForgeError(f"--model {path} has no weights: expected one of {', '.join(WEIGHT_FILES)}")

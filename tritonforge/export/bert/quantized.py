@@ -1,0 +1,161 @@
+"""Quantized BERT encoders: calibration text, the PyTorch reference, QDQ export, quality vs FP.
+
+The PyTorch reference of a quantized export is the fake-quantized QuantBert (Outlier
+Suppression's placement), pooled like the FP encoder. It is saved beside model.onnx as
+`reference.pt` (int8 weights and scales, float norms/biases, activation ranges) so that
+`verify` compares against exactly the model that was exported, without calibrating again.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tritonforge.data import CALIBRATION, read_lines
+from tritonforge.errors import TritonForgeError
+from tritonforge.export.bert.model import SentenceEncoder, SequenceClassifier
+from tritonforge.quant.bert import QuantBert
+from tritonforge.quant.calibrate import (
+    QuantizedBert,
+    QuantRecipe,
+    attach_quantizers,
+    load_quantized_weights,
+    quantize_bert,
+    set_mode,
+)
+from tritonforge.quant.qdq import dequantize_weights, qdq_module
+from tritonforge.quant.quantizers import QuantizedWeight
+from tritonforge.verify.metrics import nearest_neighbour_agreement, row_cosines
+
+REFERENCE_FILE = "reference.pt"
+CALIBRATION_LENGTH = 128  # tokens per calibration text, as in the paper
+CALIBRATION_BATCH = 32
+
+
+def calibration_texts(path: str | None, size: int, allow_fewer: bool) -> tuple[list[str], dict[str, Any]]:
+    """The first `size` texts of the calibration file (one per line) and what to record of them."""
+    file = Path(path).expanduser() if path else CALIBRATION
+    if not file.exists():
+        raise TritonForgeError(f"--calib {file} does not exist: give a text file with one sentence per line")
+    if file.is_dir():
+        raise TritonForgeError(f"--calib {file} is a directory: give a text file with one sentence per line")
+    texts = read_lines(file)
+    if not texts:
+        raise TritonForgeError(f"--calib {file} has no text (empty or blank lines only): "
+                               "give a file with one sentence per line")
+    if size < 1:
+        raise TritonForgeError(f"--calib-size {size} must be at least 1 (the paper uses 256)")
+    if len(texts) < size:
+        if not allow_fewer:
+            raise TritonForgeError(
+                f"--calib {file} has {len(texts)} texts, fewer than --calib-size {size}: add text, "
+                f"lower --calib-size, or pass --allow-fewer to calibrate on {len(texts)}")
+        size = len(texts)
+    texts = texts[:size]
+    digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()
+    return texts, {"file": None if path is None else str(file.resolve()), "shipped": path is None,
+                   "texts": len(texts), "sha256": digest, "length": CALIBRATION_LENGTH}
+
+
+class QuantizedEncoder(SentenceEncoder):
+    """The fake-quantized PyTorch reference of a quantized export, pooled like `fp`."""
+
+    def __init__(self, quantized: QuantizedBert, fp: SentenceEncoder, calibration: Mapping[str, Any]):
+        super().__init__(quantized.model, fp.pooling, fp.normalize)
+        self.quantized, self.calibration = quantized, dict(calibration)
+        self.fp = [fp]  # a list, so the FP model is not registered as a submodule
+        self.tokenizer, self.model_dir = fp.tokenizer, fp.model_dir
+
+
+def require_encoder(model) -> None:
+    if isinstance(model, SequenceClassifier):
+        raise TritonForgeError(
+            "quantizing a BertForSequenceClassification checkpoint is not supported yet: "
+            "--bits 8/6/4 quantize BERT sentence encoders; export classifiers with --bits 32 or 16")
+
+
+def quantize_encoder(fp: SentenceEncoder, recipe: QuantRecipe, calib_path: str | None, calib_size: int,
+                     allow_fewer: bool, stage: Callable[[str], None] | None = None) -> QuantizedEncoder:
+    from tritonforge.export.bert import tokenize
+
+    require_encoder(fp)
+    texts, calibration = calibration_texts(calib_path, calib_size, allow_fewer)
+    tokens = tokenize(fp.tokenizer, texts, CALIBRATION_LENGTH)
+    quantized = quantize_bert(fp.bert, recipe, tokens, CALIBRATION_BATCH, tick=stage)
+    return QuantizedEncoder(quantized, fp, calibration)
+
+
+def recipe_record(model: QuantizedEncoder) -> dict[str, Any]:
+    """What the manifest records of the calibration beyond the recipe itself."""
+    result = model.quantized
+    return {"calibration": model.calibration,
+            "calibration_output_mse": result.calibration_error,
+            "alphas": {k: round(v, 4) for k, v in result.alphas.items()},
+            "thresholds": {k: round(v, 4) for k, v in result.thresholds.items()}}
+
+
+# -- the reference, saved and loaded --------------------------------------------------------
+
+
+def save_reference(model: QuantizedEncoder, folder: Path) -> None:
+    result = model.quantized
+    tables = {f"{name}.weight" for name in result.model.weight_tables()}  # saved as int8 below
+    state = {k: v for k, v in result.model.state_dict().items() if k not in tables}
+    torch.save({"state": state,
+                "weights": {name: {"values": w.values, "scale": w.scale, "bits": w.bits}
+                            for name, w in result.weights.items()},
+                "alphas": result.alphas, "thresholds": result.thresholds,
+                "calibration": model.calibration,
+                "calibration_error": result.calibration_error}, folder / REFERENCE_FILE)
+
+
+def load_reference(fp: SentenceEncoder, recipe: QuantRecipe, folder: Path) -> QuantizedEncoder:
+    """Rebuild the exported quantized reference from `reference.pt` (loaded weights_only)."""
+    require_encoder(fp)
+    path = folder / REFERENCE_FILE
+    if not path.is_file():
+        raise TritonForgeError(f"{path} is missing: the quantized reference was not saved with this "
+                               "version; export the model again")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    model = QuantBert(copy.deepcopy(fp.bert)).eval()
+    quantizers = attach_quantizers(model, recipe.abits)
+    weights = {name: QuantizedWeight(w["values"], w["scale"], int(w["bits"]))
+               for name, w in saved["weights"].items()}
+    state = dict(saved["state"])
+    for name, weight in weights.items():
+        state[f"{name}.weight"] = weight.dequantize()
+    model.load_state_dict(state, strict=True)
+    load_quantized_weights(model, weights)
+    set_mode(quantizers, "quantize")
+    model.set_exact(True)
+    result = QuantizedBert(model, recipe, weights, quantizers, dict(saved["alphas"]),
+                           dict(saved["thresholds"]), saved["calibration_error"])
+    return QuantizedEncoder(result, fp, saved["calibration"])
+
+
+# -- ONNX ------------------------------------------------------------------------------------
+
+
+def trace_qdq(model: QuantizedEncoder, path: Path, trace: Callable[[torch.nn.Module, Path], None]) -> None:
+    """Trace the quantized encoder into a QDQ graph with int8 weights at `path`."""
+    result = model.quantized
+    traced = SentenceEncoder(qdq_module(result.model, result.quantizers), model.pooling, model.normalize)
+    trace(traced.eval(), path)
+    dequantize_weights(path, result.weights)
+
+
+# -- quality vs FP ------------------------------------------------------------------------------
+
+
+def quality_vs_fp(fp_embeddings: np.ndarray, embeddings: np.ndarray) -> dict[str, float]:
+    """Sentence-embedding cosine to FP and top-1 nearest-neighbour agreement with FP."""
+    cosines = row_cosines(fp_embeddings, embeddings)
+    return {"cosine_vs_fp": float(cosines.mean()), "min_cosine_vs_fp": float(cosines.min()),
+            "nn_agreement_vs_fp": nearest_neighbour_agreement(fp_embeddings, embeddings),
+            "samples": int(len(cosines))}
