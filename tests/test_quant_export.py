@@ -209,3 +209,25 @@ def test_a_model_that_is_not_a_post_ln_bert_is_refused(tmp_path):
 def test_quantizing_a_classifier_is_refused_with_what_works(tmp_path, tiny_classifier):
     with pytest.raises(TritonForgeError, match="export classifiers with --bits 32 or 16"):
         export_model("bert", BertOptions(model=str(tiny_classifier), bits=8, calib_size=8), tmp_path)
+
+
+def test_quality_command_tables_fp32_dynamic_int8_and_each_recipe(tmp_path, tiny_bert):
+    report, plot = tmp_path / "quality.json", tmp_path / "quality.png"
+    result = runner.invoke(app, ["quality", "bert", "--model", str(tiny_bert), "--bits", "6",
+                                 "--methods", "os,minmax", "--calib-size", "16", "--lsq-epochs", "0",
+                                 "--iterations", "2", "--json", str(report), "--plot", str(plot)])
+    assert result.exit_code == 0, result.output
+    rows = {row["variant"]: row for row in json.loads(report.read_text())}
+    assert list(rows) == ["fp32 (PyTorch eager)", "fp32", "quantize_dynamic int8", "w6a6 os", "w6a6 minmax"]
+    assert rows["fp32"]["cosine_vs_fp"] > 0.99999 and rows["fp32"]["nn_agreement_vs_fp"] == 1.0
+    for name in ("quantize_dynamic int8", "w6a6 os", "w6a6 minmax"):
+        assert 0.5 < rows[name]["cosine_vs_fp"] < 1.0 and rows[name]["latency_p50_ms"] > 0
+    assert rows["w6a6 os"]["alphas"] and rows["w6a6 minmax"]["alphas"] is None
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_quality_command_refuses_unknown_methods_and_bad_bits(tmp_path):
+    result = runner.invoke(app, ["quality", "bert", "--methods", "os,awq"])
+    assert result.exit_code == 2 and "'awq' is unknown" in result.output
+    result = runner.invoke(app, ["quality", "bert", "--bits", "8,x"])
+    assert result.exit_code == 2 and "comma-separated integers" in result.output

@@ -191,6 +191,57 @@ def print_report(report) -> None:
                       + ", ".join(f"{k} {v:.4f}" for k, v in report.quality.items() if k != "samples"))
 
 
+quality_app = typer.Typer(no_args_is_help=True, help="Quality vs speed of quantization recipes.")
+app.add_typer(quality_app, name="quality")
+
+
+@quality_app.command("bert")
+@friendly
+def quality_bert(
+    model: Annotated[str | None, typer.Option(help="Hugging Face BERT encoder directory. "
+                                                   "Default: the embedded all-MiniLM-L6-v2.")] = None,
+    bits: Annotated[str, typer.Option(help="Comma-separated: 8,6,4 (4 = W4A8).")] = "8,6,4",
+    methods: Annotated[str, typer.Option(
+        help="Comma-separated: os,os+,minmax,percentile.")] = "os,os+,minmax,percentile",
+    calib: Annotated[str | None, typer.Option(help="Calibration text file (one per line).")] = None,
+    calib_size: Annotated[int, typer.Option(help="Calibration texts.")] = 256,
+    lsq_epochs: Annotated[int, typer.Option(help="LSQ+ epochs of os / os+.")] = 3,
+    threads: Annotated[int, typer.Option(help="Threads for every runtime.")] = 2,
+    iterations: Annotated[int, typer.Option(help="Timed runs per variant.")] = 12,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the table here.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write a PNG plot here.")] = None,
+):
+    """Sentence-embedding cosine and nearest-neighbour agreement vs FP32 on held-out sentences,
+    and latency, for FP32, ONNX Runtime's quantize_dynamic INT8 and each method x bits."""
+    from tritonforge.export.bert.quality import parse_list, plot_quality, quality_report
+
+    try:
+        bit_list = [int(b) for b in parse_list(bits, "--bits")]
+    except ValueError:
+        raise TritonForgeError(f"--bits {bits!r} must be comma-separated integers, e.g. 8,6,4") from None
+    with progress_bar() as progress:
+        stages = Stages(progress)
+        rows = quality_report(model, bit_list, parse_list(methods, "--methods"), calib, calib_size,
+                              lsq_epochs, threads, iterations, stage=stages)
+        stages.finish()
+    table = Table(title="quality vs FP32 on held-out sentences, latency batch 8 x 128 (p50, interleaved)")
+    for column in ("variant", "runtime", "cosine vs FP", "min cosine", "NN agreement", "p50 ms",
+                   "x PyTorch FP32"):
+        table.add_column(column)
+    pytorch = rows[0].latency_p50_ms
+    for row in rows:
+        table.add_row(row.variant, row.runtime, f"{row.cosine_vs_fp:.4f}", f"{row.min_cosine_vs_fp:.4f}",
+                      f"{row.nn_agreement_vs_fp:.3f}", f"{row.latency_p50_ms:.1f}",
+                      f"{pytorch / row.latency_p50_ms:.2f}")
+    console.print(table)
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps([row.to_json() for row in rows], indent=2) + "\n")
+        console.print(f"table written to {json_path}")
+    if plot:
+        console.print(f"plot written to {plot_quality(rows, plot)}")
+
+
 @app.command("ls")
 @friendly
 def list_models(repo: RepoOption = DEFAULT_REPO):
