@@ -49,18 +49,22 @@ def test_quantized_export_is_named_for_its_bits_and_records_its_recipe(w6a6_repo
     assert (result.folder / "reference.pt").is_file()
 
 
-def test_weights_are_int8_on_the_6_bit_grid_with_per_channel_dequantize(w6a6_repo):
+def test_weights_are_int8_on_the_6_bit_grid_with_per_channel_scales(w6a6_repo):
     _, result = w6a6_repo
     graph = onnx.load(str(result.folder / "model.onnx")).graph
     initializers = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    dequantize = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.name.endswith("_dequantize")]
-    # 3 embedding tables + 6 Linears per layer, 2 layers
-    assert len(dequantize) == 3 + 6 * 2
+    quantized = {name: v for name, v in initializers.items() if name.endswith("_quantized")}
+    assert len(quantized) == 3 + 6 * 2  # 3 embedding tables + 6 Linears per layer, 2 layers
+    for name, values in quantized.items():
+        assert values.dtype == np.int8 and values.min() >= -32 and values.max() <= 31, name
+    dequantize = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in quantized]
+    assert len(dequantize) == 6 * 2  # Linears: per-channel DequantizeLinear over [in, out]
     for node in dequantize:
-        values, scale = initializers[node.input[0]], initializers[node.input[1]]
-        assert values.dtype == np.int8 and values.min() >= -32 and values.max() <= 31
         axis = next(a.i for a in node.attribute if a.name == "axis")
-        assert scale.shape == (values.shape[axis],)
+        assert axis == 1 and initializers[node.input[1]].shape == (quantized[node.input[0]].shape[1],)
+    # Embedding rows are looked up in int8 and only the looked-up rows are dequantized.
+    gathers = [n for n in graph.node if n.op_type == "Gather" and n.input[0] in quantized]
+    assert len(gathers) == 3
     assert not [name for name, v in initializers.items() if v.dtype == np.float32 and v.ndim == 2]
 
 

@@ -12,6 +12,7 @@ from tritonforge.quant.quantizers import (
     TokenMask,
     check_bits,
     fake_quantize,
+    gptq_weight,
     quantize_weight,
     signed_range,
 )
@@ -92,3 +93,22 @@ def test_nan_during_calibration_names_the_activation():
     quantizer.mode = "observe"
     with pytest.raises(TritonForgeError, match="layers.2.gelu"):
         quantizer(torch.tensor([[[float("nan")]]]))
+
+
+def test_gptq_lowers_the_output_error_of_4_bit_weights_on_real_inputs():
+    model = load_bert(embedded_model_dir())
+    weight = model.bert.encoder.layer[0].intermediate.dense.weight
+    # Inputs with MiniLM-like structure: a few large channels, correlated with the others.
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(1024, 384, generator=generator) @ torch.randn(384, 384, generator=generator) / 20
+    inputs[:, 99] *= 5
+    mse = quantize_weight(weight, 4, "mse")
+    gptq = gptq_weight(weight, inputs, 4)
+    qmin, qmax = signed_range(4)
+    assert gptq.values.min() >= qmin and gptq.values.max() <= qmax
+    reference = inputs @ weight.detach().T
+
+    def output_error(quantized):
+        return ((inputs @ quantized.dequantize().T - reference) ** 2).mean()
+
+    assert output_error(gptq) < 0.7 * output_error(mse)

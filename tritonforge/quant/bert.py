@@ -197,6 +197,17 @@ class QuantBert(nn.Module):
         return {f"layers.{index}.{key}": getattr(layer, key) for index, layer in enumerate(self.layers)
                 for key in ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")}
 
+    def linear_inputs(self) -> dict[str, str]:
+        """Which activation quantizer slot feeds each Linear."""
+        inputs = {}
+        for index in range(len(self.layers)):
+            previous = "embed" if index == 0 else f"layers.{index - 1}.out"
+            inputs.update({f"layers.{index}.{key}": previous for key in ("query", "key", "value")})
+            inputs.update({f"layers.{index}.attn_out": f"layers.{index}.context",
+                           f"layers.{index}.ffn_in": f"layers.{index}.ln",
+                           f"layers.{index}.ffn_out": f"layers.{index}.gelu"})
+        return inputs
+
     def weight_tables(self) -> dict[str, nn.Parameter]:
         """Every weight the paper quantizes: Linear weights and embedding tables (per row)."""
         tables = {"word": self.word.weight, "position": self.position.weight,

@@ -13,10 +13,17 @@ from torch import nn
 from tritonforge.errors import TritonForgeError
 from tritonforge.quant.bert import QuantBert
 from tritonforge.quant.migration import choose_shift_scale, gamma_migrate, shift_scale_norm
-from tritonforge.quant.quantizers import ActQuantizer, QuantizedWeight, check_bits, quantize_weight
+from tritonforge.quant.quantizers import (
+    ActQuantizer,
+    QuantizedWeight,
+    check_bits,
+    gptq_weight,
+    quantize_weight,
+)
 from tritonforge.verify.runner import batches
 
 METHODS = ("os", "os+", "minmax", "percentile")
+WEIGHT_OBSERVERS = ("minmax", "mse", "gptq")
 
 
 @dataclass(frozen=True)
@@ -28,7 +35,7 @@ class QuantRecipe:
     method: str = "os"
     wbits: int = 8
     abits: int = 8
-    weight_observer: str = "minmax"  # minmax or mse (per-row clipping search)
+    weight_observer: str = "minmax"  # minmax, mse (per-row clipping search) or gptq
     percentile: float = 99.99
     alpha_grid: int = 30  # Token-Wise Clipping candidates per quantizer
     shift_scale_grid: int = 20  # OS+ threshold candidates per LayerNorm
@@ -38,6 +45,9 @@ class QuantRecipe:
     def __post_init__(self):
         check_bits(self.wbits, "--wbits")
         check_bits(self.abits, "--abits")
+        if self.weight_observer not in WEIGHT_OBSERVERS:
+            raise TritonForgeError(f"weight observer {self.weight_observer!r} is unknown: choose "
+                                   f"{', '.join(WEIGHT_OBSERVERS)}")
         if self.method not in METHODS:
             raise TritonForgeError(f"--method {self.method!r} is unknown: choose {', '.join(METHODS)}")
 
@@ -57,11 +67,17 @@ def attach_quantizers(model: QuantBert, abits: int) -> dict[str, ActQuantizer]:
 
 
 @torch.no_grad()
-def quantize_weights(model: QuantBert, bits: int, observer: str) -> dict[str, QuantizedWeight]:
-    """Replace each weight by its k-bit value (kept as float for the PyTorch reference)."""
+def quantize_weights(model: QuantBert, bits: int, observer: str,
+                     quantizers: Mapping[str, ActQuantizer]) -> dict[str, QuantizedWeight]:
+    """Replace each weight by its k-bit value (kept as float for the PyTorch reference).
+    GPTQ reads each Linear's observed inputs from the quantizer that feeds it."""
     quantized = {}
+    inputs = model.linear_inputs()
     for name, weight in model.weight_tables().items():
-        quantized[name] = quantize_weight(weight, bits, observer)
+        if observer == "gptq" and name in inputs:
+            quantized[name] = gptq_weight(weight, quantizers[inputs[name]].sample(), bits)
+        else:  # embedding tables are looked up, not multiplied: per-row MSE is their best
+            quantized[name] = quantize_weight(weight, bits, "mse" if observer == "gptq" else observer)
     load_quantized_weights(model, quantized)
     return quantized
 
@@ -178,7 +194,9 @@ def quantize_bert(bert: nn.Module, recipe: QuantRecipe, calib: Mapping[str, np.n
         tick("channel-wise shifting and scaling")
         result.thresholds = shift_and_scale(model, quantizers, recipe.shift_scale_grid)
         observe(model, quantizers, calib, batch_size)
-    result.weights = quantize_weights(model, recipe.wbits, recipe.weight_observer)
+    if recipe.weight_observer == "gptq":
+        tick("GPTQ weights")
+    result.weights = quantize_weights(model, recipe.wbits, recipe.weight_observer, quantizers)
     tick("activation ranges")
     for name, quantizer in quantizers.items():
         if recipe.method == "minmax":
@@ -197,7 +215,7 @@ def quantize_bert(bert: nn.Module, recipe: QuantRecipe, calib: Mapping[str, np.n
     return result
 
 
-LSQ_MICRO_BATCH = 8  # texts per forward/backward pass of LSQ+ (memory: ~0.5 GB each on MiniLM)
+LSQ_MICRO_BATCH = 16  # texts per forward/backward pass of LSQ+ (bounds its memory)
 
 
 @torch.enable_grad()

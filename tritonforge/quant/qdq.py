@@ -90,6 +90,9 @@ def dequantize_weights(path: Path, weights: Mapping[str, QuantizedWeight]) -> in
         kept += [numpy_helper.from_array(np.ascontiguousarray(values), f"{base}_quantized"),
                  numpy_helper.from_array(weight.scale.numpy().astype(np.float32), f"{base}_scale"),
                  numpy_helper.from_array(np.zeros(len(weight.scale), np.int8), f"{base}_zero_point")]
+        if axis == 0 and gather_rows(graph, base):
+            kept.append(numpy_helper.from_array(np.array([-1], np.int64), f"{base}_last_axis"))
+            continue
         nodes.append(helper.make_node(
             "DequantizeLinear", [f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"], [base],
             name=f"{base}_dequantize", axis=axis))
@@ -104,6 +107,38 @@ def dequantize_weights(path: Path, weights: Mapping[str, QuantizedWeight]) -> in
         graph.node.insert(0, node)
     onnx.save(model, str(path))
     return len(found)
+
+
+def gather_rows(graph, table: str) -> bool:
+    """Look up embedding rows in the int8 table and dequantize only the rows looked up:
+    Gather(int8) -> Cast -> Mul by the gathered row scales. A DequantizeLinear of the whole
+    table would run on every request (30522 x 384 values for MiniLM's word table), since
+    ONNX Runtime does not constant-fold it. Returns False when `table` has other readers.
+    The caller adds the initializer `<table>_last_axis` ([-1])."""
+    readers = [node for node in graph.node if table in node.input]
+
+    def row_lookup(node) -> bool:
+        return (node.op_type == "Gather" and node.input[0] == table
+                and all(a.i == 0 for a in node.attribute if a.name == "axis"))
+
+    if not readers or not all(row_lookup(node) for node in readers):
+        return False
+    for index, node in enumerate(readers):
+        ids, out, tag = node.input[1], node.output[0], f"{table}_rows{index}"
+        position = list(graph.node).index(node)
+        graph.node.remove(node)
+        new_nodes = [
+            helper.make_node("Gather", [f"{table}_quantized", ids], [f"{tag}_q"], name=f"{tag}_gather"),
+            helper.make_node("Cast", [f"{tag}_q"], [f"{tag}_f"], name=f"{tag}_cast",
+                             to=onnx.TensorProto.FLOAT),
+            helper.make_node("Gather", [f"{table}_scale", ids], [f"{tag}_s"], name=f"{tag}_scales"),
+            helper.make_node("Unsqueeze", [f"{tag}_s", f"{table}_last_axis"], [f"{tag}_s1"],
+                             name=f"{tag}_unsqueeze"),
+            helper.make_node("Mul", [f"{tag}_f", f"{tag}_s1"], [out], name=f"{tag}_dequantize"),
+        ]
+        for offset, new_node in enumerate(new_nodes):
+            graph.node.insert(position + offset, new_node)
+    return True
 
 
 def integer_kernels(path: Path, threads: int = 1) -> dict[str, int]:

@@ -89,9 +89,41 @@ def quantize_weight(weight: torch.Tensor, bits: int, method: str = "minmax",
             best_err = torch.where(better, err, best_err)
             scale = torch.where(better, candidate, scale)
     else:
-        raise ValueError(f"unknown weight observer {method!r}: use minmax or mse")
+        raise ValueError(f"unknown weight observer {method!r}: use minmax, mse (or gptq)")
     values = torch.clamp(torch.round(w / scale[:, None]), qmin, qmax).to(torch.int8)
     return QuantizedWeight(values, scale, bits)
+
+
+@torch.no_grad()
+def gptq_weight(weight: torch.Tensor, inputs: torch.Tensor, bits: int, damping: float = 0.01,
+                block: int = 128) -> QuantizedWeight:
+    """GPTQ (Frantar et al., 2023): quantize a Linear weight column by column and push each
+    column's rounding error onto the columns not yet quantized, weighted by the inverse
+    Hessian of the layer's output error on real `inputs` [tokens, in]. Per-row scales come
+    from the MSE observer; what GPTQ changes is which grid point each weight rounds to.
+    """
+    qmin, qmax = signed_range(bits)
+    w = weight.detach().double().clone()
+    scale = quantize_weight(weight, bits, "mse").scale.double()
+    x = inputs.double()
+    hessian = x.T @ x / len(x)
+    dead = hessian.diagonal() == 0  # channels never active: nothing to protect
+    hessian[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    hessian += damping * hessian.diagonal().mean() * torch.eye(len(hessian), dtype=hessian.dtype)
+    inverse = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(hessian)), upper=True)
+    values = torch.zeros_like(w)
+    for start in range(0, w.shape[1], block):
+        end = min(start + block, w.shape[1])
+        errors = torch.zeros(w.shape[0], end - start, dtype=w.dtype)
+        for j in range(start, end):
+            q = torch.clamp(torch.round(w[:, j] / scale), qmin, qmax)
+            values[:, j] = q
+            error = (w[:, j] - q * scale) / inverse[j, j]
+            w[:, j:end] -= error[:, None] * inverse[j, j:end][None, :]
+            errors[:, j - start] = error
+        w[:, end:] -= errors @ inverse[start:end, end:]
+    return QuantizedWeight(values.to(torch.int8), scale.float(), bits)
 
 
 # -- activations ---------------------------------------------------------------------------
