@@ -31,6 +31,7 @@ from tritonforge.export.onnx import (
     soften_mask_constants,
     torch_to_onnx,
 )
+from tritonforge.serving.repository import TritonModels, model_config
 from tritonforge.verify.metrics import max_abs_diff, row_cosines, top1_agreement
 
 FLOAT_BITS = {32: "fp32", 16: "fp16"}
@@ -152,6 +153,12 @@ class BertFamily(Family):
     def write_side_files(self, model, version_dir: Path) -> None:
         """The tokenizer travels with the artifact, so any client can reproduce the inputs."""
         model.tokenizer.save_pretrained(str(version_dir / "tokenizer"))
+
+    def triton(self, name: str, io: ModelIO, serving) -> TritonModels:
+        """The ONNX model, plus `<name>_text`: raw strings in, through the saved tokenizer."""
+        from tritonforge.serving.ensembles import text_ensemble
+
+        return TritonModels(model_config(name, io, serving), text_ensemble(name, io, serving))
 
     def compare(self, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray],
                 options: BertOptions, inputs: Mapping[str, np.ndarray] | None = None) -> Parity:
