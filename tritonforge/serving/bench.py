@@ -74,8 +74,11 @@ async def _run_level(url: str, model: str, payloads: Sequence[Mapping[str, np.nd
     errors: list[str] = []
     issued = 0
     try:
-        for index in range(min(WARMUP_REQUESTS, len(prepared))):
-            await client.infer(model, prepared[index])
+        for index in range(WARMUP_REQUESTS):  # not measured; a bad payload is counted below
+            try:
+                await client.infer(model, prepared[index % len(prepared)])
+            except Exception:
+                pass
 
         async def worker(deadline: float | None) -> None:
             nonlocal issued

@@ -22,6 +22,13 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 
+def invalid_argument(message: str):
+    """An error response that tells the client the request was wrong (gRPC INVALID_ARGUMENT)."""
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
+    error = pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
+    return pb_utils.InferenceResponse(error=error)
+
+
 def _parameters(config: dict) -> dict[str, str]:
     return {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
 
@@ -55,7 +62,7 @@ class TritonPythonModel:
                     for name, _dims in self.inputs}
             problem = self._too_long(feed)
             if problem:
-                responses[index] = pb_utils.InferenceResponse(error=pb_utils.TritonError(problem))
+                responses[index] = invalid_argument(problem)
                 continue
             shapes = tuple(feed[name].shape[1:] for name, _dims in self.inputs)
             groups.setdefault(shapes, []).append((index, feed))
@@ -82,11 +89,11 @@ class TritonPythonModel:
                  else members[0][1][name] for name, _dims in self.inputs}
         try:
             outputs = self.session.run(self.outputs, batch)
-        except Exception as exc:  # ONNX Runtime's own error types; the message names the problem
-            message = (f"ONNX Runtime could not run model '{self.model_name}': "
+        except Exception as exc:  # ONNX Runtime's own error types; its message names the node
+            shapes = ", ".join(f"{name} {list(members[0][1][name].shape)}" for name, _dims in self.inputs)
+            message = (f"ONNX Runtime could not run model '{self.model_name}' on inputs {shapes}: "
                        f"{str(exc).splitlines()[0][:400]}")
-            return [(index, pb_utils.InferenceResponse(error=pb_utils.TritonError(message)))
-                    for index, _feed in members]
+            return [(index, invalid_argument(message)) for index, _feed in members]
         results, start = [], 0
         for (index, _feed), size in zip(members, sizes, strict=True):
             tensors = [pb_utils.Tensor(name, np.ascontiguousarray(out[start:start + size]))

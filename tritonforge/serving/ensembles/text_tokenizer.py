@@ -109,7 +109,9 @@ class TritonPythonModel:
         responses = []
         for item in encoded:
             if isinstance(item, str):
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(item)))
+                code = getattr(pb_utils.TritonError, "INVALID_ARG", None)  # gRPC INVALID_ARGUMENT
+                error = pb_utils.TritonError(item, code) if code is not None else pb_utils.TritonError(item)
+                responses.append(pb_utils.InferenceResponse(error=error))
                 continue
             arrays = padded_arrays(item, length, self.pad_token_id)
             responses.append(pb_utils.InferenceResponse(
