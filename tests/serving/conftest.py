@@ -9,13 +9,12 @@ import pytest
 
 from tritonforge.export.bert import BertOptions
 from tritonforge.export.pipeline import export_model
-from tritonforge.serving.local import LocalTriton, free_port
+from tritonforge.serving.local import LocalTriton
 
 MINILM_MODELS = ("bert_fp32", "bert_fp32_tokenizer", "bert_fp32_text")
 
 
-def free_ports() -> dict[str, int]:
-    return {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+ANY_PORTS = {"http_port": 0, "grpc_port": 0, "metrics_port": 0}  # LocalTriton picks free ones
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +39,7 @@ def served_repo(tmp_path_factory, tiny_repo, tiny_classifier, minilm_repo) -> Pa
 @pytest.fixture(scope="session")
 def triton(served_repo, tmp_path_factory):
     log = tmp_path_factory.mktemp("triton_log") / "triton.log"
-    with LocalTriton(served_repo, log_file=log, nobatch_twins=True, **free_ports()) as server:
+    with LocalTriton(served_repo, log_file=log, nobatch_twins=True, **ANY_PORTS) as server:
         yield server
 
 

@@ -248,8 +248,9 @@ class ServedModel:
 
 class LocalTriton:
     """Context manager: a tritonserver serving the shadow of `repo`, ready when entered.
+    A port given as 0 is replaced by a free one.
 
-        with LocalTriton("model_repo", grpc_port=free_port()) as server:
+        with LocalTriton("model_repo", http_port=0, grpc_port=0, metrics_port=0) as server:
             client = tritonclient.grpc.InferenceServerClient(server.grpc_url)
     """
 
@@ -310,6 +311,9 @@ class LocalTriton:
         on_step = on_step or (lambda _message: None)
         if self.process is not None:
             raise RuntimeError("this LocalTriton is already running")
+        # Port 0: any free port (tests run servers side by side).
+        self.http_port, self.grpc_port, self.metrics_port = (
+            port or free_port(self.host) for port in (self.http_port, self.grpc_port, self.metrics_port))
         for port, option in ((self.http_port, "--http-port"), (self.grpc_port, "--grpc-port"),
                              (self.metrics_port, "--metrics-port")):
             check_port_free(self.host, port, option)
