@@ -367,12 +367,13 @@ def bench(
         stages = Stages(progress)
         results = run_bench(url, models, payloads, levels, requests, duration, stages)
         stages.finish()
-    table = Table(title=f"bench {name} at {url}: one sentence per request")
-    for column in ("model", "batching", "concurrency", "requests", "errors", "req/s", "p50 ms",
-                   "p95 ms", "p99 ms"):
-        table.add_column(column)
+    table = Table(title=f"bench {name} at {url}: one sentence per request, latency in ms "
+                        f"({name}{NOBATCH_SUFFIX}: without dynamic batching)")
+    table.add_column("model", no_wrap=True)
+    for column in ("conc.", "requests", "errors", "req/s", "p50", "p95", "p99"):
+        table.add_column(column, justify="right")
     for r in results:
-        table.add_row(r.model, r.batching, str(r.concurrency), str(r.ok + r.errors),
+        table.add_row(r.model, str(r.concurrency), str(r.ok + r.errors),
                       f"[red]{r.errors}[/]" if r.errors else "0", f"{r.throughput:.1f}",
                       *(f"{r.percentile(q):.1f}" for q in (50, 95, 99)))
     console.print(table)

@@ -53,7 +53,7 @@ def text_ensemble(name: str, io: ModelIO, serving: ServingOptions,
     tokenizer.input.add(name=TEXT_INPUT, data_type=mc.TYPE_STRING, dims=[1])
     for output in TOKEN_OUTPUTS:
         tokenizer.output.add(name=output, data_type=mc.TYPE_INT64, dims=[-1])
-    tokenizer.dynamic_batching.max_queue_delay_microseconds = serving.queue_delay_us
+    tokenizer.dynamic_batching.SetInParent()  # takes what is queued, never waits for more
     tokenizer.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
     parameters = {"tokenizer_file": TOKENIZER_FILE, "max_length": str(max_length),
                   "buckets": ",".join(map(str, bucket_lengths(max_length, DEFAULT_BUCKETS))),

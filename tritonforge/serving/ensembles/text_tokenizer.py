@@ -5,10 +5,12 @@ the NGC image included), with the artifact's tokenizer.json beside it. It import
 `tokenizers` and, inside Triton, `triton_python_backend_utils`; `encode` is also what
 tritonforge's own client uses to tokenize, so both produce the same arrays.
 
-Length buckets: Triton's dynamic batcher merges only requests whose shapes are equal, and only
-consecutive ones in its queue. So texts are not padded to their own length: all requests that
-reach one `execute` call are padded to the smallest bucket (16, 32, 64, ... up to max_length)
-that holds the longest of their texts, and enter the model's queue side by side. Texts longer
+Length buckets: Triton's dynamic batcher merges only requests whose shapes are equal (and only
+neighbours in its queue), so a request is not padded to its own length but to the smallest
+bucket (16, 32, 64, ... up to max_length) that holds its longest text. Requests are padded
+each on its own, not to the longest of all requests that reach one `execute` call: that lines
+them up for the batcher, but on a CPU the padding cost more than batching gained (measured on
+MiniLM at concurrency 16: 79 req/s padded together vs 131 req/s padded each). Texts longer
 than max_length are truncated, as sentence-transformers does; an empty (or whitespace-only)
 string is refused with an error.
 
@@ -92,28 +94,24 @@ class TritonPythonModel:
         self.pad_token_id = int(parameters["pad_token_id"])
 
     def execute(self, requests: list) -> list:
-        """All requests of one call are padded to one bucket: they reach the model's queue
-        together, and only equal shapes can be batched there."""
-        encoded: list = []  # per request: its encodings, or an error message
-        for request in requests:
-            raw = pb_utils.get_input_tensor_by_name(request, TEXT_INPUT).as_numpy().reshape(-1)
-            try:
-                texts = [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in raw]
-            except UnicodeDecodeError as exc:
-                encoded.append(f"TEXT is not valid UTF-8 ({exc}): send text encoded as UTF-8")
-                continue
-            encoded.append(empty_text_error(texts) or self.tokenizer.encode_batch(texts))
-        longest = max((len(e.ids) for item in encoded if not isinstance(item, str) for e in item),
-                      default=1)
-        length = bucket_for(longest, self.lengths)
-        responses = []
-        for item in encoded:
-            if isinstance(item, str):
-                code = getattr(pb_utils.TritonError, "INVALID_ARG", None)  # gRPC INVALID_ARGUMENT
-                error = pb_utils.TritonError(item, code) if code is not None else pb_utils.TritonError(item)
-                responses.append(pb_utils.InferenceResponse(error=error))
-                continue
-            arrays = padded_arrays(item, length, self.pad_token_id)
-            responses.append(pb_utils.InferenceResponse(
-                output_tensors=[pb_utils.Tensor(name, arrays[name]) for name in TOKEN_OUTPUTS]))
-        return responses
+        return [self._tokenize(request) for request in requests]
+
+    def _tokenize(self, request):
+        raw = pb_utils.get_input_tensor_by_name(request, TEXT_INPUT).as_numpy().reshape(-1)
+        try:
+            texts = [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in raw]
+        except UnicodeDecodeError as exc:
+            return invalid_argument(f"TEXT is not valid UTF-8 ({exc}): send text encoded as UTF-8")
+        problem = empty_text_error(texts)
+        if problem:
+            return invalid_argument(problem)
+        arrays = encode(self.tokenizer, texts, self.lengths, self.pad_token_id)
+        return pb_utils.InferenceResponse(
+            output_tensors=[pb_utils.Tensor(name, arrays[name]) for name in TOKEN_OUTPUTS])
+
+
+def invalid_argument(message: str):
+    """An error response that tells the client the request was wrong (gRPC INVALID_ARGUMENT)."""
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
+    error = pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
+    return pb_utils.InferenceResponse(error=error)
