@@ -370,7 +370,7 @@ def bench(
     table = Table(title=f"bench {name} at {url}: one sentence per request, latency in ms "
                         f"({name}{NOBATCH_SUFFIX}: without dynamic batching)")
     table.add_column("model", no_wrap=True)
-    for column in ("conc.", "requests", "errors", "req/s", "p50", "p95", "p99"):
+    for column in ("conc", "n", "err", "req/s", "p50", "p95", "p99"):
         table.add_column(column, justify="right")
     for r in results:
         table.add_row(r.model, str(r.concurrency), str(r.ok + r.errors),

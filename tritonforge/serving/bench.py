@@ -135,7 +135,7 @@ def plot_latency_throughput(results: Sequence[LevelResult], path: Path, title: s
     for index, model in enumerate(dict.fromkeys(r.model for r in results)):
         rows = [r for r in results if r.model == model]
         colour = f"C{index}"
-        label = f"{model} ({rows[0].batching} batching)"
+        label = f"{model} ({'dynamic batching' if rows[0].batching == 'dynamic' else 'no batching'})"
         throughput = [r.throughput for r in rows]
         axes.plot(throughput, [r.percentile(50) for r in rows], "o-", color=colour, label=f"{label} p50")
         axes.plot(throughput, [r.percentile(95) for r in rows], "x--", color=colour, alpha=0.6,
