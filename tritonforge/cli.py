@@ -212,6 +212,11 @@ def list_models(repo: RepoOption = DEFAULT_REPO):
 UrlOption = Annotated[str, typer.Option("--url", help="Triton gRPC address, host:port.")]
 
 
+def tokenizer_repo(repo: Path | None) -> Path | None:
+    """Where a token model's tokenizer is found: --repo, else ./model_repo when it exists."""
+    return repo or (DEFAULT_REPO if DEFAULT_REPO.is_dir() else None)
+
+
 @app.command()
 def serve(
     repo: RepoOption = DEFAULT_REPO,
@@ -291,8 +296,7 @@ def query(
         raise TritonForgeError("give either --text (one or more) or --input-json FILE")
     client = connect(url)
     info = model_info(client, name, url)
-    arrays = text_inputs(info, text, repo or (DEFAULT_REPO if DEFAULT_REPO.is_dir() else None)) \
-        if text else json_inputs(info, input_json)
+    arrays = text_inputs(info, text, tokenizer_repo(repo)) if text else json_inputs(info, input_json)
     outputs = infer(client, name, arrays, url=url)
     print_query(info, outputs, text or [])
 
@@ -356,8 +360,7 @@ def bench(
         requests = 2000
     client = connect(url)
     info = model_info(client, name, url)
-    repo = repo or (DEFAULT_REPO if DEFAULT_REPO.is_dir() else None)
-    payloads = [text_inputs(info, [t], repo, seq_len) for t in sentences()]
+    payloads = [text_inputs(info, [t], tokenizer_repo(repo), seq_len) for t in sentences()]
     served = {m["name"] for m in client.get_model_repository_index(as_json=True).get("models", [])
               if m.get("state") == "READY"}
     models = [(name, "dynamic")]

@@ -128,3 +128,14 @@ def test_bench_counts_errors_instead_of_stopping(triton):
 def test_bad_concurrency_levels_are_refused(triton, levels):
     result = runner.invoke(app, ["bench", "tiny_text", "--url", triton.grpc_url, "--concurrency", levels])
     assert result.exit_code == 2 and "--concurrency" in result.output
+
+
+def test_verify_triton_names_a_missing_server_and_a_version_it_does_not_serve(triton, served_repo):
+    from tritonforge.errors import TritonForgeError
+    from tritonforge.serving.client import TritonSession
+    from tritonforge.serving.local import free_port
+
+    with pytest.raises(TritonForgeError, match="no Triton server answers"):
+        verify_model(served_repo, "tiny", samples=4, iterations=1, triton_url=f"127.0.0.1:{free_port()}")
+    with pytest.raises(TritonForgeError, match=r"serves 'tiny' versions \['1'\], not 2"):
+        TritonSession(triton.grpc_url, "tiny", 2)

@@ -106,3 +106,18 @@ def test_a_model_that_cannot_load_fails_the_start_with_triton_s_reason(tiny_repo
 def test_an_empty_repository_is_refused(tmp_path):
     with pytest.raises(TritonForgeError, match="no models in"):
         LocalTriton(tmp_path, log_file=tmp_path / "log", **ANY_PORTS).start()
+
+
+def test_scratch_folders_of_killed_servers_are_removed():
+    import tempfile
+
+    from tritonforge.serving.local import SCRATCH_PREFIX, remove_stale_scratch
+
+    dead = Path(tempfile.gettempdir()) / f"{SCRATCH_PREFIX}999999999-left"  # beyond any pid
+    alive = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
+    dead.mkdir(exist_ok=True)
+    try:
+        remove_stale_scratch()
+        assert not dead.exists() and alive.exists()
+    finally:
+        alive.rmdir()

@@ -166,12 +166,11 @@ def json_inputs(info: ModelInfo, path: Path) -> dict[str, np.ndarray]:
                                f"not have; its inputs are {sorted(expected)}")
     arrays = {}
     for name, values in data.items():
-        dtype = triton_to_np_dtype(expected[name].datatype)
-        if expected[name].datatype == TEXT_DATATYPE:
-            arrays[name] = np.array(values, dtype=object)
-            arrays[name] = np.vectorize(lambda v: str(v).encode("utf-8"), otypes=[object])(arrays[name])
+        if expected[name].datatype == TEXT_DATATYPE:  # strings travel as UTF-8 bytes
+            encode = np.vectorize(lambda v: str(v).encode("utf-8"), otypes=[object])
+            arrays[name] = encode(np.array(values, dtype=object))
         else:
-            arrays[name] = np.asarray(values, dtype=dtype)
+            arrays[name] = np.asarray(values, dtype=triton_to_np_dtype(expected[name].datatype))
     return arrays
 
 

@@ -248,7 +248,8 @@ class ServedModel:
 
 class LocalTriton:
     """Context manager: a tritonserver serving the shadow of `repo`, ready when entered.
-    A port given as 0 is replaced by a free one.
+    A port given as 0 is replaced by a free one. The kernel ends the server when the *thread*
+    that started it exits (PR_SET_PDEATHSIG), so start it from a thread that outlives it.
 
         with LocalTriton("model_repo", http_port=0, grpc_port=0, metrics_port=0) as server:
             client = tritonclient.grpc.InferenceServerClient(server.grpc_url)

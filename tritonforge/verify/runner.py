@@ -170,6 +170,11 @@ def verify_model(repo: Path | str, name: str, version: int | None = None, batch_
     stage = stage or (lambda _description, _total: (lambda: None))
     plan = plan_verify(repo, name, version)
     session = ort_session(plan.model_path, threads, provider)
+    served = None
+    if triton_url:  # fail before the long steps when no server answers
+        from tritonforge.serving.client import TritonSession
+
+        served = TritonSession(triton_url, plan.name, plan.version)
     torch.set_num_threads(threads)
     stage("loading the PyTorch reference", 0)
     model = plan.family.load(plan.options)
@@ -185,10 +190,7 @@ def verify_model(repo: Path | str, name: str, version: int | None = None, batch_
     runners = {"pytorch": lambda: plan.family.reference_outputs(model, batch, plan.io),
                "onnxruntime": lambda: session.run(None, feed)}
     triton_parity = None
-    if triton_url:
-        from tritonforge.serving.client import TritonSession
-
-        served = TritonSession(triton_url, plan.name, plan.version)
+    if served is not None:
         tick = stage(f"Triton at {triton_url}: parity on {count} real inputs", -(-count // batch_size))
         triton_parity = parity_check(plan.family, model, plan.options, plan.io, served, inputs,
                                      batch_size, tick)
