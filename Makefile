@@ -14,11 +14,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@
 
-# Export the embedded MiniLM, then verify parity and latency against PyTorch.
+# Export the embedded MiniLM, then verify parity and latency against PyTorch; then serve it
+# with a local Triton, query it over gRPC, verify and bench Triton, and stop the server.
 demo: setup
 	$(BIN)/tritonforge export bert --bits 32 --repo $(REPO)
 	$(BIN)/tritonforge verify bert_fp32 --repo $(REPO) --json $(REPO)/bert_fp32.verify.json
 	$(BIN)/tritonforge ls --repo $(REPO)
+	bash scripts/demo-serving.sh $(BIN) $(REPO)
 
 test: setup
 	$(BIN)/python -m pytest -q

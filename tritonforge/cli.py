@@ -149,6 +149,9 @@ def verify(
         help="Parity samples. Default: the whole evaluation set.")] = None,
     provider: Annotated[str, typer.Option(help="cpu, cuda or tensorrt.")] = "cpu",
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
+    triton: Annotated[str | None, typer.Option(
+        help="gRPC address of a Triton serving the model (e.g. 127.0.0.1:8001): check its outputs "
+             "too and time it beside PyTorch and ONNX Runtime.")] = None,
 ):
     """Parity and latency of an exported version against its PyTorch reference."""
     from tritonforge.verify.runner import verify_model
@@ -156,7 +159,7 @@ def verify(
     with progress_bar() as progress:
         stages = Stages(progress)
         report = verify_model(repo, name, version, batch_size, seq_len, threads, samples,
-                              iterations, provider, stages)
+                              iterations, provider, stages, triton_url=triton)
         stages.finish()
     print_report(report)
     if json_path:
@@ -166,16 +169,21 @@ def verify(
     if not report.parity.passed:
         errors.print("[bold red]parity FAILED[/]: the ONNX model does not match its reference")
         raise typer.Exit(1)
+    if not report.passed:
+        errors.print(f"[bold red]parity FAILED[/]: Triton at {triton} does not match the reference")
+        raise typer.Exit(1)
 
 
 def print_report(report) -> None:
     parity = Table(title=f"{report.model} v{report.version} ({report.precision}): parity vs PyTorch")
-    for column in ("metric", "value", "tolerance", "result"):
+    for column in ("runtime", "metric", "value", "tolerance", "result"):
         parity.add_column(column)
-    for check in report.parity.checks:
-        bound = ">=" if check.higher_is_better else "<="
-        parity.add_row(check.metric, f"{check.value:.6g}", f"{bound} {check.tolerance:g}",
-                       "[green]pass[/]" if check.passed else "[red]FAIL[/]")
+    served = [("triton", report.triton_parity)] if report.triton_parity is not None else []
+    for runtime, result in [("onnxruntime", report.parity), *served]:
+        for check in result.checks:
+            bound = ">=" if check.higher_is_better else "<="
+            parity.add_row(runtime, check.metric, f"{check.value:.6g}", f"{bound} {check.tolerance:g}",
+                           "[green]pass[/]" if check.passed else "[red]FAIL[/]")
     console.print(parity)
     latency = Table(title=f"latency, batch {report.batch_size}, length {report.seq_len}, "
                           f"{report.threads} threads, interleaved")
@@ -262,6 +270,11 @@ def list_models(repo: RepoOption = DEFAULT_REPO):
         except TritonForgeError:
             table.add_row(model, ",".join(map(str, versions)), "?", "", "no manifest", "", "")
             continue
+        if "companion_of" in manifest:  # an ensemble or python step written beside an export
+            table.add_row(model, ",".join(map(str, versions)), manifest.get("family", "?"),
+                          manifest.get("kind", ""), f"step of {manifest['companion_of']['name']}", "",
+                          "")
+            continue
         parity = manifest.get("parity", {})
         table.add_row(model, ",".join(map(str, versions)), manifest.get("family", "?"),
                       manifest.get("precision", "?"),
@@ -269,6 +282,191 @@ def list_models(repo: RepoOption = DEFAULT_REPO):
                       f"{manifest.get('onnx', {}).get('bytes', 0) / 1e6:.1f}",
                       manifest.get("created", ""))
     console.print(table)
+
+# -- serving -------------------------------------------------------------------------------
+
+UrlOption = Annotated[str, typer.Option("--url", help="Triton gRPC address, host:port.")]
+
+
+def tokenizer_repo(repo: Path | None) -> Path | None:
+    """Where a token model's tokenizer is found: --repo, else ./model_repo when it exists."""
+    return repo or (DEFAULT_REPO if DEFAULT_REPO.is_dir() else None)
+
+
+@app.command()
+def serve(
+    repo: RepoOption = DEFAULT_REPO,
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 exposes the server).")
+                    ] = "127.0.0.1",
+    http_port: Annotated[int, typer.Option(help="HTTP/REST port.")] = 8000,
+    grpc_port: Annotated[int, typer.Option(help="gRPC port.")] = 8001,
+    metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port.")] = 8002,
+    log: Annotated[Path | None, typer.Option(
+        help="Triton's log file. Default: <repo>.triton.log beside the repository.")] = None,
+    threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads per model instance.")] = 2,
+    nobatch_twins: Annotated[bool, typer.Option(
+        help="Also serve each model without dynamic batching as <name>_nobatch (for bench).")] = False,
+    ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for all models to load.")] = 300,
+):
+    """Run a real Triton Inference Server on this machine (no Docker) until Ctrl-C or SIGTERM."""
+    import time
+
+    from tritonforge.serving.local import LocalTriton
+
+    server = LocalTriton(repo, host, http_port, grpc_port, metrics_port,
+                         log, threads, nobatch_twins, ready_timeout)
+    try:
+        try:
+            with errors.status("starting tritonserver") as status:
+                server.start(on_step=lambda message: status.update(message))
+        except TritonForgeError as exc:
+            errors.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+            raise typer.Exit(2) from None
+        print_served(server)
+        console.print("serving; Ctrl-C or SIGTERM stops the server", highlight=False)
+        while server.is_running():
+            time.sleep(0.5)
+        errors.print(f"[bold red]error:[/] tritonserver exited on its own (code "
+                     f"{server.process.returncode}); its log {server.log_file} ends with:\n"
+                     f"{server.log_tail()}", soft_wrap=True, highlight=False, markup=False)
+        raise typer.Exit(1)
+    except KeyboardInterrupt:
+        errors.print("stopping tritonserver")
+    finally:
+        server.stop()
+    console.print("tritonserver stopped")
+
+
+def print_served(server) -> None:
+    endpoints = Table(title=f"Triton {server.host} (pid {server.process.pid}, log {server.log_file})")
+    for column in ("endpoint", "address"):
+        endpoints.add_column(column)
+    endpoints.add_row("gRPC", server.grpc_url)
+    endpoints.add_row("HTTP", server.http_url)
+    endpoints.add_row("metrics", server.metrics_url)
+    console.print(endpoints)
+    models = Table(title="loaded models")
+    for column in ("model", "version", "state"):
+        models.add_column(column)
+    for model in server.models:
+        models.add_row(model.name, model.version, model.state)
+    console.print(models)
+
+
+@app.command()
+@friendly
+def query(
+    name: Annotated[str, typer.Argument(help="Model name on the server, e.g. bert_fp32_text.")],
+    url: UrlOption = "127.0.0.1:8001",
+    text: Annotated[list[str] | None, typer.Option(
+        "--text", help="A text to send (repeat for several; they go as one batch).")] = None,
+    input_json: Annotated[Path | None, typer.Option(
+        help="JSON object {input name: nested list} sent as the request.")] = None,
+    repo: Annotated[Path | None, typer.Option(
+        "--repo", help="Repository with the model's tokenizer, for --text to a token model.")] = None,
+):
+    """Send one request over gRPC and print the result readably."""
+    from tritonforge.serving.client import connect, infer, json_inputs, model_info, text_inputs
+
+    if bool(text) == bool(input_json):
+        raise TritonForgeError("give either --text (one or more) or --input-json FILE")
+    client = connect(url)
+    info = model_info(client, name, url)
+    arrays = text_inputs(info, text, tokenizer_repo(repo)) if text else json_inputs(info, input_json)
+    outputs = infer(client, name, arrays, url=url)
+    print_query(info, outputs, text or [])
+
+
+def print_query(info, outputs, texts: list[str]) -> None:
+    from tritonforge.serving.client import summarize
+
+    summary = summarize(info, outputs)
+    shapes = Table(title=f"{info.name} (versions {', '.join(info.versions)}): outputs")
+    for column in ("output", "datatype", "shape"):
+        shapes.add_column(column)
+    for output in info.outputs:
+        shapes.add_row(output.name, output.datatype, str(summary["shapes"].get(output.name)))
+    console.print(shapes)
+    rows = texts or [f"row {i}" for i in range(len(next(iter(outputs.values()))))]
+    for name, values in summary.get("embeddings", {}).items():
+        table = Table(title=f"{name}: L2 norm and cosine similarity")
+        table.add_column("text")
+        table.add_column("norm")
+        for index in range(len(rows)):
+            table.add_column(f"#{index}")
+        for index, label in enumerate(rows):
+            table.add_row(f"#{index} {label[:60]}", f"{values['norms'][index]:.4f}",
+                          *(f"{c:.4f}" for c in values["cosine"][index]))
+        console.print(table)
+    for name, ranked in summary.get("labels", {}).items():
+        table = Table(title=f"{name}: most probable labels")
+        for column in ("text", "label", "probability"):
+            table.add_column(column)
+        for label, row in zip(rows, ranked, strict=True):
+            for position, (cls, probability) in enumerate(row):
+                table.add_row(label[:60] if position == 0 else "", cls, f"{probability:.4f}")
+        console.print(table)
+
+
+@app.command()
+@friendly
+def bench(
+    name: Annotated[str, typer.Argument(help="Model name on the server, e.g. bert_fp32_text.")],
+    url: UrlOption = "127.0.0.1:8001",
+    concurrency: Annotated[str, typer.Option(help="Requests in flight, one level per comma.")] = "1,4,16,32",
+    requests: Annotated[int | None, typer.Option(help="Requests per level (default 2000).")] = None,
+    duration: Annotated[float | None, typer.Option(help="Seconds per level, instead of --requests.")
+                        ] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the results here.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="PNG plot of latency against throughput.")] = None,
+    repo: Annotated[Path | None, typer.Option(
+        "--repo", help="Repository with the model's tokenizer, for a token model.")] = None,
+    seq_len: Annotated[int | None, typer.Option(
+        help="Token models: pad every request to this length (default: length buckets).")] = None,
+):
+    """Asynchronous gRPC load: throughput and p50/p95/p99 per concurrency level, with and without
+    dynamic batching (the latter when the server has <name>_nobatch: `serve --nobatch-twins`)."""
+    from tritonforge.data import sentences
+    from tritonforge.serving.bench import bench_report, parse_levels, plot_latency_throughput, run_bench
+    from tritonforge.serving.client import connect, model_info, text_inputs
+    from tritonforge.serving.local import NOBATCH_SUFFIX
+
+    levels = parse_levels(concurrency)
+    if requests is None and duration is None:
+        requests = 2000
+    client = connect(url)
+    info = model_info(client, name, url)
+    payloads = [text_inputs(info, [t], tokenizer_repo(repo), seq_len) for t in sentences()]
+    served = {m["name"] for m in client.get_model_repository_index(as_json=True).get("models", [])
+              if m.get("state") == "READY"}
+    models = [(name, "dynamic")]
+    if name + NOBATCH_SUFFIX in served:
+        models.append((name + NOBATCH_SUFFIX, "none"))
+    with progress_bar() as progress:
+        stages = Stages(progress)
+        results = run_bench(url, models, payloads, levels, requests, duration, stages)
+        stages.finish()
+    table = Table(title=f"bench {name} at {url}: one sentence per request, latency in ms "
+                        f"({name}{NOBATCH_SUFFIX}: without dynamic batching)")
+    table.add_column("model", no_wrap=True)
+    for column in ("conc", "n", "err", "req/s", "p50", "p95", "p99"):
+        table.add_column(column, justify="right")
+    for r in results:
+        table.add_row(r.model, str(r.concurrency), str(r.ok + r.errors),
+                      f"[red]{r.errors}[/]" if r.errors else "0", f"{r.throughput:.1f}",
+                      *(f"{r.percentile(q):.1f}" for q in (50, 95, 99)))
+    console.print(table)
+    for r in results:
+        if r.errors:
+            errors.print(f"{r.model} c={r.concurrency}: first error: {r.first_error}", markup=False)
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(bench_report(url, results), indent=2) + "\n")
+        console.print(f"results written to {json_path}")
+    if plot:
+        plot_latency_throughput(results, plot, f"{name}: latency vs throughput ({url})")
+        console.print(f"plot written to {plot}")
+
 
 
 def _terminate(signum, _frame):

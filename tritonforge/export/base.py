@@ -199,6 +199,14 @@ class Family(ABC):
         """Files a client or an ensemble needs beside model.onnx (a tokenizer, labels)."""
         return None
 
+    def triton(self, name: str, io: ModelIO, serving: Any) -> Any:
+        """The Triton model config for `name`, and the companion models (ensembles and their
+        python-backend steps) of families whose clients send raw text or images. Returns a
+        `tritonforge.serving.repository.TritonModels`; `serving` is its `ServingOptions`."""
+        from tritonforge.serving.repository import TritonModels, model_config
+
+        return TritonModels(model_config(name, io, serving))
+
     def reference_outputs(self, model: Any, inputs: Mapping[str, np.ndarray], io: ModelIO
                           ) -> dict[str, np.ndarray]:
         """Run the PyTorch reference on numpy inputs; outputs come back keyed by io names."""

@@ -18,7 +18,6 @@ from tritonforge.serving.repository import (
     MODEL_FILE,
     ModelRepository,
     ServingOptions,
-    model_config,
     validate_name,
     write_manifest,
 )
@@ -55,7 +54,8 @@ def export_model(family: str | Family, options: Any, repo: Path | str = "model_r
     stage("loading the PyTorch reference")
     model = family.load(options, stage)
     io = family.io(model, options)
-    config = model_config(name, io, serving)
+    triton = family.triton(name, io, serving)
+    config = triton.config
     result: dict[str, Any] = {}
 
     def populate(folder: Path, number: int) -> None:
@@ -96,7 +96,14 @@ def export_model(family: str | Family, options: Any, repo: Path | str = "model_r
         write_manifest(folder, manifest)
 
     number = repository.write_version(name, config, populate, version=version, force=force)
-    return ExportResult(name, number, repository.root / name / str(number), result["manifest"])
+    folder = repository.root / name / str(number)
+    for companion in triton.companions:
+        stage(f"writing {companion.name}")
+        repository.write_companion(companion, folder, number, {
+            "manifest_version": 1, "name": companion.name, "version": number, "family": family.name,
+            "companion_of": {"name": name, "version": number},
+            "kind": companion.config.platform or companion.config.backend})
+    return ExportResult(name, number, folder, result["manifest"])
 
 
 def describe_parity(parity: Parity) -> str:

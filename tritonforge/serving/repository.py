@@ -19,7 +19,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +97,9 @@ def model_config(name: str, io: ModelIO, serving: ServingOptions,
         dims = [serving.warmup_length if d < 0 else d for d in spec.dims]
         warmup.inputs[spec.name].CopyFrom(mc.ModelWarmup.Input(
             data_type=triton_dtype(spec.dtype), dims=dims, zero_data=True))
+    labels = io.preprocessing.get("labels")
+    if labels:  # clients read them from the served config (`query` prints labels, not indices)
+        config.parameters["labels"].string_value = json.dumps(list(labels))
     if serving.gpu:
         accelerators = config.optimization.execution_accelerators.gpu_execution_accelerator
         accelerators.add(name="tensorrt", parameters={
@@ -106,6 +109,30 @@ def model_config(name: str, io: ModelIO, serving: ServingOptions,
             "trt_engine_cache_path": "/tmp/triton_trt_cache",
         })
     return config
+
+
+@dataclass(frozen=True)
+class CompanionModel:
+    """A model served beside an exported one: an ensemble, or a python-backend step of one.
+
+    `files` maps a file name in the companion's version folder to its source: an absolute
+    path, or a path relative to the exported model's version folder (e.g. its tokenizer).
+    """
+
+    config: mc.ModelConfig
+    files: Mapping[str, Path | str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+@dataclass(frozen=True)
+class TritonModels:
+    """What a family serves for one export: the ONNX model's config and its companions."""
+
+    config: mc.ModelConfig
+    companions: tuple[CompanionModel, ...] = ()
 
 
 def config_text(config: mc.ModelConfig) -> str:
@@ -269,6 +296,26 @@ class ModelRepository:
             return version
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def write_companion(self, companion: CompanionModel, model_folder: Path, version: int,
+                        manifest: Mapping[str, Any]) -> int:
+        """Publish `companion` as `version`, the number of the exported model it belongs to.
+
+        A companion is derived from its model (same tokenizer, same outputs), so its version
+        follows the model's and an existing one of that number is replaced.
+        """
+
+        def populate(folder: Path, _number: int) -> None:
+            for name, source in companion.files.items():
+                path = Path(source) if Path(source).is_absolute() else model_folder / source
+                if not path.is_file():
+                    raise TritonForgeError(
+                        f"{path} is missing, but {companion.name} needs it: export the model again")
+                shutil.copy2(path, folder / name)
+            write_manifest(folder, manifest)
+
+        return self.write_version(companion.name, companion.config, populate, version=version,
+                                  force=True)
 
     @staticmethod
     def _publish_version(staging: Path, built: Path, target: Path) -> None:

@@ -91,7 +91,13 @@ class VerifyReport:
     seq_len: int | None
     threads: int
     provider: str
+    triton_parity: Parity | None = None  # with --triton: the served model against PyTorch
+    triton_url: str | None = None
     quality: dict[str, Any] | None = None  # lossy exports: quality against full precision
+
+    @property
+    def passed(self) -> bool:
+        return self.parity.passed and (self.triton_parity is None or self.triton_parity.passed)
 
     @property
     def speedup(self) -> float:
@@ -106,6 +112,8 @@ class VerifyReport:
             "speedup_onnxruntime_vs_pytorch": round(self.speedup, 3),
             "batch_size": self.batch_size, "seq_len": self.seq_len, "threads": self.threads,
             "provider": self.provider,
+            **({"triton": {"url": self.triton_url, "parity": self.triton_parity.to_json()}}
+               if self.triton_parity is not None else {}),
             **({"quality": self.quality} if self.quality is not None else {}),
         }
 
@@ -146,8 +154,12 @@ def plan_verify(repo: Path | str, name: str, version: int | None = None) -> Veri
 def verify_model(repo: Path | str, name: str, version: int | None = None, batch_size: int = 8,
                  seq_len: int | None = 128, threads: int = 2, samples: int | None = None,
                  iterations: int = 30, provider: str = "cpu",
-                 stage: Callable[[str, int], Callable[[], None]] | None = None) -> VerifyReport:
+                 stage: Callable[[str, int], Callable[[], None]] | None = None,
+                 triton_url: str | None = None) -> VerifyReport:
     """Parity (all evaluation samples) and interleaved latency (one batch) of a version.
+
+    With `triton_url` (gRPC, e.g. 127.0.0.1:8001) the served model gets the same parity check
+    and its end-to-end gRPC latency is measured in the same interleaved rounds.
 
     `stage(description, total)` is told about each long step and returns a tick function.
     """
@@ -160,6 +172,11 @@ def verify_model(repo: Path | str, name: str, version: int | None = None, batch_
     stage = stage or (lambda _description, _total: (lambda: None))
     plan = plan_verify(repo, name, version)
     session = ort_session(plan.model_path, threads, provider)
+    served = None
+    if triton_url:  # fail before the long steps when no server answers
+        from tritonforge.serving.client import TritonSession
+
+        served = TritonSession(triton_url, plan.name, plan.version)
     torch.set_num_threads(threads)
     stage("loading the PyTorch reference", 0)
     model = plan.family.load_version(plan.options, plan.model_path.parent)
@@ -174,13 +191,18 @@ def verify_model(repo: Path | str, name: str, version: int | None = None, batch_
     if len(next(iter(batch.values()))) < batch_size:
         batch = plan.family.sample_inputs(model, plan.options, batch_size, seq_len)
     feed = {i.name: batch[i.name] for i in session.get_inputs()}
-    tick = stage("latency, PyTorch and ONNX Runtime interleaved", iterations)
     baseline = plan.family.latency_baseline(model)
-    latency = measure_interleaved({
-        "pytorch": lambda: plan.family.reference_outputs(baseline, batch, plan.io),
-        "onnxruntime": lambda: session.run(None, feed),
-    }, iterations, tick=tick)
+    runners = {"pytorch": lambda: plan.family.reference_outputs(baseline, batch, plan.io),
+               "onnxruntime": lambda: session.run(None, feed)}
+    triton_parity = None
+    if served is not None:
+        tick = stage(f"Triton at {triton_url}: parity on {count} real inputs", -(-count // batch_size))
+        triton_parity = parity_check(plan.family, model, plan.options, plan.io, served, inputs,
+                                     batch_size, tick)
+        runners["triton"] = lambda: served.run(None, feed)
+    tick = stage(f"latency, {', '.join(runners)} interleaved", iterations)
+    latency = measure_interleaved(runners, iterations, tick=tick)
     return VerifyReport(plan.name, plan.version, plan.family.name,
                         plan.manifest.get("precision", ""), parity, latency, batch_size, seq_len,
-                        threads, provider, quality)
+                        threads, provider, triton_parity, triton_url, quality)
 

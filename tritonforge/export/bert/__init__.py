@@ -44,6 +44,7 @@ from tritonforge.export.onnx import (
 from tritonforge.quant.calibrate import QuantRecipe
 from tritonforge.quant.qdq import integer_kernels
 from tritonforge.quant.quantizers import check_bits
+from tritonforge.serving.repository import TritonModels, model_config
 from tritonforge.verify.metrics import max_abs_diff, row_cosines, top1_agreement
 from tritonforge.verify.runner import batches
 
@@ -237,6 +238,12 @@ class BertFamily(Family):
                              for batch in batches(inputs, 32)])
         embeddings = np.concatenate([run(batch)["sentence_embedding"] for batch in batches(inputs, 32)])
         return quality_vs_fp(fp, embeddings)
+
+    def triton(self, name: str, io: ModelIO, serving) -> TritonModels:
+        """The ONNX model, plus `<name>_text`: raw strings in, through the saved tokenizer."""
+        from tritonforge.serving.ensembles import text_ensemble
+
+        return TritonModels(model_config(name, io, serving), text_ensemble(name, io, serving))
 
     def compare(self, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray],
                 options: BertOptions, inputs: Mapping[str, np.ndarray] | None = None) -> Parity:

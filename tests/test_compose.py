@@ -1,0 +1,114 @@
+"""docker-compose.yml for GPU hosts, checked without a Docker engine: the Compose
+Specification's JSON schema, the settings serving depends on, and `docker-compose config`
+where Debian's docker-compose is installed. Nothing here builds or runs the image."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "docker" / "Dockerfile"
+SCHEMA = json.loads((Path(__file__).parent / "data" / "compose-spec.json").read_text())
+VARIABLE = re.compile(r"\$\{(\w+):-([^}]*)\}")
+
+
+def interpolate(value, env: dict[str, str]):
+    """Compose's ${NAME:-default} substitution, for the checks below."""
+    if isinstance(value, str):
+        return VARIABLE.sub(lambda m: env.get(m.group(1)) or m.group(2), value)
+    if isinstance(value, list):
+        return [interpolate(v, env) for v in value]
+    if isinstance(value, dict):
+        return {k: interpolate(v, env) for k, v in value.items()}
+    return value
+
+
+def compose(env: dict[str, str] | None = None) -> dict:
+    return interpolate(yaml.safe_load(COMPOSE.read_text()), env or {})
+
+
+def schema_errors(document: dict) -> list[str]:
+    validator = jsonschema.Draft201909Validator(SCHEMA)
+    return [f"{'/'.join(map(str, e.path))}: {e.message}" for e in validator.iter_errors(document)]
+
+
+def test_compose_file_follows_the_compose_specification():
+    assert schema_errors(yaml.safe_load(COMPOSE.read_text())) == []
+    assert schema_errors(compose()) == []
+
+
+def test_schema_check_catches_a_misspelt_key():
+    document = compose()
+    document["services"]["triton"]["helthcheck"] = document["services"]["triton"].pop("healthcheck")
+    assert any("helthcheck" in error for error in schema_errors(document))
+
+
+def test_triton_service_reserves_a_gpu_and_publishes_the_three_ports():
+    triton = compose()["services"]["triton"]
+    devices = triton["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    assert [p.split(":") for p in triton["ports"]] == [["8000", "8000"], ["8001", "8001"], ["8002", "8002"]]
+    assert triton["volumes"] == ["./model_repo:/models:ro"]
+    assert triton["shm_size"] == "1gb"
+
+
+def test_healthcheck_asks_triton_for_readiness():
+    check = compose()["services"]["triton"]["healthcheck"]
+    assert check["test"][0] == "CMD" and "http://localhost:8000/v2/health/ready" in check["test"]
+    assert "curl" in check["test"] and "curl" in DOCKERFILE.read_text()  # the image has curl
+
+
+def test_server_uses_the_mounted_repository_with_strict_model_config():
+    command = compose()["services"]["triton"]["command"]
+    assert command[0] == "tritonserver"
+    assert "--model-repository=/models" in command and "--disable-auto-complete-config" in command
+    assert "--strict-readiness=true" in command
+
+
+def test_ngc_image_tag_comes_from_triton_tag_with_a_default():
+    default, chosen = compose(), compose({"TRITON_TAG": "24.12"})
+    assert default["services"]["triton"]["build"]["args"]["TRITON_TAG"] == "24.10"
+    assert chosen["services"]["triton"]["build"]["args"]["TRITON_TAG"] == "24.12"
+    assert chosen["services"]["triton"]["image"] == "tritonforge-triton:24.12"
+    dockerfile = DOCKERFILE.read_text()
+    assert re.search(r"^ARG TRITON_TAG=24\.10$", dockerfile, re.M)
+    assert re.search(r"^FROM nvcr\.io/nvidia/tritonserver:\$\{TRITON_TAG\}-py3$", dockerfile, re.M)
+
+
+def test_image_installs_what_the_ensemble_models_import_with_the_project_pins():
+    from tritonforge.serving.ensembles import TEXT_TOKENIZER_MODEL
+
+    tree = ast.parse(TEXT_TOKENIZER_MODEL.read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.module}
+    third_party = imported - set(sys.stdlib_module_names) - {"__future__", "triton_python_backend_utils"}
+    pins = dict(line.split("==") for line in (ROOT / "docker" / "requirements.txt").read_text().splitlines()
+                if line and not line.startswith("#"))
+    assert third_party == {"numpy", "tokenizers"} and set(pins) == third_party
+    constraints = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines()
+                       if "==" in line and not line.startswith("#"))
+    assert all(constraints[name] == version for name, version in pins.items())
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None,
+                    reason="Debian's docker-compose is not installed (apt-get install docker-compose)")
+def test_docker_compose_config_accepts_the_file():
+    result = subprocess.run(["docker-compose", "-f", str(COMPOSE), "config"], capture_output=True,
+                            text=True, env={"TRITON_TAG": "24.12", "PATH": "/usr/bin:/bin"}, timeout=60)
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)["services"]["triton"]
+    assert resolved["image"] == "tritonforge-triton:24.12"
+    assert resolved["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]

@@ -1,0 +1,409 @@
+"""A real Triton Inference Server on this machine, without Docker.
+
+The `nvidia-pytriton` wheel ships a `tritonserver` binary (2.51) with the python backend only.
+`LocalTriton` copies that server into a scratch folder, adds the python-backend stub built for
+the running Python, and serves a *shadow* of the model repository:
+
+- each ONNX model (`backend: "onnxruntime"` or `platform: "onnxruntime_onnx"`) becomes a
+  python-backend model of the same name and config (inputs, outputs, max_batch_size, dynamic
+  batching, warm-up) whose model.py (`ensembles/onnx_runtime.py`) runs ONNX Runtime on the
+  same model.onnx, linked from the repository;
+- ensembles and python-backend models are linked unchanged.
+
+With `nobatch_twins`, every model also gets a `<name>_nobatch` twin without dynamic batching
+(ensembles point at their steps' twins), so `bench` can measure both on one server.
+
+Process hygiene: tritonserver runs in its own process group (the python stubs it forks join
+it) and is told by the kernel to exit when the process that started it dies
+(PR_SET_PDEATHSIG), so neither Ctrl-C, SIGTERM nor SIGKILL of the CLI leaves a server behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import site
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tritonclient.grpc import model_config_pb2 as mc
+
+from tritonforge.errors import TritonForgeError
+from tritonforge.serving.ensembles import ONNX_RUNTIME_MODEL, PYTHON_MODEL_FILE
+from tritonforge.serving.repository import CONFIG_FILE, ModelRepository, _pid_alive, config_text
+
+NOBATCH_SUFFIX = "_nobatch"
+SCRATCH_PREFIX = "tritonforge-serve-"
+_PR_SET_PDEATHSIG = 1
+
+
+# -- the server files ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TritonDistribution:
+    """Where the nvidia-pytriton wheel keeps the server, its backends, stubs and libraries."""
+
+    root: Path  # .../pytriton/tritonserver
+    libs: Path  # .../nvidia_pytriton.libs
+
+    @property
+    def stub(self) -> Path:
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        return self.root / "python_backend_stubs" / version / "triton_python_backend_stub"
+
+    @classmethod
+    def find(cls) -> TritonDistribution:
+        try:
+            import pytriton
+        except ImportError as exc:
+            raise TritonForgeError(
+                "the local Triton server comes from the nvidia-pytriton wheel, which is not "
+                "installed: `pip install -c constraints.txt nvidia-pytriton` (or `make setup`)") from exc
+        package = Path(pytriton.__file__).parent
+        found = cls(package / "tritonserver", package.parent / "nvidia_pytriton.libs")
+        if not (found.root / "bin" / "tritonserver").is_file():
+            raise TritonForgeError(f"{found.root / 'bin' / 'tritonserver'} is missing: reinstall "
+                                   "nvidia-pytriton")
+        if not found.stub.is_file():
+            raise TritonForgeError(
+                f"nvidia-pytriton has no python-backend stub for Python "
+                f"{sys.version_info.major}.{sys.version_info.minor} ({found.stub}): use Python 3.8-3.13")
+        return found
+
+    def install(self, target: Path) -> Path:
+        """Lay out the server in `target` as links: the wheel's binary, caches and python
+        backend, with the stub for this Python where the backend looks for it (beside
+        libtriton_python.so). Returns the binary."""
+        (target / "bin").mkdir(parents=True)
+        (target / "bin" / "tritonserver").symlink_to(self.root / "bin" / "tritonserver")
+        (target / "caches").symlink_to(self.root / "caches")
+        backend = target / "backends" / "python"
+        backend.mkdir(parents=True)
+        for item in (self.root / "backends" / "python").iterdir():
+            if item.is_file():
+                (backend / item.name).symlink_to(item)
+        (backend / "triton_python_backend_stub").symlink_to(self.stub)
+        return target / "bin" / "tritonserver"
+
+    def environment(self) -> dict[str, str]:
+        """The server finds its libraries, and the python stubs this environment's packages."""
+        env = dict(os.environ)
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            p for p in (str(self.libs), env.get("LD_LIBRARY_PATH", "")) if p)
+        paths = [*site.getsitepackages(), *sys.path[1:]]
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in paths if p and os.path.isdir(p)))
+        env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
+        env.setdefault("OMP_NUM_THREADS", "1")
+        return env
+
+
+# -- the shadow repository -----------------------------------------------------------------
+
+
+def is_onnx_model(config: mc.ModelConfig) -> bool:
+    return config.platform == "onnxruntime_onnx" or config.backend == "onnxruntime"
+
+
+def shadow_config(config: mc.ModelConfig, threads: int, max_length: int | None) -> mc.ModelConfig:
+    """The ONNX model's config, served by the python backend on the CPU (see ensembles/onnx_runtime.py)."""
+    shadow = mc.ModelConfig()
+    shadow.CopyFrom(config)
+    shadow.ClearField("platform")
+    shadow.backend = "python"
+    shadow.ClearField("optimization")  # TensorRT / CUDA accelerators belong to the onnxruntime backend
+    for group in shadow.instance_group:
+        group.kind = mc.ModelInstanceGroup.KIND_CPU
+        group.ClearField("gpus")
+    shadow.parameters["intra_op_threads"].string_value = str(threads)
+    if max_length:
+        shadow.parameters["max_sequence_length"].string_value = str(max_length)
+    return shadow
+
+
+def nobatch_twin(config: mc.ModelConfig, twins: set[str]) -> mc.ModelConfig:
+    """The same model without dynamic batching; ensemble steps use their own twins."""
+    twin = mc.ModelConfig()
+    twin.CopyFrom(config)
+    twin.name = config.name + NOBATCH_SUFFIX
+    twin.ClearField("dynamic_batching")
+    for step in twin.ensemble_scheduling.step:
+        if step.model_name in twins:
+            step.model_name += NOBATCH_SUFFIX
+    return twin
+
+
+def _link_version(source: Path, target: Path, model_py: Path | None) -> None:
+    """A version folder of links to the original files (and the ORT model.py, for ONNX models)."""
+    target.mkdir(parents=True)
+    for item in source.iterdir():
+        if item.name != PYTHON_MODEL_FILE or model_py is None:
+            (target / item.name).symlink_to(item.resolve())
+    if model_py is not None:
+        shutil.copy2(model_py, target / PYTHON_MODEL_FILE)
+
+
+def write_shadow_repository(repo: Path | str, target: Path, threads: int = 2,
+                            nobatch_twins: bool = False) -> list[str]:
+    """Write the shadow of `repo` into `target` (see the module doc); returns the model names."""
+    repository = ModelRepository(repo)
+    names = repository.models()
+    if not names:
+        raise TritonForgeError(
+            f"no models in {repository.root}: export one first (`tritonforge export bert`), "
+            "or pass --repo")
+    target.mkdir(parents=True, exist_ok=True)
+    served: list[tuple[str, mc.ModelConfig, Path | None]] = []  # (source model, config, model.py)
+    for name in names:
+        config = repository.read_config(name)
+        model_py = None
+        if is_onnx_model(config):
+            config = shadow_config(config, threads, _manifest_max_length(repository, name))
+            model_py = ONNX_RUNTIME_MODEL
+        served.append((name, config, model_py))
+    if nobatch_twins:
+        served += [(name, nobatch_twin(config, set(names)), model_py)
+                   for name, config, model_py in list(served)]
+    for name, config, model_py in served:
+        folder = target / config.name
+        folder.mkdir()
+        for version in repository.versions(name):
+            _link_version(repository.root / name / str(version), folder / str(version), model_py)
+        (folder / CONFIG_FILE).write_text(config_text(config))
+    return sorted(config.name for _name, config, _model_py in served)
+
+
+def _manifest_max_length(repository: ModelRepository, name: str) -> int | None:
+    """The longest sequence the export declares (io.preprocessing.max_length), if any."""
+    try:
+        manifest = repository.read_manifest(name)
+    except TritonForgeError:
+        return None
+    return manifest.get("io", {}).get("preprocessing", {}).get("max_length")
+
+
+# -- the process ---------------------------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: the kernel sends SIGKILL when our parent dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def check_port_free(host: str, port: int, option: str) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise TritonForgeError(
+                f"cannot listen on {host}:{port} ({exc.strerror or exc}): another server uses it; "
+                f"pass another {option}") from exc
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def process_group_members(pgid: int) -> list[int]:
+    """Live processes in process group `pgid` (zombies excluded), read from /proc."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def remove_stale_scratch() -> None:
+    """Scratch folders (shadow repository, server links) of servers whose CLI was killed."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
+        owner = folder.name[len(SCRATCH_PREFIX):].split("-")[0]
+        if owner.isdigit() and not _pid_alive(int(owner)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    name: str
+    version: str
+    state: str
+    reason: str = ""
+
+
+class LocalTriton:
+    """Context manager: a tritonserver serving the shadow of `repo`, ready when entered.
+    A port given as 0 is replaced by a free one. The kernel ends the server when the *thread*
+    that started it exits (PR_SET_PDEATHSIG), so start it from a thread that outlives it.
+
+        with LocalTriton("model_repo", http_port=0, grpc_port=0, metrics_port=0) as server:
+            client = tritonclient.grpc.InferenceServerClient(server.grpc_url)
+    """
+
+    def __init__(self, repo: Path | str = "model_repo", host: str = "127.0.0.1", http_port: int = 8000,
+                 grpc_port: int = 8001, metrics_port: int = 8002, log_file: Path | str | None = None,
+                 threads: int = 2, nobatch_twins: bool = False, ready_timeout_s: float = 300.0,
+                 log_verbose: int = 0):
+        self.repo = Path(repo)
+        self.host, self.http_port = host, http_port
+        self.grpc_port, self.metrics_port = grpc_port, metrics_port
+        # Beside the repository, not in it: Triton treats every folder of a repository as a model.
+        self.log_file = Path(log_file) if log_file else Path(f"{self.repo.resolve()}.triton.log")
+        self.threads, self.nobatch_twins = threads, nobatch_twins
+        self.ready_timeout_s, self.log_verbose = ready_timeout_s, log_verbose
+        self.process: subprocess.Popen | None = None
+        self.models: list[ServedModel] = []
+        self._scratch: Path | None = None
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
+    def __enter__(self) -> LocalTriton:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def command(self, binary: Path, shadow: Path, backends: Path) -> list[str]:
+        prefix = f"tritonforge{os.getpid()}_{self.grpc_port}_"
+        return [
+            str(binary), f"--model-repository={shadow}", f"--backend-directory={backends}",
+            f"--cache-directory={backends.parent / 'caches'}",
+            "--model-control-mode=none",  # serve every model of the repository, loaded at start
+            "--disable-auto-complete-config",  # strict: the config is used as written
+            "--exit-on-error=true", "--strict-readiness=true", "--exit-timeout-secs=10",
+            f"--http-address={self.host}", f"--http-port={self.http_port}",
+            f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
+            f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
+            "--allow-gpu-metrics=false",
+            # Unique shared-memory names, so several local servers can run side by side.
+            f"--backend-config=python,shm-region-prefix-name={prefix}",
+            "--backend-config=python,shm-default-byte-size=16777216",
+            "--backend-config=python,shm-growth-byte-size=16777216",
+            f"--log-verbose={self.log_verbose}",
+        ]
+
+    def start(self, on_step: Callable[[str], None] | None = None) -> None:
+        on_step = on_step or (lambda _message: None)
+        if self.process is not None:
+            raise RuntimeError("this LocalTriton is already running")
+        # Port 0: any free port (tests run servers side by side).
+        self.http_port, self.grpc_port, self.metrics_port = (
+            port or free_port(self.host) for port in (self.http_port, self.grpc_port, self.metrics_port))
+        for port, option in ((self.http_port, "--http-port"), (self.grpc_port, "--grpc-port"),
+                             (self.metrics_port, "--metrics-port")):
+            check_port_free(self.host, port, option)
+        distribution = TritonDistribution.find()
+        remove_stale_scratch()
+        self._scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
+        try:
+            on_step("writing the shadow repository")
+            shadow = self._scratch / "models"
+            write_shadow_repository(self.repo, shadow, self.threads, self.nobatch_twins)
+            binary = distribution.install(self._scratch / "tritonserver")
+            self.log_file.parent.mkdir(parents=True, exist_ok=True)
+            on_step("starting tritonserver and loading the models")
+            with open(self.log_file, "wb") as log:
+                self.process = subprocess.Popen(
+                    self.command(binary, shadow, binary.parent.parent / "backends"),
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    env=distribution.environment(), start_new_session=True,
+                    preexec_fn=_die_with_parent)
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self) -> None:
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        deadline = time.monotonic() + self.ready_timeout_s
+        client = grpcclient.InferenceServerClient(self.grpc_url)
+        try:
+            while True:
+                if self.process.poll() is not None:
+                    raise TritonForgeError(
+                        f"tritonserver exited with code {self.process.returncode} while starting; "
+                        f"its log ({self.log_file}) ends with:\n{self.log_tail()}")
+                try:
+                    if client.is_server_ready():
+                        break
+                except InferenceServerException:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TritonForgeError(
+                        f"tritonserver was not ready after {self.ready_timeout_s:.0f} s; its log "
+                        f"({self.log_file}) ends with:\n{self.log_tail()}")
+                time.sleep(0.25)
+            index = client.get_model_repository_index(as_json=True).get("models", [])
+            self.models = [ServedModel(m["name"], m.get("version", ""), m.get("state", ""),
+                                       m.get("reason", "")) for m in index]
+        finally:
+            client.close()
+
+    def log_tail(self, lines: int = 8) -> str:
+        """Triton's error lines (model load failures say why there), then the last lines."""
+        try:
+            text = self.log_file.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        failures = [line for line in text if line.startswith("E") and "CudaDriverHelper" not in line]
+        return "\n".join([*failures[-10:], *text[-lines:]])
+
+    def is_running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """SIGTERM (Triton unloads its models and ends the stubs), then SIGKILL the group."""
+        process, self.process = self.process, None
+        try:
+            if process is not None:
+                pgid = process.pid  # start_new_session: the server leads its own group
+                if process.poll() is None:
+                    process.send_signal(signal.SIGTERM)
+                    try:
+                        process.wait(timeout_s)
+                    except subprocess.TimeoutExpired:
+                        pass
+                self._kill_group(pgid)
+                process.wait()
+        finally:
+            if self._scratch is not None:
+                shutil.rmtree(self._scratch, ignore_errors=True)
+                self._scratch = None
+
+    @staticmethod
+    def _kill_group(pgid: int, timeout_s: float = 5.0) -> None:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            return
+        deadline = time.monotonic() + timeout_s
+        while process_group_members(pgid) and time.monotonic() < deadline:
+            time.sleep(0.05)
