@@ -14,11 +14,14 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@
 
-# Export the embedded MiniLM, then verify parity and latency against PyTorch; then serve it
-# with a local Triton, query it over gRPC, verify and bench Triton, and stop the server.
+# Export the embedded MiniLM in FP32 and quantized W6A6 (Outlier Suppression), verify each
+# against PyTorch; then serve both with a local Triton, query them over gRPC, verify and
+# bench Triton, and stop the server.
 demo: setup
 	$(BIN)/tritonforge export bert --bits 32 --repo $(REPO)
 	$(BIN)/tritonforge verify bert_fp32 --repo $(REPO) --json $(REPO)/bert_fp32.verify.json
+	$(BIN)/tritonforge export bert --bits 6 --repo $(REPO)
+	$(BIN)/tritonforge verify bert_w6a6 --repo $(REPO) --json $(REPO)/bert_w6a6.verify.json
 	$(BIN)/tritonforge ls --repo $(REPO)
 	bash scripts/demo-serving.sh $(BIN) $(REPO)
 

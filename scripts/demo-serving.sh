@@ -28,6 +28,11 @@ done
 "$BIN/tritonforge" query bert_fp32_text --url "$URL" \
     --text "A man is eating food." --text "A man is eating a piece of bread." \
     --text "The new movie is awesome." --text "The stock market fell sharply today."
+if [ -d "$REPO/bert_w6a6_text" ]; then
+    "$BIN/tritonforge" query bert_w6a6_text --url "$URL" \
+        --text "A man is eating food." --text "A man is eating a piece of bread." \
+        --text "The new movie is awesome." --text "The stock market fell sharply today."
+fi
 "$BIN/tritonforge" verify bert_fp32 --repo "$REPO" --triton "$URL" \
     --json "$REPO/bert_fp32.verify-triton.json"
 "$BIN/tritonforge" bench bert_fp32_text --url "$URL" --concurrency 1,16 --requests 500 \

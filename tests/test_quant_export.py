@@ -117,10 +117,10 @@ def test_products_on_quantization_grids_are_summed_exactly(bits):
     torch.testing.assert_close(grid_matmul(a, a_scale, b, b_scale), expected, rtol=0, atol=0)
 
 
-def test_bits_4_means_w4a8_with_mse_weights():
+def test_bits_4_means_w4a8_with_gptq_weights():
     options = BertOptions(bits=4)
     recipe = options.recipe()
-    assert (recipe.wbits, recipe.abits, recipe.weight_observer) == (4, 8, "mse")
+    assert (recipe.wbits, recipe.abits, recipe.weight_observer) == (4, 8, "gptq")
     assert options.precision == "w4a8"
     assert BertOptions(bits=8, abits=6).precision == "w8a6"
 

@@ -89,7 +89,7 @@ def export_bert(
              "any 2..8 works).")] = 32,
     method: Annotated[str, typer.Option(
         help="Quantization: os (Gamma Migration + Token-Wise Clipping + LSQ+), os+ (channel-wise "
-             "shifting and scaling + clipping + LSQ+), minmax or percentile.")] = "os",
+             "shifting and scaling + percentile clipping + LSQ+), minmax or percentile.")] = "os",
     wbits: Annotated[int | None, typer.Option(help="Weight bits (overrides --bits).")] = None,
     abits: Annotated[int | None, typer.Option(help="Activation bits (overrides --bits).")] = None,
     calib: Annotated[str | None, typer.Option(

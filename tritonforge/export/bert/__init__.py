@@ -78,7 +78,7 @@ class BertOptions:
     calib: str | None = None  # one text per line; None: the shipped calibration corpus
     calib_size: int = 256
     allow_fewer: bool = False  # calibrate on a shorter file instead of refusing it
-    weight_observer: str | None = None  # minmax or mse; None: mse below 6 bits, else minmax
+    weight_observer: str | None = None  # minmax, mse or gptq; None: gptq below 6 bits, else minmax
     lsq_epochs: int = 3  # LSQ+ fine stage of os / os+
     lsq_lr: float = 1e-2
 
@@ -101,7 +101,7 @@ class BertOptions:
     def recipe(self) -> QuantRecipe:
         wbits = self.wbits or self.bits
         abits = self.abits or (8 if self.bits == 4 else self.bits)
-        observer = self.weight_observer or ("mse" if wbits < 6 else "minmax")
+        observer = self.weight_observer or ("gptq" if wbits < 6 else "minmax")
         lsq = self.lsq_epochs if self.method in ("os", "os+") else 0
         return QuantRecipe(method=self.method, wbits=wbits, abits=abits, weight_observer=observer,
                            lsq_epochs=lsq, lsq_lr=self.lsq_lr)
