@@ -1,5 +1,6 @@
-"""One real tritonserver for the serving tests: a tiny BERT encoder, a tiny classifier and the
-real MiniLM FP32, each with its `_text` ensemble, and every model's `_nobatch` twin."""
+"""One real tritonserver for the serving tests: a tiny BERT encoder, a tiny classifier, a tiny
+W6A6 (QDQ) encoder and the real MiniLM FP32, each with its `_text` ensemble, and every model's
+`_nobatch` twin."""
 
 from __future__ import annotations
 
@@ -26,11 +27,13 @@ def tiny_repo(tmp_path_factory, tiny_bert) -> Path:
 
 
 @pytest.fixture(scope="session")
-def served_repo(tmp_path_factory, tiny_repo, tiny_classifier, minilm_repo) -> Path:
+def served_repo(tmp_path_factory, tiny_bert, tiny_repo, tiny_classifier, minilm_repo) -> Path:
     repo = tmp_path_factory.mktemp("served_repo")
     for name in ("tiny", "tiny_tokenizer", "tiny_text"):
         (repo / name).symlink_to(tiny_repo / name)
     export_model("bert", BertOptions(model=str(tiny_classifier), graph="plain"), repo, name="tiny_cls")
+    export_model("bert", BertOptions(model=str(tiny_bert), bits=6, calib_size=16, lsq_epochs=0), repo,
+                 name="tiny_w6a6")
     for name in MINILM_MODELS:  # the MiniLM export shared with the other tests, read-only
         (repo / name).symlink_to(minilm_repo / name)
     return repo

@@ -92,6 +92,12 @@ def test_verify_minilm_through_triton_meets_the_cosine_bar(triton, served_repo):
     assert report.triton_parity.passed and checks["cosine"] >= 0.9999
 
 
+def test_a_quantized_model_served_by_triton_matches_its_quantized_reference(triton, served_repo):
+    report = verify_model(served_repo, "tiny_w6a6", samples=32, iterations=1, triton_url=triton.grpc_url)
+    assert report.precision == "w6a6" and report.triton_parity.passed
+    assert report.triton_parity.primary.value >= 0.999
+
+
 def test_bench_runs_with_and_without_dynamic_batching_without_errors(triton):
     client = connect(triton.grpc_url)
     info = model_info(client, "tiny_text", triton.grpc_url)

@@ -29,7 +29,7 @@ def minilm_reference(minilm, texts: list[str], seq_len: int | None = None) -> np
 
 def test_every_model_and_twin_is_loaded_and_ready(triton, client):
     names = {m.name for m in triton.models if m.state == "READY"}
-    for base in ("tiny", "tiny_cls", "bert_fp32"):
+    for base in ("tiny", "tiny_cls", "tiny_w6a6", "bert_fp32"):
         for suffix in ("", "_tokenizer", "_text"):
             assert {base + suffix, base + suffix + "_nobatch"} <= names
     assert client.is_server_ready()
