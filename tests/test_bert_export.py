@@ -130,3 +130,12 @@ def test_auto_graph_records_both_candidates_timings(tiny_bert, tmp_path):
     timings = result.manifest["onnx"]["candidates_ms"]
     assert set(timings) == {"plain", "fused"}
     assert result.manifest["onnx"]["graph"] == min(timings, key=timings.get)
+
+
+@pytest.mark.parametrize("bits", [32, 16])
+def test_gpu_export_honours_an_explicit_plain_graph(tiny_bert, tmp_path, bits):
+    result = export_model("bert", BertOptions(model=str(tiny_bert), bits=bits, gpu=True, graph="plain"),
+                          tmp_path)
+    assert result.manifest["onnx"]["graph"] == "plain"
+    ops = {node.op_type for node in onnx.load(str(result.folder / "model.onnx")).graph.node}
+    assert "Attention" not in ops and "MatMul" in ops

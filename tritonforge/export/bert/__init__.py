@@ -201,10 +201,10 @@ class BertFamily(Family):
             with eager_attention(model):
                 trace(model, plain)
             candidates = {"plain": plain}
-            if options.graph != "plain" or options.bits == 16:
+            if options.graph != "plain":
                 candidates["fused"] = fuse_transformer(plain, model, Path(scratch) / "fused.onnx")
             details: dict[str, Any] = {}
-            if options.bits == 16 or options.gpu:
+            if options.graph == "auto" and (options.bits == 16 or options.gpu):
                 # GPU graphs are the fused ones (fused Attention is what GPUs gain most from);
                 # FP16 conversion keeps fp32 inputs/outputs so clients need not change.
                 chosen = "fused"
@@ -214,7 +214,7 @@ class BertFamily(Family):
             else:
                 chosen = options.graph
             if options.bits == 16:
-                candidates["fused"] = to_float16(candidates["fused"])
+                candidates[chosen] = to_float16(candidates[chosen])
             shutil.move(str(candidates[chosen]), str(path))
         details["graph"] = chosen
         return ExportInfo(opset=check_onnx(path), precision=options.precision, details=details)
