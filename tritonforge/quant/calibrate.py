@@ -40,7 +40,7 @@ class QuantRecipe:
     alpha_grid: int = 30  # Token-Wise Clipping candidates per quantizer
     shift_scale_grid: int = 20  # OS+ threshold candidates per LayerNorm
     lsq_epochs: int = 0  # fine stage: LSQ+ epochs over the calibration set (0: coarse only)
-    lsq_lr: float = 1e-2  # relative to each quantizer's scale (see train_lsq_plus)
+    lsq_lr: float = 3e-2  # relative to each quantizer's scale (see train_lsq_plus)
 
     def __post_init__(self):
         check_bits(self.wbits, "--wbits")

@@ -88,11 +88,11 @@ def dequantize_weights(path: Path, weights: Mapping[str, QuantizedWeight]) -> in
         values = weight.values.numpy() if axis == 0 else weight.values.numpy().T
         base = initializer.name
         kept += [numpy_helper.from_array(np.ascontiguousarray(values), f"{base}_quantized"),
-                 numpy_helper.from_array(weight.scale.numpy().astype(np.float32), f"{base}_scale"),
-                 numpy_helper.from_array(np.zeros(len(weight.scale), np.int8), f"{base}_zero_point")]
+                 numpy_helper.from_array(weight.scale.numpy().astype(np.float32), f"{base}_scale")]
         if axis == 0 and gather_rows(graph, base):
             kept.append(numpy_helper.from_array(np.array([-1], np.int64), f"{base}_last_axis"))
             continue
+        kept.append(numpy_helper.from_array(np.zeros(len(weight.scale), np.int8), f"{base}_zero_point"))
         nodes.append(helper.make_node(
             "DequantizeLinear", [f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"], [base],
             name=f"{base}_dequantize", axis=axis))

@@ -80,7 +80,7 @@ class BertOptions:
     allow_fewer: bool = False  # calibrate on a shorter file instead of refusing it
     weight_observer: str | None = None  # minmax, mse or gptq; None: gptq below 6 bits, else minmax
     lsq_epochs: int = 3  # LSQ+ fine stage of os / os+
-    lsq_lr: float = 1e-2
+    lsq_lr: float = 3e-2
 
     def __post_init__(self):
         if self.bits not in FLOAT_BITS:
