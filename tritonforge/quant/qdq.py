@@ -28,8 +28,6 @@ from tritonforge.errors import TritonForgeError
 from tritonforge.quant.bert import QuantBert
 from tritonforge.quant.quantizers import ActQuantizer, QuantizedWeight
 
-INTEGER_OPS = ("MatMulIntegerToFloat", "QLinearMatMul", "MatMulInteger", "DynamicQuantizeMatMul")
-
 
 class QDQ(nn.Module):
     """An ActQuantizer frozen for tracing: Clip -> QuantizeLinear(uint8) -> DequantizeLinear.
