@@ -476,6 +476,10 @@ def _terminate(signum, _frame):
 
 def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
+    # A shell without job control starts background commands with SIGINT ignored, and Python
+    # keeps an ignored SIGINT ignored: `kill -INT` would then never stop `serve`. Ctrl-C and
+    # SIGINT always mean "stop cleanly" here.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     app(prog_name="tritonforge")
 
 

@@ -27,12 +27,15 @@ def wait_until_gone(pgid: int, timeout_s: float = 30.0) -> list[int]:
     return process_group_members(pgid)
 
 
-def start_serve(repo: Path, log: Path) -> tuple[subprocess.Popen, int]:
-    """`tritonforge serve` in a subprocess; returns it and the tritonserver's pid (= its group)."""
+def start_serve(repo: Path, log: Path, sigint: object = signal.SIG_DFL) -> tuple[subprocess.Popen, int]:
+    """`tritonforge serve` in a subprocess; returns it and the tritonserver's pid (= its group).
+    `sigint` is the SIGINT disposition it inherits (a background job in a shell without job
+    control inherits SIG_IGN)."""
     command = [sys.executable, "-m", "tritonforge.cli", "serve", "--repo", str(repo), "--log", str(log),
                "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]
     cli = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           env={**os.environ, "COLUMNS": "200"})
+                           env={**os.environ, "COLUMNS": "200"},
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
     lines = []
     for line in cli.stdout:
         lines.append(line)
@@ -53,8 +56,9 @@ def test_sigterm_stops_serve_and_its_server(tiny_repo, tmp_path):
     assert wait_until_gone(pgid, 5) == []
 
 
-def test_ctrl_c_stops_serve_and_its_server(tiny_repo, tmp_path):
-    cli, pgid = start_serve(tiny_repo, tmp_path / "triton.log")
+@pytest.mark.parametrize("inherited", [signal.SIG_DFL, signal.SIG_IGN], ids=["foreground", "background"])
+def test_ctrl_c_stops_serve_and_its_server(tiny_repo, tmp_path, inherited):
+    cli, pgid = start_serve(tiny_repo, tmp_path / "triton.log", inherited)
     cli.send_signal(signal.SIGINT)
     output = cli.communicate(timeout=60)[0]
     assert cli.returncode == 0 and "tritonserver stopped" in output, output
