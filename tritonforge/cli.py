@@ -73,6 +73,14 @@ class Stages:
             self.progress.update(self.task, total=total, completed=total)
 
 
+def new_table(title: str, *columns: str) -> Table:
+    """A rich table with these column headers."""
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    return table
+
+
 def progress_bar() -> Progress:
     return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                     MofNCompleteColumn(), TimeElapsedColumn(), console=errors, transient=False)
@@ -175,9 +183,8 @@ def verify(
 
 
 def print_report(report) -> None:
-    parity = Table(title=f"{report.model} v{report.version} ({report.precision}): parity vs PyTorch")
-    for column in ("runtime", "metric", "value", "tolerance", "result"):
-        parity.add_column(column)
+    parity = new_table(f"{report.model} v{report.version} ({report.precision}): parity vs PyTorch",
+                       "runtime", "metric", "value", "tolerance", "result")
     served = [("triton", report.triton_parity)] if report.triton_parity is not None else []
     for runtime, result in [("onnxruntime", report.parity), *served]:
         for check in result.checks:
@@ -185,10 +192,8 @@ def print_report(report) -> None:
             parity.add_row(runtime, check.metric, f"{check.value:.6g}", f"{bound} {check.tolerance:g}",
                            "[green]pass[/]" if check.passed else "[red]FAIL[/]")
     console.print(parity)
-    latency = Table(title=f"latency, batch {report.batch_size}, length {report.seq_len}, "
-                          f"{report.threads} threads, interleaved")
-    for column in ("runtime", "p50 ms", "p95 ms", "p99 ms"):
-        latency.add_column(column)
+    latency = new_table(f"latency, batch {report.batch_size}, length {report.seq_len}, "
+                        f"{report.threads} threads, interleaved", "runtime", "p50 ms", "p95 ms", "p99 ms")
     for runtime, stats in report.latency.items():
         latency.add_row(runtime, *(f"{stats.percentile(q):.1f}" for q in (50, 95, 99)))
     console.print(latency)
@@ -232,10 +237,9 @@ def quality_bert(
         rows = quality_report(model, bit_list, parse_list(methods, "--methods"), calib, calib_size,
                               lsq_epochs, threads, iterations, stage=stages)
         stages.finish()
-    table = Table(title="quality vs FP32 on held-out sentences, latency batch 8 x 128 (p50, interleaved)")
-    for column in ("variant", "runtime", "cosine vs FP", "min cosine", "NN agreement", "p50 ms",
-                   "x PyTorch FP32"):
-        table.add_column(column)
+    table = new_table("quality vs FP32 on held-out sentences, latency batch 8 x 128 (p50, interleaved)",
+                      "variant", "runtime", "cosine vs FP", "min cosine", "NN agreement", "p50 ms",
+                      "x PyTorch FP32")
     pytorch = rows[0].latency_p50_ms
     for row in rows:
         table.add_row(row.variant, row.runtime, f"{row.cosine_vs_fp:.4f}", f"{row.min_cosine_vs_fp:.4f}",
@@ -257,9 +261,8 @@ def list_models(repo: RepoOption = DEFAULT_REPO):
     from tritonforge.serving.repository import ModelRepository
 
     repository = ModelRepository(repo)
-    table = Table(title=f"model repository {repo}")
-    for column in ("model", "versions", "family", "precision", "parity", "size MB", "created"):
-        table.add_column(column)
+    table = new_table(f"model repository {repo}", "model", "versions", "family", "precision", "parity",
+                      "size MB", "created")
     for model in repository.models():
         versions = repository.versions(model)
         if not versions:
@@ -338,16 +341,13 @@ def serve(
 
 
 def print_served(server) -> None:
-    endpoints = Table(title=f"Triton {server.host} (pid {server.process.pid}, log {server.log_file})")
-    for column in ("endpoint", "address"):
-        endpoints.add_column(column)
+    endpoints = new_table(f"Triton {server.host} (pid {server.process.pid}, log {server.log_file})",
+                          "endpoint", "address")
     endpoints.add_row("gRPC", server.grpc_url)
     endpoints.add_row("HTTP", server.http_url)
     endpoints.add_row("metrics", server.metrics_url)
     console.print(endpoints)
-    models = Table(title="loaded models")
-    for column in ("model", "version", "state"):
-        models.add_column(column)
+    models = new_table("loaded models", "model", "version", "state")
     for model in server.models:
         models.add_row(model.name, model.version, model.state)
     console.print(models)
@@ -381,27 +381,21 @@ def print_query(info, outputs, texts: list[str]) -> None:
     from tritonforge.serving.client import summarize
 
     summary = summarize(info, outputs)
-    shapes = Table(title=f"{info.name} (versions {', '.join(info.versions)}): outputs")
-    for column in ("output", "datatype", "shape"):
-        shapes.add_column(column)
+    shapes = new_table(f"{info.name} (versions {', '.join(info.versions)}): outputs",
+                       "output", "datatype", "shape")
     for output in info.outputs:
         shapes.add_row(output.name, output.datatype, str(summary["shapes"].get(output.name)))
     console.print(shapes)
     rows = texts or [f"row {i}" for i in range(len(next(iter(outputs.values()))))]
     for name, values in summary.get("embeddings", {}).items():
-        table = Table(title=f"{name}: L2 norm and cosine similarity")
-        table.add_column("text")
-        table.add_column("norm")
-        for index in range(len(rows)):
-            table.add_column(f"#{index}")
+        table = new_table(f"{name}: L2 norm and cosine similarity", "text", "norm",
+                          *(f"#{index}" for index in range(len(rows))))
         for index, label in enumerate(rows):
             table.add_row(f"#{index} {label[:60]}", f"{values['norms'][index]:.4f}",
                           *(f"{c:.4f}" for c in values["cosine"][index]))
         console.print(table)
     for name, ranked in summary.get("labels", {}).items():
-        table = Table(title=f"{name}: most probable labels")
-        for column in ("text", "label", "probability"):
-            table.add_column(column)
+        table = new_table(f"{name}: most probable labels", "text", "label", "probability")
         for label, row in zip(rows, ranked, strict=True):
             for position, (cls, probability) in enumerate(row):
                 table.add_row(label[:60] if position == 0 else "", cls, f"{probability:.4f}")
