@@ -32,6 +32,7 @@ from tritonforge.export.bert.quantized import (
     quantize_encoder,
     recipe_record,
     save_reference,
+    sentence_embeddings,
     trace_qdq,
 )
 from tritonforge.export.onnx import (
@@ -46,7 +47,6 @@ from tritonforge.quant.qdq import integer_kernels
 from tritonforge.quant.quantizers import check_bits
 from tritonforge.serving.repository import TritonModels, model_config
 from tritonforge.verify.metrics import max_abs_diff, row_cosines, top1_agreement
-from tritonforge.verify.runner import batches
 
 FLOAT_BITS = {32: "fp32", 16: "fp16"}
 GRAPHS = ("auto", "plain", "fused")
@@ -236,11 +236,9 @@ class BertFamily(Family):
         if not isinstance(model, QuantizedEncoder):
             return None
         inputs = self.sample_inputs(model, options, None, 128)
-        fp_io = self.io(model, options)
-        fp = np.concatenate([self.reference_outputs(model.fp[0], batch, fp_io)["sentence_embedding"]
-                             for batch in batches(inputs, 32)])
-        embeddings = np.concatenate([run(batch)["sentence_embedding"] for batch in batches(inputs, 32)])
-        return quality_vs_fp(fp, embeddings)
+        io = self.io(model, options)
+        fp = sentence_embeddings(lambda batch: self.reference_outputs(model.fp[0], batch, io), inputs)
+        return quality_vs_fp(fp, sentence_embeddings(run, inputs))
 
     def triton(self, name: str, io: ModelIO, serving) -> TritonModels:
         """The ONNX model, plus `<name>_text`: raw strings in, through the saved tokenizer."""

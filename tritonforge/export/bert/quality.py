@@ -20,7 +20,7 @@ import numpy as np
 
 from tritonforge.errors import TritonForgeError
 from tritonforge.export.base import get_family
-from tritonforge.export.bert.quantized import quality_vs_fp
+from tritonforge.export.bert.quantized import quality_vs_fp, sentence_embeddings
 from tritonforge.quant.calibrate import METHODS
 from tritonforge.quant.quantizers import check_bits
 from tritonforge.runtime import ort_session, run_session
@@ -72,12 +72,11 @@ def quality_report(model: str | None = None, bits: Sequence[int] = (8, 6, 4),
     torch.set_num_threads(threads)
     family = get_family("bert")
     fp_options = BertOptions(model=model, graph="plain")
-    tick = stage("FP32 reference embeddings", 0)
+    stage("FP32 reference embeddings", 0)
     fp_model = family.load(fp_options)
     io = family.io(fp_model, fp_options)
     inputs = family.sample_inputs(fp_model, fp_options, None, 128)
-    fp = np.concatenate([family.reference_outputs(fp_model, batch, io)["sentence_embedding"]
-                         for batch in batches(inputs, 32)])
+    fp = sentence_embeddings(lambda batch: family.reference_outputs(fp_model, batch, io), inputs)
     rows = [QualityRow("fp32 (PyTorch eager)", "fp32", "-", "pytorch", 1.0, 1.0, 1.0)]
     sessions: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="tritonforge-quality-") as scratch:
@@ -85,9 +84,7 @@ def quality_report(model: str | None = None, bits: Sequence[int] = (8, 6, 4),
 
         def measure(name: str, precision: str, method: str, path: Path, alphas=None) -> None:
             session = ort_session(path, threads)
-            embeddings = np.concatenate([run_session(session, batch)["sentence_embedding"]
-                                         for batch in batches(inputs, 32)])
-            scores = quality_vs_fp(fp, embeddings)
+            scores = quality_vs_fp(fp, sentence_embeddings(lambda batch: run_session(session, batch), inputs))
             rows.append(QualityRow(name, precision, method, "onnxruntime", scores["cosine_vs_fp"],
                                    scores["min_cosine_vs_fp"], scores["nn_agreement_vs_fp"],
                                    onnx_mb=round(path.stat().st_size / 1e6, 1), alphas=alphas))
@@ -105,7 +102,7 @@ def quality_report(model: str | None = None, bits: Sequence[int] = (8, 6, 4),
                 options = BertOptions(model=model, bits=b, method=method, calib=calib,
                                       calib_size=calib_size, lsq_epochs=lsq_epochs)
                 label = f"{options.precision} {method}"
-                tick = stage(f"{label}: calibrating", 0)
+                stage(f"{label}: calibrating", 0)
                 quantized = family.load(options)
                 stage(f"{label}: exporting", 0)
                 path = folder / f"{options.precision}_{method}.onnx"

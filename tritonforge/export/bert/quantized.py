@@ -153,6 +153,14 @@ def trace_qdq(model: QuantizedEncoder, path: Path, trace: Callable[[torch.nn.Mod
 # -- quality vs FP ------------------------------------------------------------------------------
 
 
+def sentence_embeddings(run: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]],
+                        inputs: Mapping[str, np.ndarray], batch_size: int = 32) -> np.ndarray:
+    """`run` (PyTorch or a session) over `inputs` batch by batch: the sentence embeddings."""
+    from tritonforge.verify.runner import batches
+
+    return np.concatenate([run(batch)["sentence_embedding"] for batch in batches(inputs, batch_size)])
+
+
 def quality_vs_fp(fp_embeddings: np.ndarray, embeddings: np.ndarray) -> dict[str, float]:
     """Sentence-embedding cosine to FP and top-1 nearest-neighbour agreement with FP."""
     cosines = row_cosines(fp_embeddings, embeddings)
