@@ -75,7 +75,9 @@ def test_manifest_records_recipe_io_hash_and_parity(minilm_repo):
     assert manifest["source"]["embedded"] == "all-MiniLM-L6-v2"
     assert manifest["recipe"]["bits"] == 32
     assert manifest["io"]["preprocessing"]["max_length"] == 256
-    assert manifest["io"]["preprocessing"]["normalize"] is True
+    assert manifest["io"]["preprocessing"]["kind"] == "text" and manifest["manifest_version"] == 2
+    assert manifest["source"]["normalize"] is True
+    assert [o.get("kind") for o in manifest["io"]["outputs"]] == [None, "embedding"]
     assert len(manifest["onnx"]["sha256"]) == 64 and manifest["onnx"]["opset"] >= 17
     assert manifest["parity"]["passed"] is True
     assert (minilm_repo / "bert_fp32" / "1" / "tokenizer" / "tokenizer.json").is_file()
@@ -95,7 +97,8 @@ def test_classifier_exports_logits_and_labels(tiny_classifier, tmp_path):
                           name="sentiment")
     assert [o["name"] for o in result.manifest["io"]["outputs"]] == ["logits"]
     assert result.manifest["io"]["outputs"][0]["dims"] == [3]
-    assert result.manifest["io"]["preprocessing"]["labels"] == ["negative", "neutral", "positive"]
+    assert result.manifest["io"]["labels"] == ["negative", "neutral", "positive"]
+    assert result.manifest["io"]["outputs"][0]["kind"] == "class_scores"
     report = verify_model(tmp_path, "sentiment", samples=64, iterations=2)
     assert report.parity.passed
     assert report.parity.primary.metric == "top1_agreement"

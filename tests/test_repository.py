@@ -12,17 +12,18 @@ from pathlib import Path
 import pytest
 
 from tritonforge.errors import TritonForgeError
-from tritonforge.export.base import ModelIO, TensorSpec
 from tritonforge.export.bert import BertOptions
 from tritonforge.export.pipeline import export_model
+from tritonforge.modalities import Tensors
 from tritonforge.serving.repository import (
     ModelRepository,
     ServingOptions,
     model_config,
     validate_name,
 )
+from tritonforge.spec import ModelIO, TensorSpec
 
-IO = ModelIO((TensorSpec("x", "float32", (-1,)),), (TensorSpec("y", "float32", (4,)),))
+IO = ModelIO((TensorSpec("x", "float32", (-1,)),), (TensorSpec("y", "float32", (4,)),), Tensors())
 
 
 def write_file(name: str, text: str):
@@ -59,7 +60,7 @@ def test_existing_version_is_replaced_only_with_force(tmp_path):
 def test_changed_inputs_outputs_need_another_name_or_force(tmp_path):
     repository = ModelRepository(tmp_path)
     repository.write_version("m", model_config("m", IO, ServingOptions()), write_file("a", "1"))
-    other = ModelIO(IO.inputs, (TensorSpec("y", "float32", (5,)),))
+    other = ModelIO(IO.inputs, (TensorSpec("y", "float32", (5,)),), Tensors())
     with pytest.raises(TritonForgeError, match="inputs/outputs differ"):
         repository.write_version("m", model_config("m", other, ServingOptions()), write_file("a", "2"))
     assert repository.versions("m") == [1]

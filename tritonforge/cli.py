@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import json
 import signal
 import sys
+import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, ClassVar
 
+import click
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -20,6 +25,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from typer.core import TyperGroup
 
 from tritonforge.errors import TritonForgeError
 
@@ -27,6 +33,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Export research models to verified ONNX and serve them with Triton.")
 export_app = typer.Typer(no_args_is_help=True, help="Export a model family into the model repository.")
 app.add_typer(export_app, name="export")
+quality_app = typer.Typer(no_args_is_help=True, help="Quality vs speed of a family's recipes.")
+app.add_typer(quality_app, name="quality")
 
 console = Console()
 errors = Console(stderr=True)
@@ -86,61 +94,166 @@ def progress_bar() -> Progress:
                     MofNCompleteColumn(), TimeElapsedColumn(), console=errors, transient=False)
 
 
-@export_app.command("bert")
-@friendly
-def export_bert(
-    model: Annotated[str | None, typer.Option(
-        help="Hugging Face BERT directory (config.json, weights, tokenizer). "
-             "Default: the embedded all-MiniLM-L6-v2.")] = None,
-    bits: Annotated[int, typer.Option(
-        help="32 (FP32), 16 (FP16, for GPU serving), or 8, 6, 4 (quantized W8A8, W6A6, W4A8; "
-             "any 2..8 works).")] = 32,
-    method: Annotated[str, typer.Option(
-        help="Quantization: os (Gamma Migration + Token-Wise Clipping + LSQ+), os+ (channel-wise "
-             "shifting and scaling + percentile clipping + LSQ+), minmax or percentile.")] = "os",
-    wbits: Annotated[int | None, typer.Option(help="Weight bits (overrides --bits).")] = None,
-    abits: Annotated[int | None, typer.Option(help="Activation bits (overrides --bits).")] = None,
-    calib: Annotated[str | None, typer.Option(
-        help="Calibration text file, one text per line. Default: the shipped corpus.")] = None,
-    calib_size: Annotated[int, typer.Option(help="Calibration texts (length 128, batch 32).")] = 256,
-    allow_fewer: Annotated[bool, typer.Option(
-        help="Calibrate on fewer texts when the file is shorter than --calib-size.")] = False,
-    lsq_epochs: Annotated[int, typer.Option(help="LSQ+ epochs of os / os+ (0: coarse clipping only).")] = 3,
-    name: Annotated[str | None, typer.Option(
-        help="Model name. Default: bert_fp32, bert_fp16, bert_w6a6 (os), bert_w6a6_osplus, ...")] = None,
-    repo: RepoOption = DEFAULT_REPO,
-    max_batch: Annotated[int, typer.Option(help="Triton max_batch_size.")] = 32,
-    gpu: Annotated[bool, typer.Option(help="Serve on GPU with the TensorRT accelerator.")] = False,
-    graph: Annotated[str, typer.Option(
-        help="plain, fused (ONNX Runtime transformer optimizer) or auto (time both, keep the "
-             "faster).")] = "auto",
-    version: Annotated[int | None, typer.Option(help="Version number. Default: the next one.")] = None,
-    force: Annotated[bool, typer.Option(help="Replace an existing version or config.")] = False,
-):
-    """Export a BERT encoder or sequence classifier to ONNX as a new model version."""
-    from tritonforge.export.bert import BertOptions
-    from tritonforge.export.pipeline import export_model
-    from tritonforge.serving.repository import ServingOptions
+# -- commands generated from a family's options -------------------------------------------
 
-    options = BertOptions(model=model, bits=bits, graph=graph, gpu=gpu, wbits=wbits, abits=abits,
-                          method=method, calib=calib, calib_size=calib_size, allow_fewer=allow_fewer,
-                          lsq_epochs=lsq_epochs)
-    serving = ServingOptions(max_batch_size=max_batch, gpu=gpu, fp16=bits == 16)
-    with progress_bar() as progress:
-        stages = Stages(progress)
-        result = export_model("bert", options, repo, name, serving, version, force, stages)
-        stages.finish()
-    parity = result.manifest["parity"]
-    console.print(f"[green]exported[/] {result.folder} ({result.manifest['precision']}, "
-                  f"graph {result.manifest['onnx'].get('graph')}, "
-                  f"{result.manifest['onnx']['bytes'] / 1e6:.1f} MB)")
-    console.print(f"parity vs PyTorch on {parity['samples']} sentences: "
-                  f"{parity['metric']} {parity['value']:.6f} (tolerance {parity['tolerance']})")
-    quality = result.manifest.get("quality")
-    if quality:
-        console.print(f"quality vs FP on {quality['samples']} held-out sentences: embedding cosine "
-                      f"{quality['cosine_vs_fp']:.4f}, nearest-neighbour agreement "
-                      f"{quality['nn_agreement_vs_fp']:.3f}")
+
+def option_parameters(options_type: type) -> list[inspect.Parameter]:
+    """One CLI option per field of a family's options dataclass (fields marked cli=False are
+    recipe details with no option); the help text comes from `option(help=...)`."""
+    hints = typing.get_type_hints(options_type)
+    parameters = []
+    for item in dataclasses.fields(options_type):
+        if not item.metadata.get("cli", True):
+            continue
+        if item.default is not dataclasses.MISSING:
+            default = item.default
+        elif item.default_factory is not dataclasses.MISSING:
+            default = item.default_factory()
+        else:
+            default = inspect.Parameter.empty
+        annotation = Annotated[hints[item.name], typer.Option(help=item.metadata.get("help", ""))]
+        parameters.append(inspect.Parameter(item.name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                            annotation=annotation))
+    return parameters
+
+
+def generated_command(function: Callable, options_type: type, common: list[inspect.Parameter],
+                      doc: str) -> Callable:
+    """`function(options, **common)` as a typer command whose options are the dataclass's."""
+    names = {p.name for p in common}
+    fields = option_parameters(options_type)
+    clash = names & {p.name for p in fields}
+    if clash:
+        raise TritonForgeError(f"{options_type.__name__} has fields {sorted(clash)} that the command "
+                               "itself takes: rename them")
+
+    @friendly
+    def command(**kwargs):
+        shared = {name: kwargs.pop(name) for name in names}
+        return function(options_type(**kwargs), **shared)
+
+    command.__wrapped__.__signature__ = inspect.Signature([*fields, *common])
+    command.__doc__ = doc
+    return command
+
+
+def common_parameter(name: str, annotation: Any, default: Any) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+
+
+EXPORT_PARAMETERS = [
+    common_parameter("name", Annotated[str | None, typer.Option(
+        help="Model name. Default: the family's, e.g. bert_fp32, bert_w6a6, bert_w6a6_osplus.")], None),
+    common_parameter("repo", RepoOption, DEFAULT_REPO),
+    common_parameter("max_batch", Annotated[int, typer.Option(help="Triton max_batch_size.")], 32),
+    common_parameter("version", Annotated[int | None, typer.Option(
+        help="Version number. Default: the next one.")], None),
+    common_parameter("force", Annotated[bool, typer.Option(
+        help="Replace an existing version or config.")], False),
+]
+
+
+def export_command(family) -> Callable:
+    def run(options, name, repo, max_batch, version, force) -> None:
+        from tritonforge.export.pipeline import export_model
+        from tritonforge.serving.repository import ServingOptions
+
+        with progress_bar() as progress:
+            stages = Stages(progress)
+            result = export_model(family, options, repo, name, ServingOptions(max_batch_size=max_batch),
+                                  version, force, stages)
+            stages.finish()
+        console.print(f"[green]exported[/] {result.folder}")
+        for line in family.summary(result.manifest):
+            console.print(line)
+
+    doc = (type(family).__doc__ or f"A {family.name} model.").strip().splitlines()[0]
+    doc = f"Export {doc[0].lower()}{doc[1:]} Writes a new version into the model repository."
+    return generated_command(run, family.options_type, EXPORT_PARAMETERS, doc)
+
+
+QUALITY_PARAMETERS = [
+    common_parameter("json_path", Annotated[Path | None, typer.Option(
+        "--json", help="Write the table here.")], None),
+    common_parameter("plot", Annotated[Path | None, typer.Option(help="Write a PNG plot here.")], None),
+]
+
+
+def quality_command(family) -> Callable:
+    def run(options, json_path, plot) -> None:
+        from tritonforge.verify.quality import plot_quality
+
+        with progress_bar() as progress:
+            stages = Stages(progress)
+            rows = family.quality_table(options, stages)
+            stages.finish()
+        metrics = list(rows[0].metrics)
+        table = new_table(f"{family.name}: quality against full precision, and latency (p50, interleaved)",
+                          "variant", "runtime", *(m.replace("_", " ") for m in metrics), "p50 ms",
+                          f"x {rows[0].variant}")
+        baseline = rows[0].latency_p50_ms
+        for row in rows:
+            table.add_row(row.variant, row.runtime, *(f"{row.metrics[m]:.4f}" for m in metrics),
+                          f"{row.latency_p50_ms:.1f}", f"{baseline / row.latency_p50_ms:.2f}")
+        console.print(table)
+        if json_path:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(json.dumps([row.to_json() for row in rows], indent=2) + "\n")
+            console.print(f"table written to {json_path}")
+        if plot:
+            console.print(f"plot written to {plot_quality(rows, plot, family.name)}")
+
+    return generated_command(run, family.quality_options(), QUALITY_PARAMETERS,
+                             f"Quality vs speed of {family.name} recipes, side by side on held-out inputs.")
+
+
+class FamilyGroup(TyperGroup):
+    """A command group with one subcommand per model family, built when it is asked for, so
+    that `tritonforge --help` does not import every family."""
+
+    build: ClassVar[Callable[[Any], Callable | None]]
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        from tritonforge.export.base import family_names
+
+        return sorted(set(super().list_commands(ctx)) | set(family_names()))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        from tritonforge.export.base import family_names, get_family
+
+        command = super().get_command(ctx, name)
+        if command is not None or name not in family_names():
+            return command
+        function = type(self).build(get_family(name))
+        if function is None:
+            return None
+        single = typer.Typer(add_completion=False)
+        single.command(name)(function)
+        return typer.main.get_command(single)
+
+
+class ExportGroup(FamilyGroup):
+    build = staticmethod(export_command)
+
+
+class QualityGroup(FamilyGroup):
+    build = staticmethod(lambda family: quality_command(family) if family.quality_options() else None)
+
+
+export_app.info.cls = ExportGroup
+quality_app.info.cls = QualityGroup
+
+# The shape options of every modality; each model takes those of its own (verify, bench).
+SeqLenOption = Annotated[int | None, typer.Option(
+    help="Text: sequence length, every input padded to it (default 128 for verify; length "
+         "buckets for bench).")]
+ImageSizeOption = Annotated[int | None, typer.Option(help="Images: height and width of the samples.")]
+TimestepsOption = Annotated[int | None, typer.Option(help="Streams: time steps per sample.")]
+
+
+def shape_options(seq_len: int | None, image_size: int | None, timesteps: int | None) -> dict[str, int]:
+    given = {"seq_len": seq_len, "image_size": image_size, "timesteps": timesteps}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 @app.command()
@@ -150,7 +263,9 @@ def verify(
     repo: RepoOption = DEFAULT_REPO,
     version: Annotated[int | None, typer.Option(help="Version. Default: the latest.")] = None,
     batch_size: Annotated[int, typer.Option(help="Batch size for parity and latency.")] = 8,
-    seq_len: Annotated[int, typer.Option(help="Sequence length (inputs padded to it).")] = 128,
+    seq_len: SeqLenOption = None,
+    image_size: ImageSizeOption = None,
+    timesteps: TimestepsOption = None,
     threads: Annotated[int, typer.Option(help="Threads for PyTorch and ONNX Runtime alike.")] = 2,
     iterations: Annotated[int, typer.Option(help="Timed runs per runtime.")] = 30,
     samples: Annotated[int | None, typer.Option(
@@ -166,8 +281,8 @@ def verify(
 
     with progress_bar() as progress:
         stages = Stages(progress)
-        report = verify_model(repo, name, version, batch_size, seq_len, threads, samples,
-                              iterations, provider, stages, triton_url=triton)
+        report = verify_model(repo, name, version, batch_size, shape_options(seq_len, image_size, timesteps),
+                              threads, samples, iterations, provider, stages, triton_url=triton)
         stages.finish()
     print_report(report)
     if json_path:
@@ -192,8 +307,9 @@ def print_report(report) -> None:
             parity.add_row(runtime, check.metric, f"{check.value:.6g}", f"{bound} {check.tolerance:g}",
                            "[green]pass[/]" if check.passed else "[red]FAIL[/]")
     console.print(parity)
-    latency = new_table(f"latency, batch {report.batch_size}, length {report.seq_len}, "
-                        f"{report.threads} threads, interleaved", "runtime", "p50 ms", "p95 ms", "p99 ms")
+    shape = "".join(f", {k.replace('_', ' ')} {v}" for k, v in report.shape.items() if v)
+    latency = new_table(f"latency, batch {report.batch_size}{shape}, {report.threads} threads, interleaved",
+                        "runtime", "p50 ms", "p95 ms", "p99 ms")
     for runtime, stats in report.latency.items():
         latency.add_row(runtime, *(f"{stats.percentile(q):.1f}" for q in (50, 95, 99)))
     console.print(latency)
@@ -202,56 +318,6 @@ def print_report(report) -> None:
     if report.quality:
         console.print("quality vs full precision on {samples} held-out inputs: ".format(**report.quality)
                       + ", ".join(f"{k} {v:.4f}" for k, v in report.quality.items() if k != "samples"))
-
-
-quality_app = typer.Typer(no_args_is_help=True, help="Quality vs speed of quantization recipes.")
-app.add_typer(quality_app, name="quality")
-
-
-@quality_app.command("bert")
-@friendly
-def quality_bert(
-    model: Annotated[str | None, typer.Option(help="Hugging Face BERT encoder directory. "
-                                                   "Default: the embedded all-MiniLM-L6-v2.")] = None,
-    bits: Annotated[str, typer.Option(help="Comma-separated: 8,6,4 (4 = W4A8).")] = "8,6,4",
-    methods: Annotated[str, typer.Option(
-        help="Comma-separated: os,os+,minmax,percentile.")] = "os,os+,minmax,percentile",
-    calib: Annotated[str | None, typer.Option(help="Calibration text file (one per line).")] = None,
-    calib_size: Annotated[int, typer.Option(help="Calibration texts.")] = 256,
-    lsq_epochs: Annotated[int, typer.Option(help="LSQ+ epochs of os / os+.")] = 3,
-    threads: Annotated[int, typer.Option(help="Threads for every runtime.")] = 2,
-    iterations: Annotated[int, typer.Option(help="Timed runs per variant.")] = 12,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the table here.")] = None,
-    plot: Annotated[Path | None, typer.Option(help="Write a PNG plot here.")] = None,
-):
-    """Sentence-embedding cosine and nearest-neighbour agreement vs FP32 on held-out sentences,
-    and latency, for FP32, ONNX Runtime's quantize_dynamic INT8 and each method x bits."""
-    from tritonforge.export.bert.quality import parse_list, plot_quality, quality_report
-
-    try:
-        bit_list = [int(b) for b in parse_list(bits, "--bits")]
-    except ValueError:
-        raise TritonForgeError(f"--bits {bits!r} must be comma-separated integers, e.g. 8,6,4") from None
-    with progress_bar() as progress:
-        stages = Stages(progress)
-        rows = quality_report(model, bit_list, parse_list(methods, "--methods"), calib, calib_size,
-                              lsq_epochs, threads, iterations, stage=stages)
-        stages.finish()
-    table = new_table("quality vs FP32 on held-out sentences, latency batch 8 x 128 (p50, interleaved)",
-                      "variant", "runtime", "cosine vs FP", "min cosine", "NN agreement", "p50 ms",
-                      "x PyTorch FP32")
-    pytorch = rows[0].latency_p50_ms
-    for row in rows:
-        table.add_row(row.variant, row.runtime, f"{row.cosine_vs_fp:.4f}", f"{row.min_cosine_vs_fp:.4f}",
-                      f"{row.nn_agreement_vs_fp:.3f}", f"{row.latency_p50_ms:.1f}",
-                      f"{pytorch / row.latency_p50_ms:.2f}")
-    console.print(table)
-    if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps([row.to_json() for row in rows], indent=2) + "\n")
-        console.print(f"table written to {json_path}")
-    if plot:
-        console.print(f"plot written to {plot_quality(rows, plot)}")
 
 
 @app.command("ls")
@@ -360,46 +426,88 @@ def query(
     url: UrlOption = "127.0.0.1:8001",
     text: Annotated[list[str] | None, typer.Option(
         "--text", help="A text to send (repeat for several; they go as one batch).")] = None,
+    image: Annotated[list[Path] | None, typer.Option(
+        "--image", help="An image file to send (repeat for several; they go as one batch).")] = None,
+    npy: Annotated[list[str] | None, typer.Option(
+        "--npy", help="A .npy array: FILE for a model with one input, else NAME=FILE per input.")] = None,
     input_json: Annotated[Path | None, typer.Option(
         help="JSON object {input name: nested list} sent as the request.")] = None,
     repo: Annotated[Path | None, typer.Option(
-        "--repo", help="Repository with the model's tokenizer, for --text to a token model.")] = None,
+        "--repo", help="Repository with the model's export, to encode raw input for a tensor model "
+                       "(its tokenizer).")] = None,
+    seq_len: SeqLenOption = None,
+    min_score: Annotated[float, typer.Option(help="Detections: the lowest score printed.")] = 0.5,
+    json_path: Annotated[Path | None, typer.Option(
+        "--json", help="Write every output (kind, shape, dtype, values) and the summary here.")] = None,
 ):
-    """Send one request over gRPC and print the result readably."""
-    from tritonforge.serving.client import connect, infer, json_inputs, model_info, text_inputs
+    """Send one request over gRPC and print each output in its natural form."""
+    from tritonforge.serving.client import (
+        connect,
+        infer,
+        json_inputs,
+        model_info,
+        outputs_json,
+        query_request,
+    )
 
-    if bool(text) == bool(input_json):
-        raise TritonForgeError("give either --text (one or more) or --input-json FILE")
+    given = {option: values for option, values in (("text", text), ("image", image), ("npy", npy)) if values}
+    if len(given) + bool(input_json) != 1:
+        raise TritonForgeError("give exactly one kind of input: --text, --image, --npy or --input-json")
     client = connect(url)
     info = model_info(client, name, url)
-    arrays = text_inputs(info, text, tokenizer_repo(repo)) if text else json_inputs(info, input_json)
+    if input_json:
+        arrays, rows = json_inputs(info, input_json), []
+    else:
+        option, values = given.popitem()
+        arrays, rows = query_request(info, option, [str(v) for v in values], tokenizer_repo(repo),
+                                     shape_options(seq_len, None, None))
     outputs = infer(client, name, arrays, url=url)
-    print_query(info, outputs, text or [])
+    print_query(info, outputs, rows, min_score)
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(outputs_json(info, outputs, rows), indent=2) + "\n")
+        console.print(f"outputs written to {json_path}")
 
 
-def print_query(info, outputs, texts: list[str]) -> None:
+def print_query(info, outputs, rows: list[str], min_score: float = 0.5) -> None:
     from tritonforge.serving.client import summarize
 
-    summary = summarize(info, outputs)
+    summary = summarize(info, outputs, min_score)
+    kinds = info.output_kinds
     shapes = new_table(f"{info.name} (versions {', '.join(info.versions)}): outputs",
-                       "output", "datatype", "shape")
+                       "output", "kind", "datatype", "shape")
     for output in info.outputs:
-        shapes.add_row(output.name, output.datatype, str(summary["shapes"].get(output.name)))
+        shapes.add_row(output.name, kinds.get(output.name, ""), output.datatype,
+                       str(summary["shapes"].get(output.name)))
     console.print(shapes)
-    rows = texts or [f"row {i}" for i in range(len(next(iter(outputs.values()))))]
+    rows = rows or [f"#{i}" for i in range(len(next(iter(outputs.values()))))]
     for name, values in summary.get("embeddings", {}).items():
-        table = new_table(f"{name}: L2 norm and cosine similarity", "text", "norm",
+        table = new_table(f"{name}: L2 norm and cosine similarity", "input", "norm",
                           *(f"#{index}" for index in range(len(rows))))
         for index, label in enumerate(rows):
-            table.add_row(f"#{index} {label[:60]}", f"{values['norms'][index]:.4f}",
+            table.add_row(label, f"{values['norms'][index]:.4f}",
                           *(f"{c:.4f}" for c in values["cosine"][index]))
         console.print(table)
     for name, ranked in summary.get("labels", {}).items():
-        table = new_table(f"{name}: most probable labels", "text", "label", "probability")
+        table = new_table(f"{name}: most probable labels", "input", "label", "probability")
         for label, row in zip(rows, ranked, strict=True):
             for position, (cls, probability) in enumerate(row):
-                table.add_row(label[:60] if position == 0 else "", cls, f"{probability:.4f}")
+                table.add_row(label if position == 0 else "", cls, f"{probability:.4f}")
         console.print(table)
+    if "detections" in summary:
+        table = new_table(f"detections scoring at least {min_score}", "input", "label", "score",
+                          "box (x1, y1, x2, y2)")
+        for label, found in zip(rows, summary["detections"], strict=True):
+            if not found:
+                table.add_row(label, "(none)", "", "")
+            for position, item in enumerate(found):
+                table.add_row(label if position == 0 else "", str(item["label"]), f"{item['score']:.3f}",
+                              ", ".join(f"{v:.1f}" for v in item["box"]))
+        console.print(table)
+    for name, stats in summary.get("tensors", {}).items():
+        if stats:
+            console.print(f"{name}: {summary['dtypes'][name]} {summary['shapes'][name]}, min {stats['min']}, "
+                          f"max {stats['max']}, mean {stats['mean']:.6g}", highlight=False)
 
 
 @app.command()
@@ -414,15 +522,14 @@ def bench(
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the results here.")] = None,
     plot: Annotated[Path | None, typer.Option(help="PNG plot of latency against throughput.")] = None,
     repo: Annotated[Path | None, typer.Option(
-        "--repo", help="Repository with the model's tokenizer, for a token model.")] = None,
-    seq_len: Annotated[int | None, typer.Option(
-        help="Token models: pad every request to this length (default: length buckets).")] = None,
+        "--repo", help="Repository with the model's export (a token model's tokenizer, a tensor "
+                       "model's saved samples).")] = None,
+    seq_len: SeqLenOption = None,
 ):
     """Asynchronous gRPC load: throughput and p50/p95/p99 per concurrency level, with and without
     dynamic batching (the latter when the server has <name>_nobatch: `serve --nobatch-twins`)."""
-    from tritonforge.data import sentences
     from tritonforge.serving.bench import bench_report, parse_levels, plot_latency_throughput, run_bench
-    from tritonforge.serving.client import connect, model_info, text_inputs
+    from tritonforge.serving.client import bench_payloads, connect, model_info
     from tritonforge.serving.local import NOBATCH_SUFFIX
 
     levels = parse_levels(concurrency)
@@ -430,7 +537,7 @@ def bench(
         requests = 2000
     client = connect(url)
     info = model_info(client, name, url)
-    payloads = [text_inputs(info, [t], tokenizer_repo(repo), seq_len) for t in sentences()]
+    kind, payloads = bench_payloads(info, tokenizer_repo(repo), shape_options(seq_len, None, None))
     served = {m["name"] for m in client.get_model_repository_index(as_json=True).get("models", [])
               if m.get("state") == "READY"}
     models = [(name, "dynamic")]
@@ -440,7 +547,7 @@ def bench(
         stages = Stages(progress)
         results = run_bench(url, models, payloads, levels, requests, duration, stages)
         stages.finish()
-    table = Table(title=f"bench {name} at {url}: one sentence per request, latency in ms "
+    table = Table(title=f"bench {name} at {url}: one real {kind} input per request, latency in ms "
                         f"({name}{NOBATCH_SUFFIX}: without dynamic batching)")
     table.add_column("model", no_wrap=True)
     for column in ("conc", "n", "err", "req/s", "p50", "p95", "p99"):

@@ -9,8 +9,9 @@ from typer.testing import CliRunner
 
 from tritonforge.cli import app
 from tritonforge.data import sentences
+from tritonforge.modalities.base import raw_bytes_array
 from tritonforge.serving.bench import run_bench
-from tritonforge.serving.client import connect, model_info, text_array, text_inputs
+from tritonforge.serving.client import bench_payloads, connect, model_info
 from tritonforge.verify.runner import verify_model
 
 runner = CliRunner()
@@ -101,7 +102,9 @@ def test_a_quantized_model_served_by_triton_matches_its_quantized_reference(trit
 def test_bench_runs_with_and_without_dynamic_batching_without_errors(triton):
     client = connect(triton.grpc_url)
     info = model_info(client, "tiny_text", triton.grpc_url)
-    payloads = [text_inputs(info, [t], None) for t in sentences(40)]
+    kind, payloads = bench_payloads(info, None)
+    assert kind == "text" and len(payloads) == len(sentences())
+    payloads = payloads[:40]
     results = run_bench(triton.grpc_url, [("tiny_text", "dynamic"), ("tiny_text_nobatch", "none")],
                         payloads, [1, 8], requests=120)
     assert [(r.model, r.concurrency) for r in results] == [
@@ -124,7 +127,8 @@ def test_bench_cli_writes_json_and_plot(triton, tmp_path):
 
 
 def test_bench_counts_errors_instead_of_stopping(triton):
-    payloads = [{"TEXT": text_array(["fine"])}, {"TEXT": text_array([""])}]  # every other one is empty
+    # every other request is an empty string
+    payloads = [{"TEXT": raw_bytes_array([b"fine"])}, {"TEXT": raw_bytes_array([b""])}]
     [result] = run_bench(triton.grpc_url, [("tiny_text", "dynamic")], payloads, [2], requests=20)
     assert (result.ok, result.errors) == (10, 10)
     assert "empty string" in result.first_error

@@ -13,8 +13,9 @@ from tritonforge.data import sentences
 from tritonforge.errors import TritonForgeError
 from tritonforge.export.bert import BertOptions
 from tritonforge.export.pipeline import export_model
-from tritonforge.serving.client import RepositoryTokenizer
-from tritonforge.serving.ensembles import ONNX_RUNTIME_MODEL, TEXT_TOKENIZER_MODEL
+from tritonforge.modalities.text import TEXT_TOKENIZER_MODEL
+from tritonforge.serving.client import exported_version
+from tritonforge.serving.ensembles import ONNX_RUNTIME_MODEL
 from tritonforge.serving.ensembles.text_tokenizer import bucket_lengths, encode, load_tokenizer
 from tritonforge.serving.local import NOBATCH_SUFFIX, write_shadow_repository
 from tritonforge.serving.repository import ModelRepository, ServingOptions, parse_config
@@ -76,9 +77,10 @@ def test_length_buckets_stop_at_max_length():
 
 
 def test_client_tokenizer_refuses_empty_text_and_pads_to_seq_len(tiny_repo):
+    folder, io = exported_version(tiny_repo, "tiny")
     with pytest.raises(TritonForgeError, match=r"--text\[1\] is an empty string"):
-        RepositoryTokenizer(tiny_repo, "tiny")(["fine", " "])
-    fixed = RepositoryTokenizer(tiny_repo, "tiny", seq_len=24)(["short", " ".join(sentences(5))])
+        io.preprocessing.encode(["fine", " "], io, folder)
+    fixed = io.preprocessing.encode(["short", " ".join(sentences(5))], io, folder, {"seq_len": 24})
     assert fixed["input_ids"].shape == (2, 24) and fixed["attention_mask"][1].all()
 
 

@@ -1,7 +1,10 @@
 """The Family contract: one small declarative object per model family, registered by name.
 
-`export`, `verify`, `ls` (and later `serve`, `query`, `bench`) are written once against
-this contract; the CLI never branches on the family.
+`export`, `verify`, `quality`, `serve`, `query` and `bench` are written once against this
+contract and the modalities (`tritonforge.modalities`); the CLI never branches on the family.
+A family's options dataclass generates its `export <family>` command (`option(help=...)`
+gives each field its help text). Families come built in (`bert`), from a class decorated with
+`register`, or from other packages through the `tritonforge.families` entry-point group.
 """
 
 from __future__ import annotations
@@ -11,114 +14,24 @@ import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from tritonforge.errors import TritonForgeError
+from tritonforge.serving.repository import ServingOptions, TritonModels, model_config
+from tritonforge.spec import ModelIO, Parity
 
-# -- I/O declaration -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One input or output. `dims` excludes the batch dimension; -1 marks a dynamic axis."""
-
-    name: str
-    dtype: str  # numpy dtype name: "int64", "float32", "float16", "object" (strings)
-    dims: tuple[int, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype, "dims": list(self.dims)}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> TensorSpec:
-        return cls(data["name"], data["dtype"], tuple(data["dims"]))
+ENTRY_POINT_GROUP = "tritonforge.families"
+Shape = Mapping[str, int | None]  # shape options: {"seq_len": 128}, {"image_size": 224}, ...
 
 
-@dataclass(frozen=True)
-class ModelIO:
-    """What goes in and out of the exported graph, and what a client must do to its raw input."""
-
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    preprocessing: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def input_names(self) -> list[str]:
-        return [t.name for t in self.inputs]
-
-    @property
-    def output_names(self) -> list[str]:
-        return [t.name for t in self.outputs]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "inputs": [t.to_json() for t in self.inputs],
-            "outputs": [t.to_json() for t in self.outputs],
-            "preprocessing": dict(self.preprocessing),
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> ModelIO:
-        return cls(
-            tuple(TensorSpec.from_json(t) for t in data["inputs"]),
-            tuple(TensorSpec.from_json(t) for t in data["outputs"]),
-            dict(data.get("preprocessing", {})),
-        )
-
-
-# -- parity --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Check:
-    """One metric against its declared tolerance (a floor when higher is better, else a ceiling)."""
-
-    metric: str
-    value: float
-    tolerance: float
-    higher_is_better: bool
-
-    @property
-    def passed(self) -> bool:
-        if not np.isfinite(self.value):
-            return False
-        return self.value >= self.tolerance if self.higher_is_better else self.value <= self.tolerance
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "metric": self.metric,
-            "value": float(self.value),
-            "tolerance": float(self.tolerance),
-            "passed": self.passed,
-        }
-
-
-@dataclass(frozen=True)
-class Parity:
-    """The family's verdict on candidate vs reference. The first check is the headline metric."""
-
-    checks: tuple[Check, ...]
-    details: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def passed(self) -> bool:
-        return all(c.passed for c in self.checks)
-
-    @property
-    def primary(self) -> Check:
-        return self.checks[0]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "metric": self.primary.metric,
-            "value": float(self.primary.value),
-            "tolerance": float(self.primary.tolerance),
-            "passed": self.passed,
-            "details": {"checks": [c.to_json() for c in self.checks], **dict(self.details)},
-        }
+def option(default: Any = dataclasses.MISSING, help: str = "", cli: bool = True, **kwargs) -> Any:
+    """A field of a family's options dataclass, with the help text of its CLI option.
+    `cli=False` keeps a recipe field out of the generated `export` command."""
+    return field(default=default, metadata={"help": help, "cli": cli}, **kwargs)
 
 
 # -- export result -------------------------------------------------------------------------
@@ -161,10 +74,11 @@ class Family(ABC):
         """Input/output names, dtypes and dims, and the client-side pre-processing."""
 
     @abstractmethod
-    def sample_inputs(self, model: Any, options: Any, n: int | None, seq_len: int | None = None
+    def sample_inputs(self, model: Any, options: Any, n: int | None, shape: Shape | None = None
                       ) -> dict[str, np.ndarray]:
         """n real inputs (sentences, digits, images) as the graph's input arrays; None: the
-        family's whole evaluation set. `seq_len` pads sequences (None: to the longest)."""
+        family's whole evaluation set. `shape` holds the modality's shape options with its
+        defaults filled in (`io.preprocessing.resolve_shape`); None: the family's own choice."""
 
     @abstractmethod
     def export(self, model: Any, path: Path, options: Any) -> ExportInfo:
@@ -199,24 +113,67 @@ class Family(ABC):
         """Files a client or an ensemble needs beside model.onnx (a tokenizer, labels)."""
         return None
 
-    def triton(self, name: str, io: ModelIO, serving: Any) -> Any:
-        """The Triton model config for `name`, and the companion models (ensembles and their
-        python-backend steps) of families whose clients send raw text or images. Returns a
-        `tritonforge.serving.repository.TritonModels`; `serving` is its `ServingOptions`."""
-        from tritonforge.serving.repository import TritonModels, model_config
+    def serving(self, options: Any, base: ServingOptions) -> ServingOptions:
+        """How Triton runs this recipe, from the command's serving options (e.g. a GPU
+        accelerator block, FP16 TensorRT for an FP16 export)."""
+        return base
 
-        return TritonModels(model_config(name, io, serving))
+    def triton(self, name: str, io: ModelIO, serving: ServingOptions) -> TritonModels:
+        """The Triton model config for `name`, and the modality's companion models (the
+        python-backend pre-processing step and the ensemble that takes raw input)."""
+        return TritonModels(model_config(name, io, serving), io.preprocessing.companions(name, io, serving))
+
+    def reset_state(self, model: Any) -> None:
+        """Forget any state the reference keeps between calls (membrane potentials of spiking
+        neurons); called before every batch it runs. Stateless families need nothing."""
+        return None
+
+    def steps(self, inputs: Mapping[str, np.ndarray], io: ModelIO) -> list[dict[str, np.ndarray]]:
+        """A streaming model's inputs as the requests it takes one step at a time (frames);
+        parity runs both runtimes step by step, carrying `io.state`. Default: one step."""
+        return [dict(inputs)]
 
     def reference_outputs(self, model: Any, inputs: Mapping[str, np.ndarray], io: ModelIO
                           ) -> dict[str, np.ndarray]:
-        """Run the PyTorch reference on numpy inputs; outputs come back keyed by io names."""
+        """Run the PyTorch reference on numpy inputs; outputs come back keyed by io names,
+        floating outputs as float32, integer outputs (labels, counts) as they are."""
         import torch
 
+        self.reset_state(model)
         with torch.inference_mode():
             outputs = model(**{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()})
         if isinstance(outputs, torch.Tensor):
             outputs = (outputs,)
-        return {spec.name: out.float().numpy() for spec, out in zip(io.outputs, outputs, strict=True)}
+        if isinstance(outputs, Mapping):  # matched by name: a dict or a ModelOutput
+            missing = [n for n in io.output_names if n not in outputs]
+            if missing:
+                raise TritonForgeError(f"the PyTorch reference returned {sorted(outputs)}, not the "
+                                       f"declared outputs {missing}")
+            outputs = tuple(outputs[n] for n in io.output_names)
+        if len(outputs) != len(io.outputs):
+            raise TritonForgeError(f"the PyTorch reference returned {len(outputs)} outputs; the family "
+                                   f"declares {len(io.outputs)} ({', '.join(io.output_names)})")
+        return {spec.name: as_numpy(out) for spec, out in zip(io.outputs, outputs, strict=True)}
+
+    def summary(self, manifest: Mapping[str, Any]) -> list[str]:
+        """Lines the CLI prints after an export or a verify (rich markup allowed): by default
+        the parity and any quality figures of the manifest."""
+        parity = manifest["parity"]
+        lines = [f"parity vs PyTorch on {parity['samples']} samples: {parity['metric']} "
+                 f"{parity['value']:.6f} (tolerance {parity['tolerance']})"]
+        quality = manifest.get("quality")
+        if quality:
+            lines.append(f"quality vs full precision on {quality.get('samples', '?')} samples: " + ", ".join(
+                f"{k} {v:.4f}" for k, v in quality.items() if k != "samples" and isinstance(v, float)))
+        return lines
+
+    def quality_options(self) -> type | None:
+        """The options dataclass of `tritonforge quality <family>` (None: no quality command)."""
+        return None
+
+    def quality_table(self, options: Any, stage: Callable[..., Any]) -> list[Any]:
+        """Rows (`tritonforge.verify.quality.QualityRow`) of quality and latency per recipe."""
+        raise TritonForgeError(f"the {self.name} family has no quality table")
 
     def options_from_json(self, data: Mapping[str, Any]) -> Any:
         """Rebuild the recipe written into a manifest."""
@@ -224,10 +181,16 @@ class Family(ABC):
         return self.options_type(**{k: v for k, v in data.items() if k in known})
 
 
+def as_numpy(tensor: Any) -> np.ndarray:
+    """A torch tensor as numpy: floating point as float32, integers and booleans unchanged."""
+    array = tensor.detach().cpu().numpy()
+    return array.astype(np.float32) if np.issubdtype(array.dtype, np.floating) else array
+
+
 # -- registry ------------------------------------------------------------------------------
 
 _REGISTRY: dict[str, Family] = {}
-# Families live in their own packages; importing one registers it. Listed here so that a
+# Families live in their own packages; importing one registers it. Listed by module so that a
 # family can be found by name without importing every family's heavy dependencies.
 _BUILTIN_MODULES = {"bert": "tritonforge.export.bert"}
 
@@ -238,13 +201,25 @@ def register(cls: type[Family]) -> type[Family]:
     return cls
 
 
+def _plugins() -> dict[str, Any]:
+    """Families other packages declare: `[project.entry-points."tritonforge.families"]`,
+    `name = "package.module:FamilyClass"` (or a module that registers on import)."""
+    return {point.name: point for point in entry_points(group=ENTRY_POINT_GROUP)}
+
+
 def family_names() -> list[str]:
-    return sorted(set(_REGISTRY) | set(_BUILTIN_MODULES))
+    return sorted(set(_REGISTRY) | set(_BUILTIN_MODULES) | set(_plugins()))
 
 
 def get_family(name: str) -> Family:
     if name not in _REGISTRY and name in _BUILTIN_MODULES:
         importlib.import_module(_BUILTIN_MODULES[name])
+    if name not in _REGISTRY:
+        plugin = _plugins().get(name)
+        if plugin is not None:
+            loaded = plugin.load()
+            if isinstance(loaded, type) and issubclass(loaded, Family) and name not in _REGISTRY:
+                register(loaded)
     if name not in _REGISTRY:
         raise TritonForgeError(
             f"unknown model family {name!r}: known families are {', '.join(family_names())}"

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 
 from tritonforge.errors import TritonForgeError
-from tritonforge.export.base import ModelIO
+from tritonforge.spec import ModelIO
 
 MIN_OPSET = 17
 

@@ -11,17 +11,19 @@ from typing import Any
 
 from tritonforge import __version__
 from tritonforge.errors import TritonForgeError
-from tritonforge.export.base import Family, Parity, get_family
-from tritonforge.export.onnx import sha256_file
+from tritonforge.export.base import Family, get_family
+from tritonforge.export.onnx import onnx_io_signature, sha256_file
 from tritonforge.runtime import ort_session, run_session
 from tritonforge.serving.repository import (
+    MANIFEST_VERSION,
     MODEL_FILE,
     ModelRepository,
     ServingOptions,
+    onnx_io_matches_config,
     validate_name,
     write_manifest,
 )
-from tritonforge.verify.runner import parity_check
+from tritonforge.verify.parity import parity_check
 
 EXPORT_PARITY_SAMPLES = 32
 
@@ -47,7 +49,7 @@ def export_model(family: str | Family, options: Any, repo: Path | str = "model_r
     """
     family = get_family(family) if isinstance(family, str) else family
     name = validate_name(name or family.default_name(options))
-    serving = serving or ServingOptions()
+    serving = family.serving(options, serving or ServingOptions())
     stage = stage or (lambda _message: None)
     repository = ModelRepository(repo)
 
@@ -62,19 +64,25 @@ def export_model(family: str | Family, options: Any, repo: Path | str = "model_r
         stage("exporting to ONNX")
         info = family.export(model, folder / MODEL_FILE, options)
         family.write_side_files(model, folder)
+        mismatch = onnx_io_matches_config(*onnx_io_signature(folder / MODEL_FILE), config)
+        if mismatch:
+            raise TritonForgeError(
+                f"the exported graph's inputs/outputs differ from the {family.name} family's "
+                f"declaration ({'; '.join(mismatch)}); nothing was written. Report the model")
         stage("checking ONNX Runtime against PyTorch")
         session = ort_session(folder / MODEL_FILE, threads=getattr(options, "threads", 2))
         inputs = family.sample_inputs(model, options, EXPORT_PARITY_SAMPLES)
+        io.preprocessing.write_samples(folder, inputs)
         parity = parity_check(family, model, options, io, session, inputs)
         if not parity.passed:
             raise TritonForgeError(
-                f"the exported graph does not match PyTorch ({describe_parity(parity)}); "
+                f"the exported graph does not match PyTorch ({parity.describe()}); "
                 "nothing was written. Try --graph plain, or report the model")
         stage("measuring quality against full precision")
         quality = family.quality(model, options, lambda batch: run_session(session, batch))
         stage("writing the version")
         result["manifest"] = manifest = {
-            "manifest_version": 1,
+            "manifest_version": MANIFEST_VERSION,
             "tritonforge_version": __version__,
             "name": name,
             "version": number,
@@ -104,12 +112,6 @@ def export_model(family: str | Family, options: Any, repo: Path | str = "model_r
             "companion_of": {"name": name, "version": number},
             "kind": companion.config.platform or companion.config.backend})
     return ExportResult(name, number, folder, result["manifest"])
-
-
-def describe_parity(parity: Parity) -> str:
-    return ", ".join(
-        f"{c.metric} {c.value:.6g} {'>=' if c.higher_is_better else '<='} {c.tolerance:g}"
-        f" {'ok' if c.passed else 'FAILED'}" for c in parity.checks)
 
 
 def environment() -> dict[str, str]:

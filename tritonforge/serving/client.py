@@ -1,8 +1,9 @@
 """gRPC client helpers (tritonclient.grpc): the same code talks to `tritonforge serve` and to
 the NGC Triton of docker-compose.yml.
 
-The model's inputs, outputs and labels are read from the server (metadata and config); only
-a model that takes token arrays needs the repository, for its tokenizer.
+The model's inputs, outputs, labels, output kinds and pre-processing record are read from the
+server (metadata and config); only a model whose raw input is encoded on the client (a token
+model, without its `_text` ensemble) needs the repository, for its tokenizer.
 """
 
 from __future__ import annotations
@@ -16,9 +17,19 @@ from typing import Any
 import numpy as np
 
 from tritonforge.errors import TritonForgeError
+from tritonforge.modalities import Modality, modality_from_json, read_io
+from tritonforge.spec import (
+    CLASS_SCORES,
+    DETECTION_BOXES,
+    DETECTION_LABELS,
+    DETECTION_SCORES,
+    EMBEDDING,
+    TENSOR,
+    ModelIO,
+)
 
 DEFAULT_URL = "127.0.0.1:8001"
-TEXT_DATATYPE = "BYTES"
+BYTES_DATATYPE = "BYTES"
 
 
 def server_error(exc: Exception, url: str, name: str | None = None) -> TritonForgeError:
@@ -57,7 +68,8 @@ class TensorInfo:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What the server says about a model: its I/O, batching and parameters (e.g. labels)."""
+    """What the server says about a model: its I/O, batching and parameters (labels, output
+    kinds and the pre-processing record, written into every config by tritonforge)."""
 
     name: str
     versions: tuple[str, ...]
@@ -68,12 +80,28 @@ class ModelInfo:
     parameters: Mapping[str, str] = field(default_factory=dict)
 
     @property
-    def takes_text(self) -> bool:
-        return len(self.inputs) == 1 and self.inputs[0].datatype == TEXT_DATATYPE
-
-    @property
     def labels(self) -> list[str] | None:
         return json.loads(self.parameters["labels"]) if "labels" in self.parameters else None
+
+    @property
+    def output_kinds(self) -> dict[str, str]:
+        kinds = json.loads(self.parameters.get("output_kinds", "{}"))
+        return {o.name: kinds.get(o.name, TENSOR) for o in self.outputs}
+
+    def modality(self, repo: Path | str | None = None) -> Modality:
+        """The pre-processing record the server publishes, else the one in the repository."""
+        if "preprocessing" in self.parameters:
+            return modality_from_json(json.loads(self.parameters["preprocessing"]))
+        if repo is not None:
+            return exported_version(repo, self.name)[1].preprocessing
+        raise TritonForgeError(
+            f"model {self.name!r} does not say what input it takes (its config has no "
+            "pre-processing record): pass --repo with its export, or send --input-json")
+
+    def takes_raw(self, modality: Modality) -> bool:
+        """Whether the model takes the raw input itself (an ensemble such as `<name>_text`)."""
+        return (len(self.inputs) == 1 and self.inputs[0].datatype == BYTES_DATATYPE
+                and self.inputs[0].name == modality.raw_input)
 
 
 def model_info(client, name: str, url: str = DEFAULT_URL) -> ModelInfo:
@@ -97,54 +125,46 @@ def model_info(client, name: str, url: str = DEFAULT_URL) -> ModelInfo:
 # -- building requests ---------------------------------------------------------------------
 
 
-def text_array(texts: Sequence[str]) -> np.ndarray:
-    """Raw strings as a batch for a TEXT input declared with dims [1]: shape [len(texts), 1]."""
-    return np.array([[t.encode("utf-8")] for t in texts], dtype=object)
+def exported_version(repo: Path | str, name: str) -> tuple[Path, ModelIO]:
+    """The latest version folder of `name` in `repo` and its declared I/O."""
+    from tritonforge.serving.repository import ModelRepository
+
+    repository = ModelRepository(repo)
+    manifest = repository.read_manifest(name)
+    _version, folder = repository.resolve(name)
+    if "io" not in manifest:
+        raise TritonForgeError(f"{name!r} in {repository.root} is a companion model, not an export: "
+                               "query it directly, without --repo")
+    return folder, read_io(manifest["io"], manifest.get("manifest_version", 1))
 
 
-class RepositoryTokenizer:
-    """Tokenizes like the model's `<name>_text` ensemble, with the tokenizer saved in the repo."""
-
-    def __init__(self, repo: Path | str, name: str, seq_len: int | None = None):
-        from tritonforge.serving.ensembles.text_tokenizer import bucket_lengths, load_tokenizer
-        from tritonforge.serving.repository import ModelRepository
-
-        repository = ModelRepository(repo)
-        manifest = repository.read_manifest(name)
-        _version, folder = repository.resolve(name)
-        pre = manifest.get("io", {}).get("preprocessing", {})
-        if pre.get("kind") != "text":
-            raise TritonForgeError(
-                f"model {name!r} does not take text (its manifest has no text pre-processing): "
-                "send its inputs with --input-json")
-        self.max_length = min(int(pre["max_length"]), seq_len or int(pre["max_length"]))
-        # seq_len: every request padded (and truncated) to one length, like verify --seq-len
-        self.lengths = (self.max_length,) if seq_len else bucket_lengths(self.max_length)
-        self.pad_token_id = int(pre["pad_token_id"])
-        self.tokenizer = load_tokenizer(str(folder / pre["tokenizer"]), self.max_length)
-
-    def __call__(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        from tritonforge.serving.ensembles.text_tokenizer import empty_text_error, encode
-
-        problem = empty_text_error(list(texts))
-        if problem:
-            raise TritonForgeError(problem.replace("TEXT", "--text"))
-        return encode(self.tokenizer, list(texts), self.lengths, self.pad_token_id)
-
-
-def text_inputs(info: ModelInfo, texts: Sequence[str], repo: Path | str | None,
-                seq_len: int | None = None) -> dict[str, np.ndarray]:
-    """The request for `texts`: raw strings for a text model, else tokens from the repository
-    (padded to length buckets, or to `seq_len`)."""
-    if not texts:
-        raise TritonForgeError("give at least one --text")
-    if info.takes_text:
-        return {info.inputs[0].name: text_array(texts)}
-    if repo is None:
+def raw_request(info: ModelInfo, modality: Modality, raw: Sequence[Any], repo: Path | str | None,
+                shape: Mapping[str, int | None] | None = None) -> dict[str, np.ndarray]:
+    """The request for raw inputs: sent as they are to a model that takes them (an ensemble),
+    else encoded here into the model's tensors, with the side files of its export in `repo`."""
+    if not raw:
+        raise TritonForgeError(f"give at least one --{modality.query_option}")
+    if info.takes_raw(modality):
+        return modality.request(raw)
+    if repo is None and modality.suffix:
         raise TritonForgeError(
-            f"model {info.name!r} takes {[i.name for i in info.inputs]}, not text: query its "
-            f"`{info.name}_text` ensemble, or pass --repo so its tokenizer can be used")
-    return RepositoryTokenizer(repo, info.name, seq_len)(texts)
+            f"model {info.name!r} takes {[i.name for i in info.inputs]}, not raw {modality.kind}: "
+            f"query its `{info.name}{modality.suffix}` ensemble, or pass --repo so its export can "
+            "encode the input here")
+    folder, io = exported_version(repo, info.name) if repo is not None else (None, None)
+    return modality.encode(raw, io, folder, shape)
+
+
+def query_request(info: ModelInfo, option: str, values: Sequence[str], repo: Path | str | None,
+                  shape: Mapping[str, int | None] | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
+    """`query --<option> VALUE...`: the request, and a label per input for the printed rows."""
+    modality = info.modality(repo)
+    if option != modality.query_option:
+        takes = f"--{modality.query_option}" if modality.query_option else "--input-json"
+        raise TritonForgeError(f"model {info.name!r} takes {modality.kind} input ({takes}), not --{option}")
+    raw = modality.read_raw(values)
+    labels = [modality.describe_raw(item, index) for index, item in enumerate(raw)]
+    return raw_request(info, modality, raw, repo, shape), labels
 
 
 def json_inputs(info: ModelInfo, path: Path) -> dict[str, np.ndarray]:
@@ -166,7 +186,7 @@ def json_inputs(info: ModelInfo, path: Path) -> dict[str, np.ndarray]:
                                f"not have; its inputs are {sorted(expected)}")
     arrays = {}
     for name, values in data.items():
-        if expected[name].datatype == TEXT_DATATYPE:  # strings travel as UTF-8 bytes
+        if expected[name].datatype == BYTES_DATATYPE:  # strings travel as UTF-8 bytes
             encode = np.vectorize(lambda v: str(v).encode("utf-8"), otypes=[object])
             arrays[name] = encode(np.array(values, dtype=object))
         else:
@@ -243,15 +263,9 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(-1, keepdims=True)
 
 
-def embedding_outputs(info: ModelInfo) -> list[str]:
-    """Float outputs of shape [batch, width]: sentence embeddings (or logits, when labelled)."""
-    return [o.name for o in info.outputs
-            if o.datatype.startswith("FP") and len(o.shape) == (2 if info.max_batch_size else 1)]
-
-
-def top_labels(info: ModelInfo, logits: np.ndarray, k: int = 3) -> list[list[tuple[str, float]]]:
+def top_labels(labels: Sequence[str] | None, logits: np.ndarray, k: int = 3) -> list[list[tuple[str, float]]]:
     """For each row: the k most probable classes as (label, probability)."""
-    labels = info.labels or [f"class {i}" for i in range(logits.shape[-1])]
+    labels = labels or [f"class {i}" for i in range(logits.shape[-1])]
     probabilities = softmax(logits.astype(np.float64))
     return [[(labels[j], float(row[j])) for j in np.argsort(-row)[:k]] for row in probabilities]
 
@@ -261,15 +275,71 @@ def cosine_matrix(vectors: np.ndarray) -> np.ndarray:
     return unit @ unit.T
 
 
-def summarize(info: ModelInfo, outputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """What `query` prints: shapes, and per vector output norms and similarities or labels."""
-    summary: dict[str, Any] = {"shapes": {k: list(v.shape) for k, v in outputs.items()}}
-    for name in embedding_outputs(info):
-        values = outputs[name].astype(np.float64)
-        if info.labels is not None or name == "logits":
-            summary.setdefault("labels", {})[name] = top_labels(info, values)
-        else:
+def detections(info: ModelInfo, outputs: Mapping[str, np.ndarray], min_score: float
+               ) -> list[list[dict[str, Any]]]:
+    """Per image: the detections scoring at least `min_score`, best first."""
+    kinds = {kind: name for name, kind in info.output_kinds.items()}
+    boxes, scores = outputs[kinds[DETECTION_BOXES]], outputs[kinds[DETECTION_SCORES]]
+    labels = outputs[kinds[DETECTION_LABELS]] if DETECTION_LABELS in kinds else None
+    names = info.labels
+    rows = []
+    for image in range(len(scores)):
+        found = []
+        for index in np.argsort(-scores[image]):
+            if scores[image][index] < min_score:
+                break
+            label = int(labels[image][index]) if labels is not None else None
+            found.append({"label": names[label] if names and label is not None and label < len(names)
+                          else label, "label_id": label, "score": float(scores[image][index]),
+                          "box": [float(v) for v in boxes[image][index]]})
+        rows.append(found)
+    return rows
+
+
+def summarize(info: ModelInfo, outputs: Mapping[str, np.ndarray], min_score: float = 0.5) -> dict[str, Any]:
+    """What `query` prints, by each output's declared kind: embeddings as norms and cosine
+    similarities, class scores as top labels, detections as boxes, other tensors as shape
+    and statistics (integers stay integers)."""
+    summary: dict[str, Any] = {"shapes": {k: list(v.shape) for k, v in outputs.items()},
+                               "dtypes": {k: str(v.dtype) for k, v in outputs.items()}}
+    kinds = info.output_kinds
+    for name, values in outputs.items():
+        kind = kinds.get(name, TENSOR)
+        if kind == EMBEDDING:
+            vectors = values.astype(np.float64)
             summary.setdefault("embeddings", {})[name] = {
-                "norms": np.linalg.norm(values, axis=-1).tolist(),
-                "cosine": cosine_matrix(values).tolist()}
+                "norms": np.linalg.norm(vectors, axis=-1).tolist(), "cosine": cosine_matrix(vectors).tolist()}
+        elif kind == CLASS_SCORES:
+            summary.setdefault("labels", {})[name] = top_labels(info.labels, values)
+        elif kind == TENSOR:
+            numeric = values.size and values.dtype != object
+            summary.setdefault("tensors", {})[name] = {
+                "min": values.min().item(), "max": values.max().item(),
+                "mean": float(values.astype(np.float64).mean())} if numeric else {}
+    if DETECTION_SCORES in kinds.values() and DETECTION_BOXES in kinds.values():
+        summary["detections"] = detections(info, outputs, min_score)
     return summary
+
+
+def outputs_json(info: ModelInfo, outputs: Mapping[str, np.ndarray], raw_labels: Sequence[str]
+                 ) -> dict[str, Any]:
+    """`query --json`: every output with its kind, shape, dtype and values (integers as
+    integers), and the summary `query` prints."""
+    kinds = info.output_kinds
+    return {"model": info.name, "inputs": list(raw_labels),
+            "outputs": {name: {"kind": kinds.get(name, TENSOR), "shape": list(values.shape),
+                               "dtype": str(values.dtype), "values": values.tolist()}
+                        for name, values in outputs.items() if values.dtype != object},
+            "summary": summarize(info, outputs)}
+
+
+def bench_payloads(info: ModelInfo, repo: Path | str | None, shape: Mapping[str, int | None] | None = None
+                   ) -> tuple[str, list[dict[str, np.ndarray]]]:
+    """One request per real raw input of the model's modality (sentences, photographs, the
+    samples saved with a tensor export), and the modality's kind."""
+    modality = info.modality(repo)
+    folder = None
+    if repo is not None and not info.takes_raw(modality):
+        folder = exported_version(repo, info.name)[0]
+    return modality.kind, [raw_request(info, modality, [item], repo, shape)
+                           for item in modality.sample_raw(None, folder)]

@@ -37,8 +37,10 @@ from pathlib import Path
 from tritonclient.grpc import model_config_pb2 as mc
 
 from tritonforge.errors import TritonForgeError
+from tritonforge.modalities import read_io
+from tritonforge.processes import pid_alive
 from tritonforge.serving.ensembles import ONNX_RUNTIME_MODEL, PYTHON_MODEL_FILE
-from tritonforge.serving.repository import CONFIG_FILE, ModelRepository, _pid_alive, config_text
+from tritonforge.serving.repository import CONFIG_FILE, ModelRepository, NewerManifestError, config_text
 
 NOBATCH_SUFFIX = "_nobatch"
 SCRATCH_PREFIX = "tritonforge-serve-"
@@ -113,7 +115,8 @@ def is_onnx_model(config: mc.ModelConfig) -> bool:
     return config.platform == "onnxruntime_onnx" or config.backend == "onnxruntime"
 
 
-def shadow_config(config: mc.ModelConfig, threads: int, max_length: int | None) -> mc.ModelConfig:
+def shadow_config(config: mc.ModelConfig, threads: int, limits: dict[str, int] | None = None
+                  ) -> mc.ModelConfig:
     """The ONNX model's config, served by the python backend on the CPU (see ensembles/onnx_runtime.py)."""
     shadow = mc.ModelConfig()
     shadow.CopyFrom(config)
@@ -124,8 +127,8 @@ def shadow_config(config: mc.ModelConfig, threads: int, max_length: int | None) 
         group.kind = mc.ModelInstanceGroup.KIND_CPU
         group.ClearField("gpus")
     shadow.parameters["intra_op_threads"].string_value = str(threads)
-    if max_length:
-        shadow.parameters["max_sequence_length"].string_value = str(max_length)
+    for key, value in (limits or {}).items():  # e.g. max_sequence_length, enforced by the wrapper
+        shadow.parameters[key].string_value = str(value)
     return shadow
 
 
@@ -166,7 +169,7 @@ def write_shadow_repository(repo: Path | str, target: Path, threads: int = 2,
         config = repository.read_config(name)
         model_py = None
         if is_onnx_model(config):
-            config = shadow_config(config, threads, _manifest_max_length(repository, name))
+            config = shadow_config(config, threads, _manifest_limits(repository, name))
             model_py = ONNX_RUNTIME_MODEL
         served.append((name, config, model_py))
     if nobatch_twins:
@@ -181,13 +184,17 @@ def write_shadow_repository(repo: Path | str, target: Path, threads: int = 2,
     return sorted(config.name for _name, config, _model_py in served)
 
 
-def _manifest_max_length(repository: ModelRepository, name: str) -> int | None:
-    """The longest sequence the export declares (io.preprocessing.max_length), if any."""
+def _manifest_limits(repository: ModelRepository, name: str) -> dict[str, int]:
+    """The bounds the export's modality declares for one request (e.g. max_sequence_length)."""
     try:
         manifest = repository.read_manifest(name)
-    except TritonForgeError:
-        return None
-    return manifest.get("io", {}).get("preprocessing", {}).get("max_length")
+    except NewerManifestError:
+        raise
+    except TritonForgeError:  # not written by tritonforge: served as its config says
+        return {}
+    if "io" not in manifest:  # a companion's manifest
+        return {}
+    return read_io(manifest["io"], manifest.get("manifest_version", 1)).preprocessing.limits()
 
 
 # -- the process ---------------------------------------------------------------------------
@@ -234,7 +241,7 @@ def remove_stale_scratch() -> None:
     """Scratch folders (shadow repository, server links) of servers whose CLI was killed."""
     for folder in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
         owner = folder.name[len(SCRATCH_PREFIX):].split("-")[0]
-        if owner.isdigit() and not _pid_alive(int(owner)):
+        if owner.isdigit() and not pid_alive(int(owner)):
             shutil.rmtree(folder, ignore_errors=True)
 
 

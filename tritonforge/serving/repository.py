@@ -29,12 +29,15 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import np_to_triton_dtype
 
 from tritonforge.errors import TritonForgeError
-from tritonforge.export.base import ModelIO
+from tritonforge.processes import pid_alive
+from tritonforge.spec import ModelIO, TensorSpec
 
 CONFIG_FILE = "config.pbtxt"
 MANIFEST_FILE = "tritonforge.json"
 MODEL_FILE = "model.onnx"
 STAGING_PREFIX = ".staging-"
+# The manifest format this tritonforge writes; it reads this one and every older one.
+MANIFEST_VERSION = 2
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -80,14 +83,27 @@ def preferred_batch_sizes(max_batch_size: int) -> list[int]:
     return [size for size in (4, 8, 16, 32) if size <= max_batch_size] or [max_batch_size]
 
 
+def add_tensors(field, specs: Sequence[TensorSpec]) -> None:
+    """Declare `specs` in a config's `input` or `output` field."""
+    for spec in specs:
+        field.add(name=spec.name, data_type=triton_dtype(spec.dtype), dims=list(spec.dims))
+
+
+def describe_model(config: mc.ModelConfig, io: ModelIO) -> None:
+    """What clients read from the served config (`query` prints labels, not indices, and each
+    output in its natural form): the labels, each output's kind, the pre-processing record."""
+    if io.labels:
+        config.parameters["labels"].string_value = json.dumps(list(io.labels))
+    config.parameters["output_kinds"].string_value = json.dumps({t.name: t.kind for t in io.outputs})
+    config.parameters["preprocessing"].string_value = json.dumps(io.preprocessing.to_json())
+
+
 def model_config(name: str, io: ModelIO, serving: ServingOptions,
                  backend: str = "onnxruntime") -> mc.ModelConfig:
     """A ModelConfig message for one model; serialize with `config_text`."""
     config = mc.ModelConfig(name=name, backend=backend, max_batch_size=serving.max_batch_size)
-    for spec in io.inputs:
-        config.input.add(name=spec.name, data_type=triton_dtype(spec.dtype), dims=list(spec.dims))
-    for spec in io.outputs:
-        config.output.add(name=spec.name, data_type=triton_dtype(spec.dtype), dims=list(spec.dims))
+    add_tensors(config.input, io.inputs)
+    add_tensors(config.output, io.outputs)
     config.dynamic_batching.preferred_batch_size.extend(preferred_batch_sizes(serving.max_batch_size))
     config.dynamic_batching.max_queue_delay_microseconds = serving.queue_delay_us
     kind = mc.ModelInstanceGroup.KIND_GPU if serving.gpu else mc.ModelInstanceGroup.KIND_CPU
@@ -97,9 +113,7 @@ def model_config(name: str, io: ModelIO, serving: ServingOptions,
         dims = [serving.warmup_length if d < 0 else d for d in spec.dims]
         warmup.inputs[spec.name].CopyFrom(mc.ModelWarmup.Input(
             data_type=triton_dtype(spec.dtype), dims=dims, zero_data=True))
-    labels = io.preprocessing.get("labels")
-    if labels:  # clients read them from the served config (`query` prints labels, not indices)
-        config.parameters["labels"].string_value = json.dumps(list(labels))
+    describe_model(config, io)
     if serving.gpu:
         accelerators = config.optimization.execution_accelerators.gpu_execution_accelerator
         accelerators.add(name="tensorrt", parameters={
@@ -168,16 +182,6 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class ModelRepository:
     def __init__(self, root: Path | str):
         self.root = Path(root)
@@ -214,13 +218,15 @@ class ModelRepository:
         version, folder = self.resolve(name, version)
         path = folder / MANIFEST_FILE
         try:
-            return json.loads(path.read_text())
+            manifest = json.loads(path.read_text())
         except FileNotFoundError as exc:
             raise TritonForgeError(
                 f"{path} is missing: this version was not written by tritonforge; export again"
             ) from exc
         except json.JSONDecodeError as exc:
             raise TritonForgeError(f"{path} is not valid JSON ({exc}): export the model again") from exc
+        check_manifest_version(manifest, path)
+        return manifest
 
     def read_config(self, name: str) -> mc.ModelConfig:
         path = self.root / validate_name(name) / CONFIG_FILE
@@ -248,7 +254,7 @@ class ModelRepository:
         """Staging folders left by an export that was killed (its process is gone)."""
         for folder in self.root.glob(f"{STAGING_PREFIX}*"):
             owner = folder.name[len(STAGING_PREFIX):].split("-")[0]
-            if owner.isdigit() and not _pid_alive(int(owner)):
+            if owner.isdigit() and not pid_alive(int(owner)):
                 shutil.rmtree(folder, ignore_errors=True)
 
     def write_version(self, name: str, config: mc.ModelConfig,
@@ -330,6 +336,20 @@ class ModelRepository:
             raise TritonForgeError(
                 f"could not publish {target} ({exc.strerror or exc}); another export may have "
                 "written it meanwhile: run the export again") from exc
+
+
+class NewerManifestError(TritonForgeError):
+    """A manifest written by a newer tritonforge than this one."""
+
+
+def check_manifest_version(manifest: Mapping[str, Any], path: Path | str) -> None:
+    """Refuse a manifest written by a newer tritonforge, naming both versions."""
+    version = manifest.get("manifest_version", 1)
+    if not isinstance(version, int) or version > MANIFEST_VERSION:
+        raise NewerManifestError(
+            f"{path} has manifest version {version!r} (written by tritonforge "
+            f"{manifest.get('tritonforge_version', '?')}); this tritonforge reads versions up to "
+            f"{MANIFEST_VERSION}: upgrade tritonforge to serve or verify this model")
 
 
 def write_manifest(version_dir: Path, manifest: Mapping[str, Any]) -> None:

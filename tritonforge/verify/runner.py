@@ -2,79 +2,19 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from tritonforge.batching import batch_count, batches
 from tritonforge.errors import TritonForgeError
-from tritonforge.export.base import Family, ModelIO, Parity, get_family
+from tritonforge.export.base import Family, get_family
+from tritonforge.modalities import read_io
 from tritonforge.runtime import ort_session, run_session
-
-
-def batches(inputs: Mapping[str, np.ndarray], size: int):
-    count = len(next(iter(inputs.values())))
-    for start in range(0, count, size):
-        yield {k: v[start:start + size] for k, v in inputs.items()}
-
-
-def parity_check(family: Family, model: Any, options: Any, io: ModelIO, session,
-                 inputs: Mapping[str, np.ndarray], batch_size: int = 8,
-                 tick: Callable[[], None] | None = None) -> Parity:
-    """Run PyTorch and ONNX Runtime on the same inputs, batch by batch, and compare."""
-    reference: dict[str, list[np.ndarray]] = {n: [] for n in io.output_names}
-    candidate: dict[str, list[np.ndarray]] = {n: [] for n in io.output_names}
-    for batch in batches(inputs, batch_size):
-        for name, out in family.reference_outputs(model, batch, io).items():
-            reference[name].append(out)
-        for name, out in run_session(session, batch).items():
-            candidate[name].append(out)
-        if tick:
-            tick()
-    return family.compare({k: np.concatenate(v) for k, v in reference.items()},
-                          {k: np.concatenate(v) for k, v in candidate.items()}, options, inputs)
-
-
-# -- latency -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LatencyStats:
-    samples_ms: tuple[float, ...]
-
-    def percentile(self, q: float) -> float:
-        return float(np.percentile(self.samples_ms, q))
-
-    def to_json(self) -> dict[str, float]:
-        return {"p50": round(self.percentile(50), 3), "p95": round(self.percentile(95), 3),
-                "p99": round(self.percentile(99), 3),
-                "mean": round(float(np.mean(self.samples_ms)), 3), "n": len(self.samples_ms)}
-
-
-def measure_interleaved(runners: Mapping[str, Callable[[], Any]], iterations: int, block: int = 3,
-                        tick: Callable[[], None] | None = None) -> dict[str, LatencyStats]:
-    """Time each runner `iterations` times, in rounds, so every runtime sees the same machine.
-
-    Each round gives every runner one untimed call and then `block` timed ones: the untimed
-    call absorbs the hand-over from the other runtime (its thread pool still spinning, caches
-    holding the other model's weights), which otherwise taxes whichever runs second.
-    """
-    names = list(runners)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    while len(times[names[0]]) < iterations:
-        for name in names:
-            runners[name]()
-            for _ in range(min(block, iterations - len(times[name]))):
-                start = time.perf_counter()
-                runners[name]()
-                times[name].append((time.perf_counter() - start) * 1e3)
-                if tick and name == names[0]:
-                    tick()
-    return {name: LatencyStats(tuple(t)) for name, t in times.items()}
-
+from tritonforge.spec import ModelIO, Parity
+from tritonforge.timing import LatencyStats, measure_interleaved
+from tritonforge.verify.parity import parity_check
 
 # -- verify --------------------------------------------------------------------------------
 
@@ -88,7 +28,7 @@ class VerifyReport:
     parity: Parity
     latency: dict[str, LatencyStats]
     batch_size: int
-    seq_len: int | None
+    shape: Mapping[str, int | None]  # the modality's shape options: seq_len, image_size, ...
     threads: int
     provider: str
     triton_parity: Parity | None = None  # with --triton: the served model against PyTorch
@@ -110,7 +50,8 @@ class VerifyReport:
             "precision": self.precision, "parity": self.parity.to_json(),
             "latency_ms": {name: stats.to_json() for name, stats in self.latency.items()},
             "speedup_onnxruntime_vs_pytorch": round(self.speedup, 3),
-            "batch_size": self.batch_size, "seq_len": self.seq_len, "threads": self.threads,
+            "batch_size": self.batch_size, "shape": dict(self.shape), **dict(self.shape),
+            "threads": self.threads,
             "provider": self.provider,
             **({"triton": {"url": self.triton_url, "parity": self.triton_parity.to_json()}}
                if self.triton_parity is not None else {}),
@@ -148,11 +89,11 @@ def plan_verify(repo: Path | str, name: str, version: int | None = None) -> Veri
             "damaged after export; export the model again (a new version)")
     family = get_family(manifest["family"])
     return VerifyPlan(name, number, family, family.options_from_json(manifest["recipe"]),
-                      ModelIO.from_json(manifest["io"]), manifest, model_path)
+                      read_io(manifest["io"], manifest.get("manifest_version", 1)), manifest, model_path)
 
 
 def verify_model(repo: Path | str, name: str, version: int | None = None, batch_size: int = 8,
-                 seq_len: int | None = 128, threads: int = 2, samples: int | None = None,
+                 shape: Mapping[str, int | None] | None = None, threads: int = 2, samples: int | None = None,
                  iterations: int = 30, provider: str = "cpu",
                  stage: Callable[[str, int], Callable[[], None]] | None = None,
                  triton_url: str | None = None) -> VerifyReport:
@@ -171,6 +112,7 @@ def verify_model(repo: Path | str, name: str, version: int | None = None, batch_
             "must all be at least 1")
     stage = stage or (lambda _description, _total: (lambda: None))
     plan = plan_verify(repo, name, version)
+    shape = plan.io.preprocessing.resolve_shape(shape)
     session = ort_session(plan.model_path, threads, provider)
     served = None
     if triton_url:  # fail before the long steps when no server answers
@@ -180,16 +122,16 @@ def verify_model(repo: Path | str, name: str, version: int | None = None, batch_
     torch.set_num_threads(threads)
     stage("loading the PyTorch reference", 0)
     model = plan.family.load_version(plan.options, plan.model_path.parent)
-    inputs = plan.family.sample_inputs(model, plan.options, samples, seq_len)
-    count = len(next(iter(inputs.values())))
+    inputs = plan.family.sample_inputs(model, plan.options, samples, shape)
+    count = batch_count(inputs)
     tick = stage(f"parity on {count} real inputs", -(-count // batch_size))
     parity = parity_check(plan.family, model, plan.options, plan.io, session, inputs,
                           batch_size, tick)
     stage("quality against full precision", 0)
     quality = plan.family.quality(model, plan.options, lambda feed: run_session(session, feed))
     batch = next(batches(inputs, batch_size))
-    if len(next(iter(batch.values()))) < batch_size:
-        batch = plan.family.sample_inputs(model, plan.options, batch_size, seq_len)
+    if batch_count(batch) < batch_size:
+        batch = plan.family.sample_inputs(model, plan.options, batch_size, shape)
     feed = {i.name: batch[i.name] for i in session.get_inputs()}
     baseline = plan.family.latency_baseline(model)
     runners = {"pytorch": lambda: plan.family.reference_outputs(baseline, batch, plan.io),
@@ -203,6 +145,6 @@ def verify_model(repo: Path | str, name: str, version: int | None = None, batch_
     tick = stage(f"latency, {', '.join(runners)} interleaved", iterations)
     latency = measure_interleaved(runners, iterations, tick=tick)
     return VerifyReport(plan.name, plan.version, plan.family.name,
-                        plan.manifest.get("precision", ""), parity, latency, batch_size, seq_len,
+                        plan.manifest.get("precision", ""), parity, latency, batch_size, shape,
                         threads, provider, triton_parity, triton_url, quality)
 

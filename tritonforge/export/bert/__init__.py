@@ -14,7 +14,7 @@ import numpy as np
 
 from tritonforge.data import sentences
 from tritonforge.errors import TritonForgeError
-from tritonforge.export.base import Check, ExportInfo, Family, ModelIO, Parity, TensorSpec, register
+from tritonforge.export.base import ExportInfo, Family, Shape, option, register
 from tritonforge.export.bert.model import (
     EMBEDDED_NAME,
     SequenceClassifier,
@@ -42,10 +42,12 @@ from tritonforge.export.onnx import (
     soften_mask_constants,
     torch_to_onnx,
 )
+from tritonforge.modalities import Text
 from tritonforge.quant.calibrate import QuantRecipe
 from tritonforge.quant.qdq import integer_kernels
 from tritonforge.quant.quantizers import check_bits
-from tritonforge.serving.repository import TritonModels, model_config
+from tritonforge.serving.repository import ServingOptions
+from tritonforge.spec import CLASS_SCORES, EMBEDDING, Check, ModelIO, Parity, TensorSpec
 from tritonforge.verify.metrics import max_abs_diff, row_cosines, top1_agreement
 
 FLOAT_BITS = {32: "fp32", 16: "fp16"}
@@ -66,24 +68,31 @@ INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 class BertOptions:
     """The export recipe; written verbatim into the manifest."""
 
-    model: str | None = None  # Hugging Face BERT directory; None: the embedded MiniLM
-    # 32 (FP32), 16 (FP16, for GPU serving), or 8/6/4 and other 2..8: quantized, W = A = bits
-    # except 4 = W4A8 (4-bit activations lose too much); wbits/abits override.
-    bits: int = 32
-    graph: str = "auto"  # "plain" ONNX, "fused" by ORT's transformer optimizer, or "auto": faster
-    gpu: bool = False  # serve with the CUDA / TensorRT execution accelerators
-    opset: int = MIN_OPSET
-    threads: int = 2  # threads used when "auto" times the candidate graphs
+    model: str | None = option(None, help="Hugging Face BERT directory (config.json, weights, "
+                               "tokenizer). Default: the embedded all-MiniLM-L6-v2.")
+    # 4 = W4A8: 4-bit activations lose too much; wbits/abits override.
+    bits: int = option(32, help="32 (FP32), 16 (FP16, for GPU serving), or 8, 6, 4 (quantized W8A8, "
+                               "W6A6, W4A8; any 2..8 works).")
+    graph: str = option("auto", help="plain, fused (ONNX Runtime transformer optimizer) or auto (time "
+                                     "both, keep the faster).")
+    gpu: bool = option(False, help="Serve on GPU with the TensorRT accelerator.")
+    opset: int = option(MIN_OPSET, cli=False)
+    threads: int = option(2, cli=False)  # threads used when "auto" times the candidate graphs
     # Quantization (bits <= 8): see tritonforge.quant and QuantRecipe.
-    wbits: int | None = None
-    abits: int | None = None
-    method: str = "os"  # os, os+, minmax, percentile
-    calib: str | None = None  # one text per line; None: the shipped calibration corpus
-    calib_size: int = 256
-    allow_fewer: bool = False  # calibrate on a shorter file instead of refusing it
-    weight_observer: str | None = None  # minmax, mse or gptq; None: gptq below 6 bits, else minmax
-    lsq_epochs: int = 3  # LSQ+ fine stage of os / os+
-    lsq_lr: float = 3e-2
+    wbits: int | None = option(None, help="Weight bits (overrides --bits).")
+    abits: int | None = option(None, help="Activation bits (overrides --bits).")
+    method: str = option("os", help="Quantization: os (Gamma Migration + Token-Wise Clipping + LSQ+), os+ "
+                                    "(channel-wise shifting and scaling + percentile clipping + LSQ+), "
+                                    "minmax or percentile.")
+    calib: str | None = option(None, help="Calibration text file, one text per line. Default: the "
+                                          "shipped corpus.")
+    calib_size: int = option(256, help="Calibration texts (length 128, batch 32).")
+    allow_fewer: bool = option(False, help="Calibrate on fewer texts when the file is shorter than "
+                                           "--calib-size.")
+    # minmax, mse or gptq; None: gptq below 6 bits, else minmax
+    weight_observer: str | None = option(None, cli=False)
+    lsq_epochs: int = option(3, help="LSQ+ epochs of os / os+ (0: coarse clipping only).")
+    lsq_lr: float = option(3e-2, cli=False)
 
     def __post_init__(self):
         if self.bits not in FLOAT_BITS:
@@ -119,8 +128,13 @@ class BertOptions:
 
 @register
 class BertFamily(Family):
+    """A BERT encoder or sequence classifier: FP32, FP16 or quantized (Outlier Suppression)."""
+
     name = "bert"
     options_type = BertOptions
+
+    def serving(self, options: BertOptions, base: ServingOptions) -> ServingOptions:
+        return dataclasses.replace(base, gpu=base.gpu or options.gpu, fp16=options.bits == 16)
 
     def default_name(self, options: BertOptions) -> str:
         # bert_w6a6 for the default method, bert_w6a6_osplus / _minmax / _percentile otherwise
@@ -150,40 +164,36 @@ class BertFamily(Family):
             else "BertModel",
             "hidden_size": int(config.hidden_size),
             "num_hidden_layers": int(config.num_hidden_layers),
+            **({} if isinstance(model, SequenceClassifier)
+               else {"pooling": model.pooling, "normalize": model.normalize}),
         }
 
     def io(self, model, options: BertOptions) -> ModelIO:
         width = output_width(model)
+        labels = None
         if isinstance(model, SequenceClassifier):
-            outputs = (TensorSpec("logits", "float32", (width,)),)
-            labels = {int(k): v for k, v in hf_config(model).id2label.items()}
-            head: dict[str, Any] = {"labels": [labels[i] for i in sorted(labels)]}
+            outputs = (TensorSpec("logits", "float32", (width,), CLASS_SCORES),)
+            names = {int(k): v for k, v in hf_config(model).id2label.items()}
+            labels = tuple(names[i] for i in sorted(names))
         else:
             outputs = (TensorSpec("last_hidden_state", "float32", (-1, width)),
-                       TensorSpec("sentence_embedding", "float32", (width,)))
-            head = {"pooling": model.pooling, "normalize": model.normalize}
+                       TensorSpec("sentence_embedding", "float32", (width,), EMBEDDING))
         tokenizer = model.tokenizer
-        preprocessing = {
-            "kind": "text",
-            "tokenizer": "tokenizer/tokenizer.json",
-            "max_length": max_sequence_length(model.model_dir, hf_config(model)),
-            "lowercase": bool(getattr(tokenizer, "do_lower_case", False)),
-            "padding": "longest",
-            "truncation": True,
-            "pad_token_id": int(tokenizer.pad_token_id),
-            **head,
-        }
-        return ModelIO(tuple(TensorSpec(n, "int64", (-1,)) for n in INPUTS), outputs, preprocessing)
+        text = Text(max_length=max_sequence_length(model.model_dir, hf_config(model)),
+                    pad_token_id=int(tokenizer.pad_token_id),
+                    lowercase=bool(getattr(tokenizer, "do_lower_case", False)), inputs=INPUTS)
+        return ModelIO(tuple(TensorSpec(n, "int64", (-1,)) for n in INPUTS), outputs, text, labels)
 
-    def sample_inputs(self, model, options: BertOptions, n: int | None, seq_len: int | None = 128
+    def sample_inputs(self, model, options: BertOptions, n: int | None, shape: Shape | None = None
                       ) -> dict[str, np.ndarray]:
+        """Evaluation sentences, padded to `seq_len` (default 128; None pads to the longest)."""
         corpus = sentences()
         texts = corpus if n is None else [corpus[i % len(corpus)] for i in range(n)]
-        return tokenize(model.tokenizer, texts, seq_len)
+        return tokenize(model.tokenizer, texts, (shape or {"seq_len": 128}).get("seq_len"))
 
     def export(self, model, path: Path, options: BertOptions) -> ExportInfo:
         io = self.io(model, options)
-        feed = self.sample_inputs(model, options, 8, 128)
+        feed = self.sample_inputs(model, options, 8, {"seq_len": 128})
         axes = {name: {0: "batch", 1: "sequence"} for name in INPUTS}
         axes.update({spec.name: {0: "batch"} for spec in io.outputs})
         if "last_hidden_state" in axes:
@@ -235,16 +245,33 @@ class BertFamily(Family):
     def quality(self, model, options: BertOptions, run) -> dict[str, Any] | None:
         if not isinstance(model, QuantizedEncoder):
             return None
-        inputs = self.sample_inputs(model, options, None, 128)
+        inputs = self.sample_inputs(model, options, None, {"seq_len": 128})
         io = self.io(model, options)
         fp = sentence_embeddings(lambda batch: self.reference_outputs(model.fp[0], batch, io), inputs)
         return quality_vs_fp(fp, sentence_embeddings(run, inputs))
 
-    def triton(self, name: str, io: ModelIO, serving) -> TritonModels:
-        """The ONNX model, plus `<name>_text`: raw strings in, through the saved tokenizer."""
-        from tritonforge.serving.ensembles import text_ensemble
+    def quality_options(self) -> type:
+        from tritonforge.export.bert.quality import BertQualityOptions
 
-        return TritonModels(model_config(name, io, serving), text_ensemble(name, io, serving))
+        return BertQualityOptions
+
+    def quality_table(self, options, stage) -> list:
+        """FP32, ONNX Runtime's quantize_dynamic INT8 and each method x bits: embedding cosine and
+        nearest-neighbour agreement against FP32 on held-out sentences, latency interleaved."""
+        from tritonforge.export.bert.quality import quality_table
+
+        return quality_table(options, stage)
+
+    def summary(self, manifest) -> list[str]:
+        onnx = manifest["onnx"]
+        lines = [f"{manifest['precision']}, graph {onnx.get('graph')}, {onnx['bytes'] / 1e6:.1f} MB",
+                 *super().summary(manifest)]
+        quality = manifest.get("quality")
+        if quality:  # named in words rather than by key
+            lines[-1] = (f"quality vs FP on {quality['samples']} held-out sentences: embedding cosine "
+                         f"{quality['cosine_vs_fp']:.4f}, nearest-neighbour agreement "
+                         f"{quality['nn_agreement_vs_fp']:.3f}")
+        return lines
 
     def compare(self, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray],
                 options: BertOptions, inputs: Mapping[str, np.ndarray] | None = None) -> Parity:

@@ -9,7 +9,6 @@ quantized on the fly), the first thing users reach for.
 
 from __future__ import annotations
 
-import dataclasses
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,39 +17,44 @@ from typing import Any
 
 import numpy as np
 
+from tritonforge.batching import batches
 from tritonforge.errors import TritonForgeError
-from tritonforge.export.base import get_family
+from tritonforge.export.base import get_family, option
 from tritonforge.export.bert.quantized import quality_vs_fp, sentence_embeddings
 from tritonforge.quant.calibrate import METHODS
 from tritonforge.quant.quantizers import check_bits
 from tritonforge.runtime import ort_session, run_session
-from tritonforge.verify.runner import batches, measure_interleaved
+from tritonforge.timing import measure_interleaved
+from tritonforge.verify.quality import QualityRow, parse_list
 
 Stage = Callable[[str, int], Callable[[], None]]
 
 
-@dataclass
-class QualityRow:
-    variant: str
-    precision: str
-    method: str
-    runtime: str
-    cosine_vs_fp: float
-    min_cosine_vs_fp: float
-    nn_agreement_vs_fp: float
-    latency_p50_ms: float | None = None
-    onnx_mb: float | None = None
-    alphas: dict[str, float] | None = None
+@dataclass(frozen=True)
+class BertQualityOptions:
+    """`tritonforge quality bert`: which recipes to put side by side."""
 
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    model: str | None = option(None, help="Hugging Face BERT encoder directory. Default: the embedded "
+                                          "all-MiniLM-L6-v2.")
+    bits: str = option("8,6,4", help="Comma-separated: 8,6,4 (4 = W4A8).")
+    methods: str = option("os,os+,minmax,percentile", help="Comma-separated: os,os+,minmax,percentile.")
+    calib: str | None = option(None, help="Calibration text file (one per line).")
+    calib_size: int = option(256, help="Calibration texts.")
+    lsq_epochs: int = option(3, help="LSQ+ epochs of os / os+.")
+    threads: int = option(2, help="Threads for every runtime.")
+    iterations: int = option(12, help="Timed runs per variant.")
 
 
-def parse_list(text: str, what: str) -> list[str]:
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    if not items:
-        raise TritonForgeError(f"{what} {text!r} names nothing: give a comma-separated list")
-    return items
+def quality_table(options: BertQualityOptions, stage: Stage | None = None) -> list[QualityRow]:
+    """`quality_report` for the options of `tritonforge quality bert`."""
+    try:
+        bits = [int(b) for b in parse_list(options.bits, "--bits")]
+    except ValueError:
+        raise TritonForgeError(
+            f"--bits {options.bits!r} must be comma-separated integers, e.g. 8,6,4") from None
+    return quality_report(options.model, bits, parse_list(options.methods, "--methods"), options.calib,
+                          options.calib_size, options.lsq_epochs, options.threads, options.iterations,
+                          stage=stage)
 
 
 def quality_report(model: str | None = None, bits: Sequence[int] = (8, 6, 4),
@@ -75,25 +79,26 @@ def quality_report(model: str | None = None, bits: Sequence[int] = (8, 6, 4),
     stage("FP32 reference embeddings", 0)
     fp_model = family.load(fp_options)
     io = family.io(fp_model, fp_options)
-    inputs = family.sample_inputs(fp_model, fp_options, None, 128)
+    inputs = family.sample_inputs(fp_model, fp_options, None, {"seq_len": 128})
     fp = sentence_embeddings(lambda batch: family.reference_outputs(fp_model, batch, io), inputs)
-    rows = [QualityRow("fp32 (PyTorch eager)", "fp32", "-", "pytorch", 1.0, 1.0, 1.0)]
+    rows = [QualityRow("fp32 (PyTorch eager)", "pytorch", quality_metrics(fp, fp),
+                       details={"precision": "fp32", "method": None})]
     sessions: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="tritonforge-quality-") as scratch:
         folder = Path(scratch)
 
         def measure(name: str, precision: str, method: str, path: Path, alphas=None) -> None:
             session = ort_session(path, threads)
-            scores = quality_vs_fp(fp, sentence_embeddings(lambda batch: run_session(session, batch), inputs))
-            rows.append(QualityRow(name, precision, method, "onnxruntime", scores["cosine_vs_fp"],
-                                   scores["min_cosine_vs_fp"], scores["nn_agreement_vs_fp"],
-                                   onnx_mb=round(path.stat().st_size / 1e6, 1), alphas=alphas))
+            embeddings = sentence_embeddings(lambda batch: run_session(session, batch), inputs)
+            rows.append(QualityRow(name, "onnxruntime", quality_metrics(fp, embeddings), details={
+                "precision": precision, "method": method, "onnx_mb": round(path.stat().st_size / 1e6, 1),
+                "alphas": alphas}))
             sessions[name] = session
 
         stage("exporting FP32 and quantize_dynamic INT8", 0)
         fp_path = folder / "fp32.onnx"
         family.export(fp_model, fp_path, fp_options)
-        measure("fp32", "fp32", "-", fp_path)
+        measure("fp32", "fp32", None, fp_path)
         dynamic_path = folder / "dynamic.onnx"
         quantize_dynamic_int8(fp_path, dynamic_path)
         measure("quantize_dynamic int8", "w8a8 (dynamic)", "ort-dynamic", dynamic_path)
@@ -128,29 +133,7 @@ def quantize_dynamic_int8(source: Path, target: Path) -> Path:
     return target
 
 
-def plot_quality(rows: Sequence[QualityRow], path: Path) -> Path:
-    """Cosine to FP (left) and latency (right) per variant, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [row.variant for row in rows]
-    colours = ["#4c72b0" if row.method in ("-", "ort-dynamic") else "#dd8452" for row in rows]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 0.42 * len(rows) + 1.6), sharey=True)
-    positions = np.arange(len(rows))
-    left.barh(positions, [row.cosine_vs_fp for row in rows], color=colours)
-    left.set_xlim(min(0.8, min(row.cosine_vs_fp for row in rows) - 0.01), 1.0)
-    left.set_xlabel("sentence-embedding cosine vs FP32 (held-out sentences)")
-    for position, row in zip(positions, rows, strict=True):
-        left.text(row.cosine_vs_fp, position, f" {row.cosine_vs_fp:.4f}", va="center", fontsize=8)
-    right.barh(positions, [row.latency_p50_ms or 0 for row in rows], color=colours)
-    right.set_xlabel("p50 latency, ms (batch 8 x 128, interleaved)")
-    left.set_yticks(positions, names)
-    left.invert_yaxis()
-    figure.suptitle("Quantized MiniLM: quality vs speed")
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+def quality_metrics(fp: np.ndarray, embeddings: np.ndarray) -> dict[str, float]:
+    """The table's columns: mean and worst embedding cosine, nearest-neighbour agreement."""
+    scores = quality_vs_fp(fp, embeddings)
+    return {key: scores[key] for key in ("cosine_vs_fp", "min_cosine_vs_fp", "nn_agreement_vs_fp")}

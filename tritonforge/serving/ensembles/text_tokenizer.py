@@ -14,7 +14,8 @@ MiniLM at concurrency 16: 79 req/s padded together vs 131 req/s padded each). Te
 than max_length are truncated, as sentence-transformers does; an empty (or whitespace-only)
 string is refused with an error.
 
-Config parameters: tokenizer_file, max_length, buckets (comma-separated), pad_token_id.
+Config parameters: tokenizer_file, max_length, buckets (comma-separated), pad_token_id, inputs
+(the token arrays the model takes, comma-separated: a subset of TOKEN_OUTPUTS).
 """
 
 from __future__ import annotations
@@ -61,8 +62,9 @@ def bucket_for(longest: int, lengths: tuple[int, ...]) -> int:
     return next((b for b in lengths if b >= longest), lengths[-1])
 
 
-def padded_arrays(encodings: list, length: int, pad_token_id: int) -> dict[str, np.ndarray]:
-    """Token arrays [len(encodings), length] for a BERT graph."""
+def padded_arrays(encodings: list, length: int, pad_token_id: int,
+                  names: tuple[str, ...] = TOKEN_OUTPUTS) -> dict[str, np.ndarray]:
+    """Token arrays [len(encodings), length]: those of TOKEN_OUTPUTS named in `names`."""
     arrays = {"input_ids": np.full((len(encodings), length), pad_token_id, dtype=np.int64),
               "attention_mask": np.zeros((len(encodings), length), dtype=np.int64),
               "token_type_ids": np.zeros((len(encodings), length), dtype=np.int64)}
@@ -71,15 +73,15 @@ def padded_arrays(encodings: list, length: int, pad_token_id: int) -> dict[str, 
         arrays["input_ids"][row, :count] = encoding.ids
         arrays["attention_mask"][row, :count] = encoding.attention_mask
         arrays["token_type_ids"][row, :count] = encoding.type_ids
-    return arrays
+    return {name: arrays[name] for name in names}
 
 
-def encode(tokenizer, texts: list[str], lengths: tuple[int, ...], pad_token_id: int
-           ) -> dict[str, np.ndarray]:
+def encode(tokenizer, texts: list[str], lengths: tuple[int, ...], pad_token_id: int,
+           names: tuple[str, ...] = TOKEN_OUTPUTS) -> dict[str, np.ndarray]:
     """One request's texts, padded to the smallest bucket that holds the longest of them."""
     encodings = tokenizer.encode_batch(texts)
     length = bucket_for(max(len(e.ids) for e in encodings), lengths)
-    return padded_arrays(encodings, length, pad_token_id)
+    return padded_arrays(encodings, length, pad_token_id, names)
 
 
 class TritonPythonModel:
@@ -92,6 +94,7 @@ class TritonPythonModel:
         buckets = tuple(int(b) for b in parameters.get("buckets", "").split(",") if b)
         self.lengths = bucket_lengths(max_length, buckets or DEFAULT_BUCKETS)
         self.pad_token_id = int(parameters["pad_token_id"])
+        self.names = tuple(parameters.get("inputs", ",".join(TOKEN_OUTPUTS)).split(","))
 
     def execute(self, requests: list) -> list:
         return [self._tokenize(request) for request in requests]
@@ -105,9 +108,9 @@ class TritonPythonModel:
         problem = empty_text_error(texts)
         if problem:
             return invalid_argument(problem)
-        arrays = encode(self.tokenizer, texts, self.lengths, self.pad_token_id)
+        arrays = encode(self.tokenizer, texts, self.lengths, self.pad_token_id, self.names)
         return pb_utils.InferenceResponse(
-            output_tensors=[pb_utils.Tensor(name, arrays[name]) for name in TOKEN_OUTPUTS])
+            output_tensors=[pb_utils.Tensor(name, arrays[name]) for name in self.names])
 
 
 def invalid_argument(message: str):

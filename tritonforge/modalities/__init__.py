@@ -1,0 +1,72 @@
+"""Modalities by kind, and reading a manifest's I/O back into typed records.
+
+Built-in: `text`, `image`, `tensors`. A family with its own raw input (DASK's text plus a
+knowledge graph) registers another with `register_modality`, touching none of these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from tritonforge.errors import TritonForgeError
+from tritonforge.modalities.base import Modality
+from tritonforge.modalities.image import Image
+from tritonforge.modalities.tensors import Tensors
+from tritonforge.modalities.text import Text
+from tritonforge.spec import CLASS_SCORES, EMBEDDING, ModelIO, TensorSpec
+
+__all__ = ["Image", "Modality", "Tensors", "Text", "modality_from_json", "read_io", "register_modality"]
+
+_MODALITIES: dict[str, type[Modality]] = {}
+
+
+def register_modality(cls: type[Modality]) -> type[Modality]:
+    """Class decorator: make a modality readable from manifests by its `kind`."""
+    _MODALITIES[cls.kind] = cls
+    return cls
+
+
+for _builtin in (Text, Image, Tensors):
+    register_modality(_builtin)
+
+
+def modality_from_json(data: Mapping[str, Any]) -> Modality:
+    kind = data.get("kind")
+    if kind not in _MODALITIES:
+        raise TritonForgeError(
+            f"pre-processing kind {kind!r} is unknown to this tritonforge (it knows "
+            f"{', '.join(sorted(_MODALITIES))}): install the package of the family that wrote it")
+    return _MODALITIES[kind].from_json(data)
+
+
+def read_io(data: Mapping[str, Any], manifest_version: int = 2) -> ModelIO:
+    """A manifest's `io` section as a ModelIO; manifests of version 1 are converted."""
+    if manifest_version < 2:
+        return _read_io_v1(data)
+    return ModelIO(tuple(TensorSpec.from_json(t) for t in data["inputs"]),
+                   tuple(TensorSpec.from_json(t) for t in data["outputs"]),
+                   modality_from_json(data["preprocessing"]),
+                   tuple(data["labels"]) if data.get("labels") is not None else None,
+                   tuple(tuple(pair) for pair in data.get("state", ())))
+
+
+def _read_io_v1(data: Mapping[str, Any]) -> ModelIO:
+    """Version 1 (only the bert family wrote it): an untyped pre-processing dict holding the
+    tokenizer settings, and labels or pooling beside them; outputs had no kinds. The bert
+    outputs were `sentence_embedding` (an embedding) and `logits` (class scores)."""
+    pre = dict(data.get("preprocessing", {}))
+    labels = pre.get("labels")
+    if pre.get("kind") == "text":
+        record: Modality = Text(max_length=int(pre["max_length"]), pad_token_id=int(pre["pad_token_id"]),
+                                tokenizer=pre.get("tokenizer", "tokenizer/tokenizer.json"),
+                                lowercase=bool(pre.get("lowercase", False)),
+                                truncation=bool(pre.get("truncation", True)),
+                                inputs=tuple(t["name"] for t in data["inputs"]))
+    else:
+        record = Tensors()
+    kinds = {"sentence_embedding": EMBEDDING, "logits": CLASS_SCORES}
+    outputs = tuple(TensorSpec(t["name"], t["dtype"], tuple(t["dims"]), kinds.get(t["name"], "tensor"))
+                    for t in data["outputs"])
+    return ModelIO(tuple(TensorSpec.from_json(t) for t in data["inputs"]), outputs, record,
+                   tuple(labels) if labels else None)

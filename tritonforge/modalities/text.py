@@ -1,0 +1,114 @@
+"""Text: strings -> token arrays through the model's own tokenizer.json (the `tokenizers` package).
+
+Server side, `<name>_tokenizer` (python backend, `serving/ensembles/text_tokenizer.py`) and
+`<name>_text` (ensemble TEXT -> the model's outputs). Client side, the same `encode` on the
+tokenizer saved beside the export. Requests are padded to length buckets (16, 32, 64, ...,
+max_length) so Triton's dynamic batcher can merge them; texts are truncated at max_length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from tritonforge.errors import TritonForgeError
+from tritonforge.modalities.base import Modality, preprocessing_companions, raw_bytes_array
+from tritonforge.serving.ensembles.text_tokenizer import (
+    DEFAULT_BUCKETS,
+    TOKEN_OUTPUTS,
+    bucket_lengths,
+    empty_text_error,
+    encode,
+    load_tokenizer,
+)
+from tritonforge.serving.repository import CompanionModel, ServingOptions
+from tritonforge.spec import ModelIO
+
+TEXT_TOKENIZER_MODEL = Path(__file__).parent.parent / "serving" / "ensembles" / "text_tokenizer.py"
+TOKENIZER_SUFFIX = "_tokenizer"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+@dataclass(frozen=True)
+class Text(Modality):
+    """Strings in; token arrays (a subset of input_ids, attention_mask, token_type_ids) out."""
+
+    kind: ClassVar[str] = "text"
+    suffix: ClassVar[str] = "_text"
+    raw_input: ClassVar[str] = "TEXT"
+    query_option: ClassVar[str] = "text"
+    shape_defaults: ClassVar[dict[str, int | None]] = {"seq_len": 128}
+
+    max_length: int
+    pad_token_id: int
+    tokenizer: str = "tokenizer/tokenizer.json"  # relative to the version folder
+    lowercase: bool = False
+    truncation: bool = True
+    inputs: tuple[str, ...] = TOKEN_OUTPUTS
+    buckets: tuple[int, ...] = DEFAULT_BUCKETS
+
+    def __post_init__(self):
+        if self.max_length < 1:
+            raise TritonForgeError(f"text max_length {self.max_length} must be at least 1")
+        unknown = sorted(set(self.inputs) - set(TOKEN_OUTPUTS))
+        if unknown:
+            raise TritonForgeError(f"text inputs {unknown} are not token arrays the tokenizer makes "
+                                   f"({', '.join(TOKEN_OUTPUTS)})")
+
+    def limits(self) -> dict[str, int]:
+        return {"max_sequence_length": self.max_length}
+
+    def lengths(self, seq_len: int | None = None) -> tuple[int, ...]:
+        """The padded lengths a request can get; with seq_len, exactly that one."""
+        if seq_len:
+            return (min(seq_len, self.max_length),)
+        return bucket_lengths(self.max_length, self.buckets)
+
+    def companions(self, name: str, io: ModelIO, serving: ServingOptions) -> tuple[CompanionModel, ...]:
+        if set(io.input_names) != set(self.inputs):
+            raise TritonForgeError(f"a text ensemble feeds {list(self.inputs)}, the model takes "
+                                   f"{io.input_names}")
+        parameters = {"tokenizer_file": TOKENIZER_FILE, "max_length": str(self.max_length),
+                      "buckets": ",".join(map(str, self.lengths())),
+                      "pad_token_id": str(self.pad_token_id), "inputs": ",".join(self.inputs)}
+        return preprocessing_companions(name, io, serving, self, TOKENIZER_SUFFIX, TEXT_TOKENIZER_MODEL,
+                                        parameters, {TOKENIZER_FILE: self.tokenizer})
+
+    def read_raw(self, values: Sequence[str]) -> list[str]:
+        problem = empty_text_error(list(values))
+        if problem:
+            raise TritonForgeError(problem.replace("TEXT", "--text"))
+        return list(values)
+
+    def request(self, raw: Sequence[str]) -> dict[str, np.ndarray]:
+        return {self.raw_input: raw_bytes_array([t.encode("utf-8") for t in raw])}
+
+    def encode(self, raw: Sequence[str], io: ModelIO, folder: Path | None,
+               shape: Mapping[str, int | None] | None = None) -> dict[str, np.ndarray]:
+        seq_len = (shape or {}).get("seq_len")
+        if folder is None:
+            raise TritonForgeError(
+                "this model takes token arrays: pass --repo so its tokenizer can be used, or send "
+                f"text to its `{self.suffix}` ensemble")
+        tokenizer = self.load_tokenizer(folder, seq_len)
+        return encode(tokenizer, list(self.read_raw(raw)), self.lengths(seq_len), self.pad_token_id,
+                      self.inputs)
+
+    def load_tokenizer(self, folder: Path, seq_len: int | None = None):
+        path = Path(folder) / self.tokenizer
+        if not path.is_file():
+            raise TritonForgeError(f"{path} is missing: the tokenizer was not saved with this version; "
+                                   "export the model again")
+        return load_tokenizer(str(path), min(seq_len or self.max_length, self.max_length))
+
+    def sample_raw(self, n: int | None = None, folder: Path | None = None) -> list[Any]:
+        from tritonforge.data import sentences
+
+        return sentences(n)
+
+    def describe_raw(self, item: Any, index: int) -> str:
+        return f"#{index} {str(item)[:60]}"

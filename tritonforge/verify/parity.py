@@ -1,0 +1,54 @@
+"""Parity: the PyTorch reference and a runtime (ONNX Runtime, Triton) on the same real inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from tritonforge.batching import batches
+from tritonforge.export.base import Family
+from tritonforge.runtime import run_session
+from tritonforge.spec import ModelIO, Parity
+
+Run = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
+
+
+def run_steps(run: Run, steps: list[dict[str, np.ndarray]], io: ModelIO) -> dict[str, np.ndarray]:
+    """Run a model over `steps` (one request each), feeding each step's state outputs back as
+    the next step's state inputs (zeros at the first). One step: the outputs as they are;
+    several: each output stacked along a new axis 1 (batch, step, ...)."""
+    if len(steps) == 1 and not io.state:
+        return dict(run(steps[0]))
+    count = len(next(iter(steps[0].values())))
+    state = {name: np.zeros((count, *next(s.dims for s in io.inputs if s.name == name)),
+                            dtype=next(s.dtype for s in io.inputs if s.name == name))
+             for name, _out in io.state}
+    collected: dict[str, list[np.ndarray]] = {name: [] for name in io.output_names}
+    for step in steps:
+        outputs = run({**step, **state})
+        state = {name: outputs[out] for name, out in io.state}
+        for name in io.output_names:
+            collected[name].append(outputs[name])
+    return {name: np.stack(parts, axis=1) for name, parts in collected.items()}
+
+
+def parity_check(family: Family, model: Any, options: Any, io: ModelIO, session,
+                 inputs: Mapping[str, np.ndarray], batch_size: int = 8,
+                 tick: Callable[[], None] | None = None) -> Parity:
+    """Run PyTorch and `session` (ONNX Runtime, or a served model that acts like one) on the
+    same inputs, batch by batch (and step by step for a streaming model), and compare."""
+    reference: dict[str, list[np.ndarray]] = {n: [] for n in io.output_names}
+    candidate: dict[str, list[np.ndarray]] = {n: [] for n in io.output_names}
+    for batch in batches(inputs, batch_size):
+        steps = family.steps(batch, io)
+        family.reset_state(model)
+        for name, out in run_steps(lambda feed: family.reference_outputs(model, feed, io), steps, io).items():
+            reference[name].append(out)
+        for name, out in run_steps(lambda feed: run_session(session, feed), steps, io).items():
+            candidate[name].append(out)
+        if tick:
+            tick()
+    return family.compare({k: np.concatenate(v) for k, v in reference.items()},
+                          {k: np.concatenate(v) for k, v in candidate.items()}, options, inputs)

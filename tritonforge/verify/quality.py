@@ -1,0 +1,70 @@
+"""`tritonforge quality <family>`: rows of quality against full precision and latency, per recipe.
+
+A family builds the rows (`Family.quality_table`); printing, JSON and the plot are shared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tritonforge.errors import TritonForgeError
+
+
+@dataclass
+class QualityRow:
+    """One variant: its quality metrics (the first is the headline, higher is better) and its
+    p50 latency, measured interleaved with every other row's."""
+
+    variant: str
+    runtime: str
+    metrics: dict[str, float]
+    latency_p50_ms: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)  # precision, method, file size, ...
+
+    def to_json(self) -> dict[str, Any]:
+        return {"variant": self.variant, "runtime": self.runtime, **self.metrics,
+                "latency_p50_ms": self.latency_p50_ms, **self.details}
+
+
+def parse_list(text: str, what: str) -> list[str]:
+    """A comma-separated option value as its items."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise TritonForgeError(f"{what} {text!r} names nothing: give a comma-separated list")
+    return items
+
+
+def plot_quality(rows: Sequence[QualityRow], path: Path, family: str) -> Path:
+    """The headline metric (left) and latency (right) per variant, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = next(iter(rows[0].metrics))
+    values = [row.metrics[metric] for row in rows]
+    names = [row.variant for row in rows]
+    colours = ["#4c72b0" if row.runtime == "pytorch" or not row.details.get("method") else "#dd8452"
+               for row in rows]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 0.42 * len(rows) + 1.6), sharey=True)
+    positions = np.arange(len(rows))
+    left.barh(positions, values, color=colours)
+    left.set_xlim(min(0.8, min(values) - 0.01), 1.0)
+    left.set_xlabel(f"{metric.replace('_', ' ')} (held-out inputs)")
+    for position, value in zip(positions, values, strict=True):
+        left.text(value, position, f" {value:.4f}", va="center", fontsize=8)
+    right.barh(positions, [row.latency_p50_ms or 0 for row in rows], color=colours)
+    right.set_xlabel("p50 latency, ms (interleaved)")
+    left.set_yticks(positions, names)
+    left.invert_yaxis()
+    figure.suptitle(f"{family}: quality vs speed")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
