@@ -53,6 +53,6 @@ def run_session(session, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarr
     names = [o.name for o in session.get_outputs()]
     outputs = session.run(names, feed)
     return {
-        name: out.astype(np.float32) if np.issubdtype(out.dtype, np.floating) else out
+        name: out.astype(np.float32, copy=False) if np.issubdtype(out.dtype, np.floating) else out
         for name, out in zip(names, outputs, strict=True)
     }

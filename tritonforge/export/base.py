@@ -125,7 +125,7 @@ class Family(ABC):
 
     def reset_state(self, model: Any) -> None:
         """Forget any state the reference keeps between calls (membrane potentials of spiking
-        neurons); called before every batch it runs. Stateless families need nothing."""
+        neurons); parity calls it before each batch's first step. Stateless families need nothing."""
         return None
 
     def steps(self, inputs: Mapping[str, np.ndarray], io: ModelIO) -> list[dict[str, np.ndarray]]:
@@ -139,7 +139,6 @@ class Family(ABC):
         floating outputs as float32, integer outputs (labels, counts) as they are."""
         import torch
 
-        self.reset_state(model)
         with torch.inference_mode():
             outputs = model(**{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()})
         if isinstance(outputs, torch.Tensor):

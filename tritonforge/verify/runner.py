@@ -14,7 +14,7 @@ from tritonforge.modalities import read_io
 from tritonforge.runtime import ort_session, run_session
 from tritonforge.spec import ModelIO, Parity
 from tritonforge.timing import LatencyStats, measure_interleaved
-from tritonforge.verify.parity import parity_check
+from tritonforge.verify.parity import parity_check, run_steps
 
 # -- verify --------------------------------------------------------------------------------
 
@@ -132,16 +132,22 @@ def verify_model(repo: Path | str, name: str, version: int | None = None, batch_
     batch = next(batches(inputs, batch_size))
     if batch_count(batch) < batch_size:
         batch = plan.family.sample_inputs(model, plan.options, batch_size, shape)
-    feed = {i.name: batch[i.name] for i in session.get_inputs()}
+    # A streaming model is timed over a whole sequence of steps, state carried, from a reset.
+    steps = plan.family.steps(batch, plan.io)
     baseline = plan.family.latency_baseline(model)
-    runners = {"pytorch": lambda: plan.family.reference_outputs(baseline, batch, plan.io),
-               "onnxruntime": lambda: session.run(None, feed)}
+
+    def pytorch() -> None:
+        plan.family.reset_state(baseline)
+        run_steps(lambda feed: plan.family.reference_outputs(baseline, feed, plan.io), steps, plan.io)
+
+    runners = {"pytorch": pytorch,
+               "onnxruntime": lambda: run_steps(lambda feed: run_session(session, feed), steps, plan.io)}
     triton_parity = None
     if served is not None:
         tick = stage(f"Triton at {triton_url}: parity on {count} real inputs", -(-count // batch_size))
         triton_parity = parity_check(plan.family, model, plan.options, plan.io, served, inputs,
                                      batch_size, tick)
-        runners["triton"] = lambda: served.run(None, feed)
+        runners["triton"] = lambda: run_steps(lambda feed: run_session(served, feed), steps, plan.io)
     tick = stage(f"latency, {', '.join(runners)} interleaved", iterations)
     latency = measure_interleaved(runners, iterations, tick=tick)
     return VerifyReport(plan.name, plan.version, plan.family.name,
