@@ -87,7 +87,8 @@ class StreamFamily(Family):
 
     def compare(self, reference, candidate, options, inputs=None) -> Parity:
         diff = max_abs_diff(reference["logits"], candidate["logits"])
-        return Parity((Check("max_abs_diff", diff, 1e-5, False),), {"steps": int(reference["logits"].shape[1])})
+        steps = int(reference["logits"].shape[1])
+        return Parity((Check("max_abs_diff", diff, 1e-5, False),), {"steps": steps})
 
     def default_name(self, options) -> str:
         return "toy_stream"

@@ -104,12 +104,11 @@ def batched(array: np.ndarray, spec: TensorSpec, source: str = "the array") -> n
             f"{source} holds {array.dtype}, but input {spec.name!r} takes {spec.dtype}: save it "
             f"with array.astype('{spec.dtype}')")
     dims = list(spec.dims)
-    if array.ndim == len(dims):
-        array = array[None]
-    if array.ndim != len(dims) + 1 or any(d >= 0 and d != s for d, s in zip(dims, array.shape[1:],
-                                                                          strict=True)):
+    batch = array[None] if array.ndim == len(dims) else array
+    fits = batch.ndim == len(dims) + 1 and all(d < 0 or d == n for d, n in zip(dims, batch.shape[1:]))
+    if not fits:
         expected = "[" + ", ".join("any" if d < 0 else str(d) for d in dims) + "]"
         raise TritonForgeError(
             f"{source} has shape {list(array.shape)}, but input {spec.name!r} takes one sample of "
             f"shape {expected} (or a batch of them, with a leading batch axis)")
-    return array
+    return batch
