@@ -105,7 +105,8 @@ def batched(array: np.ndarray, spec: TensorSpec, source: str = "the array") -> n
             f"with array.astype('{spec.dtype}')")
     dims = list(spec.dims)
     batch = array[None] if array.ndim == len(dims) else array
-    fits = batch.ndim == len(dims) + 1 and all(d < 0 or d == n for d, n in zip(dims, batch.shape[1:], strict=True))
+    fits = batch.ndim == len(dims) + 1 and all(
+        d < 0 or d == n for d, n in zip(dims, batch.shape[1:], strict=True))
     if not fits:
         expected = "[" + ", ".join("any" if d < 0 else str(d) for d in dims) + "]"
         raise TritonForgeError(
