@@ -10,8 +10,9 @@ from tritonforge.data import CALIBRATION, read_lines, sentences
 from tritonforge.errors import TritonForgeError
 from tritonforge.export.bert import tokenize
 from tritonforge.export.bert.model import load_bert
-from tritonforge.quant.calibrate import QuantRecipe, quantize_bert, token_wise_clip
-from tritonforge.quant.quantizers import ActQuantizer, TokenMask, signed_range
+from tritonforge.export.bert.quantized import slotted_copy
+from tritonforge.quant.calibrate import QuantRecipe, calibrate, token_wise_clip
+from tritonforge.quant.quantizers import ActQuantizer, SampleMask, signed_range
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,7 @@ def tiny(tiny_bert):
 
 def test_every_paper_site_gets_a_quantizer_and_weights_sit_on_the_grid(tiny):
     model, calib = tiny
-    result = quantize_bert(model.bert, QuantRecipe(method="minmax", wbits=6, abits=6), calib, 16)
+    result = calibrate(slotted_copy(model), QuantRecipe(method="minmax", wbits=6, abits=6), calib, 16)
     layers = len(result.model.layers)
     # embedding LN + per layer (Q, K, V, probs, context, LN_a, GELU, LN_o) - the last LN_o
     assert len(result.quantizers) == 1 + 8 * layers - 1
@@ -37,14 +38,14 @@ def test_every_paper_site_gets_a_quantizer_and_weights_sit_on_the_grid(tiny):
 
 def test_activation_ranges_use_at_most_k_bits(tiny):
     model, calib = tiny
-    result = quantize_bert(model.bert, QuantRecipe(method="percentile", wbits=8, abits=4), calib, 16)
+    result = calibrate(slotted_copy(model), QuantRecipe(method="percentile", wbits=8, abits=4), calib, 16)
     for quantizer in result.quantizers.values():
         assert (quantizer.qmin, quantizer.qmax) == (0, 15)
         assert 0 <= float(quantizer.zero_point.detach()) <= 15
 
 
 def test_token_wise_clipping_picks_the_alpha_with_the_lowest_error():
-    mask = TokenMask()
+    mask = SampleMask()
     quantizer = ActQuantizer(6, mask, name="layers.0.gelu")
     quantizer.mode = "observe"
     x = torch.randn(4, 500, 64, generator=torch.Generator().manual_seed(0))
@@ -60,13 +61,14 @@ def test_token_wise_clipping_picks_the_alpha_with_the_lowest_error():
 
 def test_os_calibration_records_one_alpha_per_quantizer(tiny):
     model, calib = tiny
-    result = quantize_bert(model.bert, QuantRecipe(method="os", wbits=8, abits=6, alpha_grid=4), calib, 16)
+    recipe = QuantRecipe(method="os", wbits=8, abits=6, alpha_grid=4)
+    result = calibrate(slotted_copy(model), recipe, calib, 16)
     assert set(result.alphas) == set(result.quantizers)
 
 
 def test_quantized_model_stays_close_to_fp_at_8_bits(tiny):
     model, calib = tiny
-    result = quantize_bert(model.bert, QuantRecipe(method="minmax"), calib, 16)
+    result = calibrate(slotted_copy(model), QuantRecipe(method="minmax"), calib, 16)
     feed = {k: torch.from_numpy(v) for k, v in tokenize(model.tokenizer, sentences(16), 64).items()}
     with torch.no_grad():
         fp = model.bert(**feed).last_hidden_state
@@ -81,7 +83,7 @@ def test_nan_in_calibration_stops_and_names_the_layer(tiny):
     with torch.no_grad():
         broken.bert.encoder.layer[1].intermediate.dense.bias[0] = float("nan")
     with pytest.raises(TritonForgeError, match=r"layers\.1\.gelu"):
-        quantize_bert(broken.bert, QuantRecipe(method="minmax"), calib, 16)
+        calibrate(slotted_copy(broken), QuantRecipe(method="minmax"), calib, 16)
 
 
 def test_unknown_method_is_refused():
@@ -89,10 +91,43 @@ def test_unknown_method_is_refused():
         QuantRecipe(method="awq")
 
 
+@pytest.mark.parametrize("bits", [1, 9, 0, 16])
+def test_bits_outside_2_to_8_are_refused_by_the_recipe(bits):
+    with pytest.raises(TritonForgeError, match=f"^--bits {bits} is outside 2..8: .*choose 8, 6 or 4"):
+        QuantRecipe(wbits=bits, abits=bits)
+
+
+def test_one_bad_width_is_named_by_its_own_option():
+    with pytest.raises(TritonForgeError, match="^--abits 12 is outside 2..8"):
+        QuantRecipe(wbits=8, abits=12)
+    with pytest.raises(TritonForgeError, match="^--wbits 1 is outside 2..8"):
+        QuantRecipe(wbits=1, abits=8)
+
+
+def test_lsq_plus_reports_every_optimisation_step(tiny):
+    model, calib = tiny  # 32 texts in batches of 16: 2 steps per epoch
+    opened, ticks = [], []
+
+    def stage(description, total=0):
+        opened.append((description, total))
+        return lambda: ticks.append(description)
+
+    calibrate(slotted_copy(model), QuantRecipe(method="minmax", lsq_epochs=3), calib, 16, stage)
+    assert ("LSQ+ (fine)", 6) in opened
+    assert ticks == ["LSQ+ (fine)"] * 6
+
+
+def test_stages_that_take_only_a_description_are_told_each_step(tiny):
+    model, calib = tiny
+    told = []
+    calibrate(slotted_copy(model), QuantRecipe(method="minmax", lsq_epochs=1), calib, 16, told.append)
+    assert told[0] == "FP reference outputs" and "LSQ+ (fine)" in told
+
+
 def test_lsq_plus_lowers_the_output_error_of_its_starting_point(tiny):
     model, calib = tiny
-    start = quantize_bert(model.bert, QuantRecipe(method="minmax", wbits=8, abits=4), calib, 16)
-    tuned = quantize_bert(model.bert, QuantRecipe(method="minmax", wbits=8, abits=4, lsq_epochs=8,
+    start = calibrate(slotted_copy(model), QuantRecipe(method="minmax", wbits=8, abits=4), calib, 16)
+    tuned = calibrate(slotted_copy(model), QuantRecipe(method="minmax", wbits=8, abits=4, lsq_epochs=8,
                                                   lsq_lr=1e-2), calib, 16)
     assert tuned.calibration_error < 0.9 * start.calibration_error
     moved = [name for name, q in tuned.quantizers.items()

@@ -17,9 +17,10 @@ from tritonforge.data import sentences
 from tritonforge.errors import TritonForgeError
 from tritonforge.export.bert import BertOptions, tokenize
 from tritonforge.export.bert.model import SentenceEncoder, embedded_model_dir, load_bert
+from tritonforge.export.bert.slotted import SlottedBert
 from tritonforge.export.pipeline import export_model
-from tritonforge.quant.bert import QuantBert, grid_matmul
 from tritonforge.quant.calibrate import attach_quantizers, observe, shift_and_scale
+from tritonforge.quant.quantizable import grid_matmul
 from tritonforge.verify.metrics import nearest_neighbour_agreement, row_cosines
 from tritonforge.verify.runner import verify_model
 
@@ -136,7 +137,7 @@ def test_default_names_carry_the_method(method, name):
 def test_channel_shift_and_scale_keeps_minilm_outputs():
     model = load_bert(embedded_model_dir())
     feed = {k: torch.from_numpy(v) for k, v in tokenize(model.tokenizer, sentences(48), 128).items()}
-    quant = QuantBert(copy.deepcopy(model.bert)).eval()
+    quant = SlottedBert(copy.deepcopy(model.bert)).eval()
     quantizers = attach_quantizers(quant, 6)
     observe(quant, quantizers, {k: v.numpy() for k, v in feed.items()}, 16)
     thresholds = shift_and_scale(quant, quantizers, grid=8)

@@ -10,7 +10,7 @@ import torch
 from tritonforge.data import sentences
 from tritonforge.export.bert import tokenize
 from tritonforge.export.bert.model import SentenceEncoder, embedded_model_dir, load_bert
-from tritonforge.quant.bert import QuantBert
+from tritonforge.export.bert.slotted import SlottedBert
 from tritonforge.quant.migration import gamma_migrate
 from tritonforge.verify.metrics import row_cosines
 
@@ -30,7 +30,7 @@ def encode(bert, feed):
 def test_written_out_bert_computes_what_hugging_face_computes(minilm):
     model, feed = minilm
     hidden, _ = encode(model.bert, feed)
-    ours, _ = encode(QuantBert(copy.deepcopy(model.bert)).eval(), feed)
+    ours, _ = encode(SlottedBert(copy.deepcopy(model.bert)).eval(), feed)
     real = feed["attention_mask"].bool()
     assert (ours - hidden)[real].abs().max().item() <= 1e-5
 
@@ -38,7 +38,7 @@ def test_written_out_bert_computes_what_hugging_face_computes(minilm):
 def test_gamma_migration_keeps_minilm_outputs(minilm):
     model, feed = minilm
     hidden, embedding = encode(model.bert, feed)
-    migrated = gamma_migrate(QuantBert(copy.deepcopy(model.bert)).eval())
+    migrated = gamma_migrate(SlottedBert(copy.deepcopy(model.bert)).eval())
     hidden2, embedding2 = encode(migrated, feed)
     real = feed["attention_mask"].bool()
     assert (hidden2 - hidden)[real].abs().max().item() <= 1e-4
@@ -47,8 +47,8 @@ def test_gamma_migration_keeps_minilm_outputs(minilm):
 
 def test_migrated_norms_are_non_scaling_except_the_last(minilm):
     model, _ = minilm
-    original = QuantBert(copy.deepcopy(model.bert))
-    migrated = gamma_migrate(QuantBert(copy.deepcopy(model.bert)))
+    original = SlottedBert(copy.deepcopy(model.bert))
+    migrated = gamma_migrate(SlottedBert(copy.deepcopy(model.bert)))
     sites, originals = migrated.norm_sites(), original.norm_sites()
     for (norm, _, shortcut, _), (before, *_) in zip(sites[:-1], originals[:-1], strict=True):
         assert torch.equal(norm.weight, torch.ones_like(norm.weight))
@@ -64,7 +64,7 @@ def test_near_zero_gamma_is_guarded(tiny_bert):
         model.bert.encoder.layer[0].attention.output.LayerNorm.weight[5] = -1e-9
     feed = {k: torch.from_numpy(v) for k, v in tokenize(model.tokenizer, sentences(8), 32).items()}
     hidden, _ = encode(model.bert, feed)
-    migrated = gamma_migrate(QuantBert(copy.deepcopy(model.bert)).eval())
+    migrated = gamma_migrate(SlottedBert(copy.deepcopy(model.bert)).eval())
     hidden2, _ = encode(migrated, feed)
     assert torch.isfinite(hidden2).all()
     assert (hidden2 - hidden).abs().max().item() <= 1e-3

@@ -1,1 +1,3 @@
-"""Shared quantization: fake quantizers, observers, Outlier Suppression transforms, QDQ ONNX."""
+"""The quantization core, model-agnostic: fake quantizers and observers, Outlier Suppression
+transforms, calibration and LSQ+, QDQ ONNX. Models plug in through `quantizable.Quantizable`;
+each family's wiring lives in its own folder (BERT's: `export/bert/slotted.py`)."""

@@ -1,34 +1,41 @@
-"""Post-training quantization of a QuantBert: weights, activation ranges, Token-Wise Clipping."""
+"""Post-training quantization of a `Quantizable` model: weights, activation ranges,
+Token-Wise Clipping or channel-wise shifting and scaling, and LSQ+."""
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Mapping
+import inspect
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
+from tritonforge.batching import batches
 from tritonforge.errors import TritonForgeError
-from tritonforge.quant.bert import QuantBert
 from tritonforge.quant.migration import choose_shift_scale, gamma_migrate, shift_scale_norm
+from tritonforge.quant.quantizable import Quantizable
 from tritonforge.quant.quantizers import (
+    MAX_BITS,
+    MIN_BITS,
     ActQuantizer,
     QuantizedWeight,
-    check_bits,
     gptq_weight,
     quantize_weight,
 )
-from tritonforge.verify.runner import batches
 
 METHODS = ("os", "os+", "minmax", "percentile")
 WEIGHT_OBSERVERS = ("minmax", "mse", "gptq")
 
+# stage(description) or stage(description, total): told when a step starts; may return a
+# function that advances that step by one (tritonforge.cli.Stages does).
+Stage = Callable[..., Any]
+
 
 @dataclass(frozen=True)
 class QuantRecipe:
-    """How a quantized artifact was made; written into its manifest."""
+    """How a quantized artifact was made; written into its manifest. The one place where
+    the bit widths a person asked for are checked."""
 
     # os: Gamma Migration + Token-Wise Clipping (+ LSQ+); os+: channel-wise shifting and
     # scaling + percentile clipping (+ LSQ+); minmax; percentile
@@ -43,31 +50,58 @@ class QuantRecipe:
     lsq_lr: float = 3e-2  # relative to each quantizer's scale (see train_lsq_plus)
 
     def __post_init__(self):
-        check_bits(self.wbits, "--wbits")
-        check_bits(self.abits, "--abits")
+        self.check_bits()
         if self.weight_observer not in WEIGHT_OBSERVERS:
             raise TritonForgeError(f"weight observer {self.weight_observer!r} is unknown: choose "
                                    f"{', '.join(WEIGHT_OBSERVERS)}")
         if self.method not in METHODS:
             raise TritonForgeError(f"--method {self.method!r} is unknown: choose {', '.join(METHODS)}")
 
+    def check_bits(self) -> None:
+        """Refuse widths outside 2..8, named by the option that sets them: --bits when weights
+        and activations share the width, else --wbits or --abits."""
+        bad = [name for name in ("wbits", "abits") if not MIN_BITS <= getattr(self, name) <= MAX_BITS]
+        if not bad:
+            return
+        value = getattr(self, bad[0])
+        shared = self.wbits == self.abits
+        flag = "--bits" if shared else f"--{bad[0]}"
+        hint = "" if shared else " (--bits sets it when --wbits/--abits are left out)"
+        raise TritonForgeError(
+            f"{flag} {value} is outside {MIN_BITS}..{MAX_BITS}{hint}: quantized graphs hold k-bit "
+            "grids in 8-bit containers, so choose 8, 6 or 4 (or another value in that range)")
 
-def token_batches(inputs: Mapping[str, np.ndarray], size: int):
+
+def start_stage(stage: Stage | None, description: str, total: int = 0) -> Callable[[], None]:
+    """Tell `stage` that a step starts (with `total` units of work, 0: unknown) and return the
+    function that advances it by one unit: a no-op for stages that count nothing."""
+    if stage is None:
+        return lambda: None
+    try:
+        inspect.signature(stage).bind(description, total)
+        counts = True
+    except (TypeError, ValueError):  # a stage(description) only, or no signature to read
+        counts = False
+    advance = stage(description, total) if counts else stage(description)
+    return advance if callable(advance) else (lambda: None)
+
+
+def tensor_batches(inputs: Mapping[str, np.ndarray], size: int) -> Iterator[dict[str, torch.Tensor]]:
     for batch in batches(inputs, size):
         yield {k: torch.from_numpy(v) for k, v in batch.items()}
 
 
-def attach_quantizers(model: QuantBert, abits: int) -> dict[str, ActQuantizer]:
+def attach_quantizers(model: Quantizable, abits: int) -> dict[str, ActQuantizer]:
+    """An `abits` activation quantizer (off until set) in every slot of `model`, by slot."""
     quantizers = {}
     for slot in model.activation_slots():
-        axis = 2 if slot.endswith(".probs") else 1  # a query token's row of probabilities
-        quantizers[slot] = ActQuantizer(abits, model.token_mask, axis, slot)
+        quantizers[slot] = ActQuantizer(abits, model.sample_mask, model.token_axis(slot), slot)
         model.set_slot(slot, quantizers[slot])
     return quantizers
 
 
 @torch.no_grad()
-def quantize_weights(model: QuantBert, bits: int, observer: str,
+def quantize_weights(model: Quantizable, bits: int, observer: str,
                      quantizers: Mapping[str, ActQuantizer]) -> dict[str, QuantizedWeight]:
     """Replace each weight by its k-bit value (kept as float for the PyTorch reference).
     GPTQ reads each Linear's observed inputs from the quantizer that feeds it."""
@@ -83,7 +117,7 @@ def quantize_weights(model: QuantBert, bits: int, observer: str,
 
 
 @torch.no_grad()
-def load_quantized_weights(model: QuantBert, weights: Mapping[str, QuantizedWeight]) -> None:
+def load_quantized_weights(model: Quantizable, weights: Mapping[str, QuantizedWeight]) -> None:
     """Set each weight to its k-bit value; Linears also keep their per-row scales, which the
     integer-exact reference needs to recover the integers."""
     linears = model.linears()
@@ -99,30 +133,34 @@ def set_mode(quantizers: Mapping[str, ActQuantizer], mode: str) -> None:
 
 
 @torch.no_grad()
-def hidden_states(model: nn.Module, inputs: Mapping[str, np.ndarray], batch_size: int = 32
+def model_outputs(model: Quantizable, inputs: Mapping[str, np.ndarray], batch_size: int = 32
                   ) -> list[torch.Tensor]:
-    return [model(**batch).last_hidden_state for batch in token_batches(inputs, batch_size)]
+    """`model.output` of every batch of `inputs`."""
+    return [model.output(batch) for batch in tensor_batches(inputs, batch_size)]
 
 
-def real_token_squared_error(out: torch.Tensor, ref: torch.Tensor, attention_mask: torch.Tensor
-                             ) -> torch.Tensor:
-    """Squared error of hidden states at real (non-padding) tokens: [real tokens, features]."""
-    return ((out - ref) ** 2)[attention_mask.bool()]
+def at_real(values: torch.Tensor, real: torch.Tensor | None) -> torch.Tensor:
+    """`values` at the real positions only: [real positions, ...] (all when `real` is None)."""
+    return values if real is None else values[real]
 
 
-def output_error(model: nn.Module, inputs, reference: list[torch.Tensor], batch_size: int = 32) -> float:
-    """Mean squared error of the final hidden states over real tokens."""
+def output_error(model: Quantizable, inputs: Mapping[str, np.ndarray], reference: list[torch.Tensor],
+                 batch_size: int = 32) -> float:
+    """Mean squared error of the model's output against `reference`, over real positions."""
     total, count = 0.0, 0
-    for batch, ref in zip(token_batches(inputs, batch_size), reference, strict=True):
-        errors = real_token_squared_error(model(**batch).last_hidden_state, ref, batch["attention_mask"])
+    for batch, ref in zip(tensor_batches(inputs, batch_size), reference, strict=True):
+        errors = at_real((model.output(batch) - ref) ** 2, model.real_positions(batch))
         total += float(errors.sum())
         count += errors.numel()
     return total / count
 
 
 @dataclass
-class QuantizedBert:
-    model: QuantBert
+class CalibrationResult:
+    """A model quantized by `calibrate`: its k-bit weights, its activation quantizers (in
+    the model's slots, quantizing) and what the calibration chose."""
+
+    model: Quantizable
     recipe: QuantRecipe
     weights: dict[str, QuantizedWeight] = field(default_factory=dict)
     quantizers: dict[str, ActQuantizer] = field(default_factory=dict)
@@ -132,16 +170,19 @@ class QuantizedBert:
 
 
 @torch.no_grad()
-def observe(model: QuantBert, quantizers: Mapping[str, ActQuantizer], calib, batch_size: int) -> None:
+def observe(model: Quantizable, quantizers: Mapping[str, ActQuantizer], calib: Mapping[str, np.ndarray],
+            batch_size: int) -> None:
+    """Run `calib` through `model` with every quantizer recording statistics."""
     for quantizer in quantizers.values():
         quantizer.reset_statistics()
     set_mode(quantizers, "observe")
-    hidden_states(model, calib, batch_size)
+    model_outputs(model, calib, batch_size)
     set_mode(quantizers, "off")
 
 
 @torch.no_grad()
-def shift_and_scale(model: QuantBert, quantizers: Mapping[str, ActQuantizer], grid: int) -> dict[str, float]:
+def shift_and_scale(model: Quantizable, quantizers: Mapping[str, ActQuantizer], grid: int
+                    ) -> dict[str, float]:
     """OS+ on every LayerNorm output that is quantized, from the statistics just observed;
     returns each site's threshold t."""
     thresholds = {}
@@ -176,28 +217,30 @@ def token_wise_clip(quantizer: ActQuantizer, grid: int, lowest: float = 0.5) -> 
 
 
 @torch.no_grad()
-def quantize_bert(bert: nn.Module, recipe: QuantRecipe, calib: Mapping[str, np.ndarray],
-                  batch_size: int = 32, tick: Callable[[str], None] | None = None) -> QuantizedBert:
-    """Quantize a Hugging Face BertModel with `recipe`, calibrated on token arrays `calib`."""
-    tick = tick or (lambda _stage: None)
-    tick("FP reference outputs")
-    reference = hidden_states(bert.eval(), calib, batch_size)
-    model = QuantBert(copy.deepcopy(bert)).eval()
+def calibrate(model: Quantizable, recipe: QuantRecipe, calib: Mapping[str, np.ndarray],
+              batch_size: int = 32, stage: Stage | None = None) -> CalibrationResult:
+    """Quantize `model` in place with `recipe`, calibrated on the input arrays `calib`.
+
+    `model` must still compute in FP (its slots empty): its outputs are the reference that
+    clipping searches and LSQ+ match. `stage` is told about each step (see `start_stage`).
+    """
+    start_stage(stage, "FP reference outputs")
+    reference = model_outputs(model, calib, batch_size)
     quantizers = attach_quantizers(model, recipe.abits)
-    result = QuantizedBert(model, recipe, quantizers=quantizers)
+    result = CalibrationResult(model, recipe, quantizers=quantizers)
     if recipe.method == "os":
-        tick("Gamma Migration")
+        start_stage(stage, "Gamma Migration")
         gamma_migrate(model)
-    tick("observing activations")
+    start_stage(stage, "observing activations")
     observe(model, quantizers, calib, batch_size)  # FP weights: ranges of the model being copied
     if recipe.method == "os+":
-        tick("channel-wise shifting and scaling")
+        start_stage(stage, "channel-wise shifting and scaling")
         result.thresholds = shift_and_scale(model, quantizers, recipe.shift_scale_grid)
         observe(model, quantizers, calib, batch_size)
     if recipe.weight_observer == "gptq":
-        tick("GPTQ weights")
+        start_stage(stage, "GPTQ weights")
     result.weights = quantize_weights(model, recipe.wbits, recipe.weight_observer, quantizers)
-    tick("activation ranges")
+    start_stage(stage, "activation ranges")
     for name, quantizer in quantizers.items():
         if recipe.method == "minmax":
             quantizer.set_range(*quantizer.minmax_range())
@@ -213,21 +256,25 @@ def quantize_bert(bert: nn.Module, recipe: QuantRecipe, calib: Mapping[str, np.n
         quantizer.reset_statistics()
     set_mode(quantizers, "quantize")
     if recipe.lsq_epochs:
-        tick("LSQ+ (fine)")
-        train_lsq_plus(model, quantizers, calib, reference, recipe.lsq_epochs, recipe.lsq_lr, batch_size)
+        advance = start_stage(stage, "LSQ+ (fine)", recipe.lsq_epochs * len(reference))
+        train_lsq_plus(model, quantizers, calib, reference, recipe.lsq_epochs, recipe.lsq_lr, batch_size,
+                       advance)
+        start_stage(stage, "output error against FP")
     model.set_exact(True)
     result.calibration_error = output_error(model, calib, reference, batch_size)
     return result
 
 
-LSQ_MICRO_BATCH = 16  # texts per forward/backward pass of LSQ+ (bounds its memory)
+LSQ_MICRO_BATCH = 16  # samples per forward/backward pass of LSQ+ (bounds its memory)
 
 
 @torch.enable_grad()
-def train_lsq_plus(model: QuantBert, quantizers: Mapping[str, ActQuantizer], calib,
-                   reference: list[torch.Tensor], epochs: int, lr: float, batch_size: int = 32) -> None:
+def train_lsq_plus(model: Quantizable, quantizers: Mapping[str, ActQuantizer],
+                   calib: Mapping[str, np.ndarray], reference: list[torch.Tensor], epochs: int, lr: float,
+                   batch_size: int = 32, advance: Callable[[], None] | None = None) -> None:
     """LSQ+: learn every activation quantizer's scale and zero point on the final-output
-    error against FP (Adam, cosine decay), starting from the calibrated ranges."""
+    error against FP (Adam, cosine decay), starting from the calibrated ranges. `advance`
+    is called after each of the epochs x len(reference) optimisation steps."""
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     learnable = [p for q in quantizers.values() for p in (q.scale, q.zero_point)]
@@ -243,14 +290,14 @@ def train_lsq_plus(model: QuantBert, quantizers: Mapping[str, ActQuantizer], cal
     optimizer = torch.optim.Adam(groups)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     for _ in range(epochs):
-        for batch, ref in zip(token_batches(calib, batch_size), reference, strict=True):
+        for batch, ref in zip(tensor_batches(calib, batch_size), reference, strict=True):
             # One step per batch, its gradient accumulated over micro-batches to bound memory.
-            count = int(batch["attention_mask"].sum()) * ref.shape[-1]
+            count = at_real(ref, model.real_positions(batch)).numel()
             optimizer.zero_grad()
             for start in range(0, len(ref), LSQ_MICRO_BATCH):
                 part = {k: v[start:start + LSQ_MICRO_BATCH] for k, v in batch.items()}
-                errors = real_token_squared_error(model(**part).last_hidden_state,
-                                                  ref[start:start + LSQ_MICRO_BATCH], part["attention_mask"])
+                errors = at_real((model.output(part) - ref[start:start + LSQ_MICRO_BATCH]) ** 2,
+                                 model.real_positions(part))
                 (errors.sum() / count).backward()
             optimizer.step()
             schedule.step()
@@ -258,5 +305,7 @@ def train_lsq_plus(model: QuantBert, quantizers: Mapping[str, ActQuantizer], cal
                 for quantizer in quantizers.values():
                     quantizer.scale.clamp_(min=1e-8)
                     quantizer.zero_point.clamp_(quantizer.qmin, quantizer.qmax)
+            if advance is not None:
+                advance()
     for parameter in learnable:
         parameter.requires_grad_(False)

@@ -1,4 +1,5 @@
-"""Gamma Migration (Outlier Suppression, NeurIPS 2022): an exact FP rewrite of post-LN BERT.
+"""Gamma Migration (Outlier Suppression, NeurIPS 2022): an exact FP rewrite of a post-LN
+network's LayerNorms (BERT's, first), applied to the `NormSite`s a `Quantizable` names.
 
 LN(x) = gamma * X' with X' = (x - mu) / sigma + beta / gamma. The LayerNorm keeps only the
 non-scaling part (weight 1, bias beta/gamma); gamma moves into whatever reads the output:
@@ -14,7 +15,7 @@ import math
 import torch
 from torch import nn
 
-from tritonforge.quant.bert import QuantBert, ShortcutLayerNorm
+from tritonforge.quant.quantizable import Quantizable, ShortcutLayerNorm
 from tritonforge.quant.quantizers import quantize_over, unsigned_range
 
 # |gamma| below this is raised to it (keeping the sign): beta/gamma would overflow, and the
@@ -40,9 +41,9 @@ def gamma_migrate_norm(norm: nn.LayerNorm, linears: list[nn.Linear],
     return gamma
 
 
-def gamma_migrate(model: QuantBert) -> QuantBert:
-    """Migrate every LayerNorm's gamma in a QuantBert except the last one, whose output is the
-    model's output (nothing downstream to absorb gamma)."""
+def gamma_migrate(model: Quantizable) -> Quantizable:
+    """Migrate every LayerNorm's gamma into what reads its output, in place, except where
+    nothing downstream can absorb it: the last LayerNorm, whose output is the model's."""
     for site in model.norm_sites():
         if site.shortcut is not None:
             gamma_migrate_norm(site.norm, site.linears, site.shortcut)

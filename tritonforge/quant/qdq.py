@@ -1,4 +1,4 @@
-"""Emit a quantized BERT as an ONNX QDQ graph that ONNX Runtime runs with integer kernels.
+"""Emit a quantized model as an ONNX QDQ graph that ONNX Runtime runs with integer kernels.
 
 ONNX has 8-bit integer types only, so a k-bit grid lives in 8-bit containers:
 - activations: Clip to the k-bit range, then QuantizeLinear(uint8) -> DequantizeLinear with
@@ -25,7 +25,7 @@ from onnx import helper, numpy_helper
 from torch import nn
 
 from tritonforge.errors import TritonForgeError
-from tritonforge.quant.bert import QuantBert
+from tritonforge.quant.quantizable import Quantizable
 from tritonforge.quant.quantizers import ActQuantizer, QuantizedWeight
 
 
@@ -51,7 +51,7 @@ class QDQ(nn.Module):
         return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, 0, 255)
 
 
-def qdq_module(model: QuantBert, quantizers: Mapping[str, ActQuantizer]) -> QuantBert:
+def qdq_module(model: Quantizable, quantizers: Mapping[str, ActQuantizer]) -> Quantizable:
     """A copy of the quantized model whose activation quantizers trace to Q/DQ nodes."""
     traced = copy.deepcopy(model)
     for slot in traced.activation_slots():

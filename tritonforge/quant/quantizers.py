@@ -15,15 +15,9 @@ from torch import nn
 
 from tritonforge.errors import TritonForgeError
 
+# Quantized graphs hold k-bit grids in 8-bit containers. User-facing widths are validated,
+# with a message for people, by `tritonforge.quant.calibrate.QuantRecipe`.
 MIN_BITS, MAX_BITS = 2, 8
-
-
-def check_bits(bits: int, what: str = "--bits") -> int:
-    if not MIN_BITS <= int(bits) <= MAX_BITS:
-        raise TritonForgeError(
-            f"{what} {bits} is outside {MIN_BITS}..{MAX_BITS}: quantized graphs use 8-bit "
-            "containers, so choose 8, 6, 4 (or another value in that range)")
-    return int(bits)
 
 
 def signed_range(bits: int) -> tuple[int, int]:
@@ -70,7 +64,7 @@ def quantize_weight(weight: torch.Tensor, bits: int, method: str = "minmax",
     by the factor in (0.3, 1] that minimises that row's squared rounding error: at 4 bits the
     largest weights are rarer than the precision lost on all the others.
     """
-    check_bits(bits)
+    assert MIN_BITS <= bits <= MAX_BITS, bits
     if weight.dim() != 2:
         raise ValueError(f"expected a 2-D weight, got shape {tuple(weight.shape)}")
     qmin, qmax = signed_range(bits)
@@ -129,12 +123,16 @@ def gptq_weight(weight: torch.Tensor, inputs: torch.Tensor, bits: int, damping: 
 # -- activations ---------------------------------------------------------------------------
 
 
-class TokenMask:
-    """Which tokens are real (not padding) in the batch being run; set by the model's caller,
-    read by every observer, so statistics never include padding."""
+class SampleMask:
+    """Which positions of each sample in the running batch are real, not padding: set by the
+    model for every batch it runs, read by every observer, so statistics never include padding.
+
+    `mask` is [B, L] bool over the position axis (the tokens of a text); None means every
+    position is real (images, feature maps, unpadded batches).
+    """
 
     def __init__(self):
-        self.mask: torch.Tensor | None = None  # [B, L] bool
+        self.mask: torch.Tensor | None = None
 
 
 def affine_range(low: float, high: float, qmin: int, qmax: int) -> tuple[float, float]:
@@ -157,21 +155,23 @@ ROWS_PER_BATCH = 256  # tokens kept per observed batch for range searches and pe
 class ActQuantizer(nn.Module):
     """Asymmetric per-tensor activation quantizer with three modes:
 
-    - "observe": pass x through and record, over real tokens, each token's max and min
-      (what token-wise clipping needs), each channel's max and min (what channel-wise
-      shifting and scaling needs), and a sample of whole token rows (for range searches);
+    - "observe": pass x through and record, over real positions ("tokens"), each token's max
+      and min (what token-wise clipping needs), each channel's max and min (what
+      channel-wise shifting and scaling needs), and a sample of whole token rows (for range
+      searches);
     - "quantize": fake-quantize with `scale` and `zero_point` (trainable: LSQ+);
     - "off": identity.
 
-    `token_axis` is where tokens are: 1 for [B, L, C] activations, 2 for attention
-    probabilities [B, H, L, L] (a query token's row).
+    `token_axis` is where the positions are: 1 for [B, L, C] activations, 2 for attention
+    probabilities [B, H, L, L] (a query token's row); `sample_mask` says which are real.
     """
 
-    def __init__(self, bits: int, token_mask: TokenMask, token_axis: int = 1, name: str = ""):
+    def __init__(self, bits: int, sample_mask: SampleMask, token_axis: int = 1, name: str = ""):
         super().__init__()
-        self.bits = check_bits(bits)
+        assert MIN_BITS <= bits <= MAX_BITS, bits
+        self.bits = int(bits)
         self.qmin, self.qmax = unsigned_range(bits)
-        self.token_mask, self.token_axis, self.name = token_mask, token_axis, name
+        self.sample_mask, self.token_axis, self.name = sample_mask, token_axis, name
         self.mode = "off"
         self.scale = nn.Parameter(torch.tensor(1.0))
         self.zero_point = nn.Parameter(torch.tensor(0.0))
@@ -191,7 +191,7 @@ class ActQuantizer(nn.Module):
                 "calibration text is broken there; check the checkpoint")
         tokens = x.movedim(self.token_axis, 1)  # [B, L, ...]
         tokens = tokens.reshape(tokens.shape[0], tokens.shape[1], -1)
-        mask = self.token_mask.mask
+        mask = self.sample_mask.mask
         if mask is not None:
             tokens = tokens[mask[:, : tokens.shape[1]]]  # [real tokens, features]
         else:

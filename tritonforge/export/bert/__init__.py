@@ -26,10 +26,10 @@ from tritonforge.export.bert.model import (
     resolve_model_dir,
 )
 from tritonforge.export.bert.quantized import (
-    QuantizedEncoder,
+    FakeQuantEncoder,
+    calibrate_encoder,
     load_reference,
     quality_vs_fp,
-    quantize_encoder,
     recipe_record,
     save_reference,
     sentence_embeddings,
@@ -45,7 +45,6 @@ from tritonforge.export.onnx import (
 from tritonforge.modalities import Text
 from tritonforge.quant.calibrate import QuantRecipe
 from tritonforge.quant.qdq import integer_kernels
-from tritonforge.quant.quantizers import check_bits
 from tritonforge.serving.repository import ServingOptions
 from tritonforge.spec import CLASS_SCORES, EMBEDDING, Check, ModelIO, Parity, TensorSpec
 from tritonforge.verify.metrics import max_abs_diff, row_cosines, top1_agreement
@@ -95,9 +94,7 @@ class BertOptions:
     lsq_lr: float = option(3e-2, cli=False)
 
     def __post_init__(self):
-        if self.bits not in FLOAT_BITS:
-            check_bits(self.bits, "--bits")
-        elif self.wbits is not None or self.abits is not None:
+        if self.bits in FLOAT_BITS and (self.wbits is not None or self.abits is not None):
             raise TritonForgeError(
                 f"--wbits/--abits quantize; they do not combine with --bits {self.bits}: "
                 "use --bits 8, 6 or 4 (or leave --wbits/--abits out)")
@@ -145,8 +142,8 @@ class BertFamily(Family):
         model = load_bert(resolve_model_dir(options.model))
         if not options.quantized:
             return model
-        return quantize_encoder(model, options.recipe(), options.calib, options.calib_size,
-                                options.allow_fewer, stage)
+        return calibrate_encoder(model, options.recipe(), options.calib, options.calib_size,
+                                 options.allow_fewer, stage)
 
     def load_version(self, options: BertOptions, folder: Path, stage=None):
         if not options.quantized:
@@ -236,14 +233,14 @@ class BertFamily(Family):
         """The tokenizer travels with the artifact, so any client can reproduce the inputs; a
         quantized export also keeps its PyTorch reference for `verify`."""
         model.tokenizer.save_pretrained(str(version_dir / "tokenizer"))
-        if isinstance(model, QuantizedEncoder):
+        if isinstance(model, FakeQuantEncoder):
             save_reference(model, version_dir)
 
     def latency_baseline(self, model):
-        return model.fp[0] if isinstance(model, QuantizedEncoder) else model
+        return model.fp[0] if isinstance(model, FakeQuantEncoder) else model
 
     def quality(self, model, options: BertOptions, run) -> dict[str, Any] | None:
-        if not isinstance(model, QuantizedEncoder):
+        if not isinstance(model, FakeQuantEncoder):
             return None
         inputs = self.sample_inputs(model, options, None, {"seq_len": 128})
         io = self.io(model, options)

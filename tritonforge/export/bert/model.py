@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from tritonforge.errors import TritonForgeError
@@ -170,14 +169,3 @@ class eager_attention:
     def __exit__(self, *exc):
         self.bert.set_attn_implementation(self.previous)
 
-
-@torch.no_grad()
-def weights_fingerprint(module: nn.Module) -> str:
-    """A short hash of the parameters, so a manifest says which weights it was made from."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]

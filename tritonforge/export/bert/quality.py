@@ -21,8 +21,7 @@ from tritonforge.batching import batches
 from tritonforge.errors import TritonForgeError
 from tritonforge.export.base import get_family, option
 from tritonforge.export.bert.quantized import quality_vs_fp, sentence_embeddings
-from tritonforge.quant.calibrate import METHODS
-from tritonforge.quant.quantizers import check_bits
+from tritonforge.quant.calibrate import METHODS, QuantRecipe
 from tritonforge.runtime import ort_session, run_session
 from tritonforge.timing import measure_interleaved
 from tritonforge.verify.quality import QualityRow, parse_list
@@ -71,7 +70,7 @@ def quality_report(model: str | None = None, bits: Sequence[int] = (8, 6, 4),
         if method not in METHODS:
             raise TritonForgeError(f"--methods: {method!r} is unknown: choose from {', '.join(METHODS)}")
     for b in bits:
-        check_bits(b, "--bits")
+        QuantRecipe(wbits=b, abits=b)  # refuses widths outside 2..8 before any work
     stage = stage or (lambda _description, _total: (lambda: None))
     torch.set_num_threads(threads)
     family = get_family("bert")

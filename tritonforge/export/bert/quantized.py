@@ -1,7 +1,7 @@
 """Quantized BERT encoders: calibration text, the PyTorch reference, QDQ export, quality vs FP.
 
-The PyTorch reference of a quantized export is the fake-quantized QuantBert (Outlier
-Suppression's placement), pooled like the FP encoder. It is saved beside model.onnx as
+The PyTorch reference of a quantized export is the fake-quantized SlottedBert (Outlier
+Suppression's placement), pooled like the FP encoder: a `FakeQuantEncoder`. It is saved beside model.onnx as
 `reference.pt` (int8 weights and scales, float norms/biases, activation ranges) so that
 `verify` compares against exactly the model that was exported, without calibrating again.
 """
@@ -17,16 +17,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from tritonforge.batching import batches
 from tritonforge.data import CALIBRATION, read_lines
 from tritonforge.errors import TritonForgeError
 from tritonforge.export.bert.model import SentenceEncoder, SequenceClassifier
-from tritonforge.quant.bert import QuantBert
+from tritonforge.export.bert.slotted import SlottedBert
 from tritonforge.quant.calibrate import (
-    QuantizedBert,
+    CalibrationResult,
     QuantRecipe,
+    Stage,
     attach_quantizers,
+    calibrate,
     load_quantized_weights,
-    quantize_bert,
     set_mode,
 )
 from tritonforge.quant.qdq import dequantize_weights, qdq_module
@@ -63,10 +65,11 @@ def calibration_texts(path: str | None, size: int, allow_fewer: bool) -> tuple[l
                    "texts": len(texts), "sha256": digest, "length": CALIBRATION_LENGTH}
 
 
-class QuantizedEncoder(SentenceEncoder):
-    """The fake-quantized PyTorch reference of a quantized export, pooled like `fp`."""
+class FakeQuantEncoder(SentenceEncoder):
+    """The fake-quantized PyTorch reference of a quantized export, pooled like `fp`:
+    `quantized` is the calibrated SlottedBert, `calibration` the record of its texts."""
 
-    def __init__(self, quantized: QuantizedBert, fp: SentenceEncoder, calibration: Mapping[str, Any]):
+    def __init__(self, quantized: CalibrationResult, fp: SentenceEncoder, calibration: Mapping[str, Any]):
         super().__init__(quantized.model, fp.pooling, fp.normalize)
         self.quantized, self.calibration = quantized, dict(calibration)
         self.fp = [fp]  # a list, so the FP model is not registered as a submodule
@@ -80,18 +83,24 @@ def require_encoder(model) -> None:
             "--bits 8/6/4 quantize BERT sentence encoders; export classifiers with --bits 32 or 16")
 
 
-def quantize_encoder(fp: SentenceEncoder, recipe: QuantRecipe, calib_path: str | None, calib_size: int,
-                     allow_fewer: bool, stage: Callable[[str], None] | None = None) -> QuantizedEncoder:
+def slotted_copy(fp: SentenceEncoder) -> SlottedBert:
+    """`fp`'s BERT written out with activation slots, on a copy of its weights."""
+    return SlottedBert(copy.deepcopy(fp.bert)).eval()
+
+
+def calibrate_encoder(fp: SentenceEncoder, recipe: QuantRecipe, calib_path: str | None, calib_size: int,
+                      allow_fewer: bool, stage: Stage | None = None) -> FakeQuantEncoder:
+    """Quantize a copy of `fp` with `recipe`, calibrated on the texts of `calib_path`."""
     from tritonforge.export.bert import tokenize
 
     require_encoder(fp)
     texts, calibration = calibration_texts(calib_path, calib_size, allow_fewer)
     tokens = tokenize(fp.tokenizer, texts, CALIBRATION_LENGTH)
-    quantized = quantize_bert(fp.bert, recipe, tokens, CALIBRATION_BATCH, tick=stage)
-    return QuantizedEncoder(quantized, fp, calibration)
+    quantized = calibrate(slotted_copy(fp), recipe, tokens, CALIBRATION_BATCH, stage)
+    return FakeQuantEncoder(quantized, fp, calibration)
 
 
-def recipe_record(model: QuantizedEncoder) -> dict[str, Any]:
+def recipe_record(model: FakeQuantEncoder) -> dict[str, Any]:
     """What the manifest records of the calibration beyond the recipe itself."""
     result = model.quantized
     return {"calibration": model.calibration,
@@ -103,7 +112,7 @@ def recipe_record(model: QuantizedEncoder) -> dict[str, Any]:
 # -- the reference, saved and loaded --------------------------------------------------------
 
 
-def save_reference(model: QuantizedEncoder, folder: Path) -> None:
+def save_reference(model: FakeQuantEncoder, folder: Path) -> None:
     result = model.quantized
     tables = {f"{name}.weight" for name in result.model.weight_tables()}  # saved as int8 below
     state = {k: v for k, v in result.model.state_dict().items() if k not in tables}
@@ -115,7 +124,7 @@ def save_reference(model: QuantizedEncoder, folder: Path) -> None:
                 "calibration_error": result.calibration_error}, folder / REFERENCE_FILE)
 
 
-def load_reference(fp: SentenceEncoder, recipe: QuantRecipe, folder: Path) -> QuantizedEncoder:
+def load_reference(fp: SentenceEncoder, recipe: QuantRecipe, folder: Path) -> FakeQuantEncoder:
     """Rebuild the exported quantized reference from `reference.pt` (loaded weights_only)."""
     require_encoder(fp)
     path = folder / REFERENCE_FILE
@@ -123,7 +132,7 @@ def load_reference(fp: SentenceEncoder, recipe: QuantRecipe, folder: Path) -> Qu
         raise TritonForgeError(f"{path} is missing: the quantized reference was not saved with this "
                                "version; export the model again")
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    model = QuantBert(copy.deepcopy(fp.bert)).eval()
+    model = slotted_copy(fp)
     quantizers = attach_quantizers(model, recipe.abits)
     weights = {name: QuantizedWeight(w["values"], w["scale"], int(w["bits"]))
                for name, w in saved["weights"].items()}
@@ -134,15 +143,15 @@ def load_reference(fp: SentenceEncoder, recipe: QuantRecipe, folder: Path) -> Qu
     load_quantized_weights(model, weights)
     set_mode(quantizers, "quantize")
     model.set_exact(True)
-    result = QuantizedBert(model, recipe, weights, quantizers, dict(saved["alphas"]),
-                           dict(saved["thresholds"]), saved["calibration_error"])
-    return QuantizedEncoder(result, fp, saved["calibration"])
+    result = CalibrationResult(model, recipe, weights, quantizers, dict(saved["alphas"]),
+                               dict(saved["thresholds"]), saved["calibration_error"])
+    return FakeQuantEncoder(result, fp, saved["calibration"])
 
 
 # -- ONNX ------------------------------------------------------------------------------------
 
 
-def trace_qdq(model: QuantizedEncoder, path: Path, trace: Callable[[torch.nn.Module, Path], None]) -> None:
+def trace_qdq(model: FakeQuantEncoder, path: Path, trace: Callable[[torch.nn.Module, Path], None]) -> None:
     """Trace the quantized encoder into a QDQ graph with int8 weights at `path`."""
     result = model.quantized
     traced = SentenceEncoder(qdq_module(result.model, result.quantizers), model.pooling, model.normalize)
@@ -156,8 +165,6 @@ def trace_qdq(model: QuantizedEncoder, path: Path, trace: Callable[[torch.nn.Mod
 def sentence_embeddings(run: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]],
                         inputs: Mapping[str, np.ndarray], batch_size: int = 32) -> np.ndarray:
     """`run` (PyTorch or a session) over `inputs` batch by batch: the sentence embeddings."""
-    from tritonforge.verify.runner import batches
-
     return np.concatenate([run(batch)["sentence_embedding"] for batch in batches(inputs, batch_size)])
 
 

@@ -14,53 +14,26 @@ sit exactly where Outlier Suppression puts them:
 
 Slots hold `nn.Identity()` until quantizers are attached, so the FP model is exact.
 Not quantized (as in the paper): pre-softmax scores, the FFN pre-GELU output, residual sums.
+`SlottedBert` is BERT's `tritonforge.quant.quantizable.Quantizable`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutput
 
 from tritonforge.errors import TritonForgeError
-from tritonforge.quant.quantizers import ActQuantizer, TokenMask
+from tritonforge.quant.quantizable import NormSite, ShortcutLayerNorm, grid_matmul, quantizing
+from tritonforge.quant.quantizers import SampleMask
 
-ACTIVATION_SLOTS = ("query", "key", "value", "probs", "context", "gelu")
-
-
-class ShortcutLayerNorm(nn.Module):
-    """LayerNorm(sublayer + shortcut_scale * shortcut + shortcut_shift): a post-LN residual
-    block's end.
-
-    `shortcut_scale` is 1 and `shortcut_shift` 0 until an equivalent transformation of the
-    previous LayerNorm (Gamma Migration, channel-wise shifting and scaling) moves them there.
-    """
-
-    def __init__(self, norm: nn.LayerNorm):
-        super().__init__()
-        self.norm = norm
-        self.register_buffer("shortcut_scale", torch.ones(norm.normalized_shape))
-        self.register_buffer("shortcut_shift", torch.zeros(norm.normalized_shape))
-
-    def forward(self, sublayer: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
-        return self.norm(sublayer + self.shortcut_scale * shortcut + self.shortcut_shift)
+LAYER_SLOTS = ("query", "key", "value", "probs", "context", "gelu")
 
 
-class NormSite(NamedTuple):
-    """A LayerNorm, the Linears that read its output, the block end that adds it back as a
-    shortcut (None for the last LayerNorm, whose output is the model's), and the name of the
-    activation quantizer on its output (None for the last)."""
-
-    norm: nn.LayerNorm
-    linears: list[nn.Linear]
-    shortcut: ShortcutLayerNorm | None
-    quantizer: str | None
-
-
-class QuantBertLayer(nn.Module):
+class SlottedBertLayer(nn.Module):
     def __init__(self, layer):
         super().__init__()
         attention = layer.attention
@@ -76,7 +49,7 @@ class QuantBertLayer(nn.Module):
         if not isinstance(act, nn.Module) or "GELU" not in type(act).__name__:
             raise TritonForgeError(f"unsupported BERT activation {act!r}: only GELU is handled")
         self.act = act
-        self.quant = nn.ModuleDict({name: nn.Identity() for name in ACTIVATION_SLOTS})
+        self.quant = nn.ModuleDict({name: nn.Identity() for name in LAYER_SLOTS})
         self.quant["ln"] = nn.Identity()  # this layer's attention-output LayerNorm (A)
         self.exact = False  # see linear()
 
@@ -99,9 +72,7 @@ class QuantBertLayer(nn.Module):
         return out_quant(self.out_norm(self.linear(self.ffn_out, g, quant["gelu"]), a))
 
     # With `exact` set, products of two quantized operands are summed exactly in integers and
-    # scaled once, as ONNX Runtime's integer kernels do. Float sums round differently, and at
-    # 6 bits a value that lands on the other side of a rounding boundary moves a whole grid
-    # step and drags later quantizers along: the reference must round where the graph rounds.
+    # scaled once, as ONNX Runtime's integer kernels do (see grid_matmul).
 
     def linear(self, linear: nn.Linear, x: torch.Tensor, x_quant: nn.Module) -> torch.Tensor:
         if not (self.exact and quantizing(x_quant) and hasattr(linear, "weight_scale")):
@@ -115,24 +86,9 @@ class QuantBertLayer(nn.Module):
         return grid_matmul(a, a_quant.scale.detach(), b, b_quant.scale.detach())
 
 
-def quantizing(module: nn.Module) -> bool:
-    return isinstance(module, ActQuantizer) and module.mode == "quantize"
-
-
-def grid_matmul(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor, b_scale: torch.Tensor
-                ) -> torch.Tensor:
-    """a @ b for operands on quantization grids (a = i * a_scale, b = j * b_scale, b_scale per
-    column or scalar): the integer products summed exactly,
-    converted to float32 and scaled once by a_scale * b_scale, like MatMulIntegerToFloat."""
-    ia, ib = torch.round(a / a_scale), torch.round(b / b_scale)
-    # float32 sums integers exactly below 2^24; beyond (8-bit x 8-bit over long rows) use float64.
-    if float(ia.abs().max()) * float(ib.abs().max()) * a.shape[-1] >= 2**24:
-        ia, ib = ia.double(), ib.double()
-    return (ia @ ib).float() * (a_scale * b_scale)
-
-
-class QuantBert(nn.Module):
-    """Same call signature and output as `BertModel` (last_hidden_state only)."""
+class SlottedBert(nn.Module):
+    """Same call signature and output as `BertModel` (last_hidden_state only). Shares the
+    Hugging Face model's modules: give it a copy when the original must stay as it is."""
 
     def __init__(self, bert):
         super().__init__()
@@ -147,14 +103,14 @@ class QuantBert(nn.Module):
         self.position = embeddings.position_embeddings
         self.token_type = embeddings.token_type_embeddings
         self.embed_norm = embeddings.LayerNorm
-        self.layers = nn.ModuleList(QuantBertLayer(layer) for layer in bert.encoder.layer)
+        self.layers = nn.ModuleList(SlottedBertLayer(layer) for layer in bert.encoder.layer)
         # Output quantizer of each layer's final LayerNorm; the embedding LN's is embed_quant.
         self.embed_quant = nn.Identity()
         self.out_quant = nn.ModuleList(nn.Identity() for _ in self.layers)
-        self.token_mask = TokenMask()  # observers read which tokens are real from here
+        self.sample_mask = SampleMask()  # observers read which tokens are real from here
 
     def forward(self, input_ids, attention_mask, token_type_ids) -> BaseModelOutput:
-        self.token_mask.mask = attention_mask.bool()
+        self.sample_mask.mask = attention_mask.bool()
         positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
         x = self.word(input_ids) + self.token_type(token_type_ids) + self.position(positions)
         x = self.embed_quant(self.embed_norm(x))
@@ -166,18 +122,27 @@ class QuantBert(nn.Module):
             in_quant = out_quant
         return BaseModelOutput(last_hidden_state=x)
 
+    # -- tritonforge.quant.quantizable.Quantizable ------------------------------------------
+
+    def output(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The final hidden states [B, L, hidden]."""
+        return self(**batch).last_hidden_state
+
+    def real_positions(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The real (non-padding) tokens, [B, L]."""
+        return batch["attention_mask"].bool()
+
     def activation_slots(self) -> list[str]:
         """Every activation quantizer slot, in execution order; the last layer's output is
         the model's output and has none."""
         slots = ["embed"]
         for index in range(len(self.layers)):
-            slots += [f"layers.{index}.{key}" for key in (*ACTIVATION_SLOTS[:5], "ln", "gelu")]
+            slots += [f"layers.{index}.{key}" for key in (*LAYER_SLOTS[:5], "ln", "gelu")]
             if index < len(self.layers) - 1:
                 slots.append(f"layers.{index}.out")
         return slots
 
     def set_slot(self, slot: str, module: nn.Module) -> None:
-        """Put `module` (a quantizer, or Identity) into an activation slot."""
         if slot == "embed":
             self.embed_quant = module
             return
@@ -187,9 +152,11 @@ class QuantBert(nn.Module):
         else:
             self.layers[int(index)].quant[key] = module
 
+    def token_axis(self, slot: str) -> int:
+        """Tokens are axis 1 of [B, L, C]; of probabilities [B, H, L, L], a query token's row."""
+        return 2 if slot.endswith(".probs") else 1
+
     def set_exact(self, exact: bool) -> None:
-        """Integer-exact products between quantized operands (the reference of an exported
-        graph), or plain float products (calibration, LSQ+ training)."""
         for layer in self.layers:
             layer.exact = exact
 
@@ -198,7 +165,6 @@ class QuantBert(nn.Module):
                 for key in ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")}
 
     def linear_inputs(self) -> dict[str, str]:
-        """Which activation quantizer slot feeds each Linear."""
         inputs = {}
         for index in range(len(self.layers)):
             previous = "embed" if index == 0 else f"layers.{index - 1}.out"
@@ -216,7 +182,9 @@ class QuantBert(nn.Module):
         return tables
 
     def norm_sites(self) -> list[NormSite]:
-        """Every LayerNorm, in execution order, with what reads its output."""
+        """The embedding LN migrates into layer 0's Q/K/V and its attention residual; each
+        attention-output LN into its FFN input and the FFN residual; each output LN into the
+        next layer's Q/K/V and attention residual; the last output LN is the model's output."""
         sites = []
         previous, quantizer = self.embed_norm, "embed"
         for index, layer in enumerate(self.layers):
