@@ -86,21 +86,39 @@ def test_ngc_image_tag_comes_from_triton_tag_with_a_default():
     assert re.search(r"^FROM nvcr\.io/nvidia/tritonserver:\$\{TRITON_TAG\}-py3$", dockerfile, re.M)
 
 
-def test_image_installs_what_the_ensemble_models_import_with_the_project_pins():
-    from tritonforge.serving.ensembles import TEXT_TOKENIZER_MODEL
+ENSEMBLES = ROOT / "tritonforge" / "serving" / "ensembles"
+LOCAL_ONLY = {"__init__.py", "onnx_runtime.py"}  # onnx_runtime.py: only `tritonforge serve` runs it
+# Pins of the image that differ from constraints.txt, and why: the NGC 24.10 image runs Python
+# 3.10, and Pillow 13 is built for Python 3.11 and newer only.
+IMAGE_ONLY_PINS = {"pillow": "12.3.0"}
 
-    tree = ast.parse(TEXT_TOKENIZER_MODEL.read_text())
+
+def third_party_imports(path: Path) -> set[str]:
+    """Top-level modules a file imports, less the standard library and Triton's own module."""
+    tree = ast.parse(path.read_text())
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
                 for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree)
                  if isinstance(node, ast.ImportFrom) and node.module}
-    third_party = imported - set(sys.stdlib_module_names) - {"__future__", "triton_python_backend_utils"}
-    pins = dict(line.split("==") for line in (ROOT / "docker" / "requirements.txt").read_text().splitlines()
-                if line and not line.startswith("#"))
-    assert third_party == {"numpy", "tokenizers"} and set(pins) == third_party
-    constraints = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines()
-                       if "==" in line and not line.startswith("#"))
-    assert all(constraints[name] == version for name, version in pins.items())
+    return imported - set(sys.stdlib_module_names) - {"__future__", "triton_python_backend_utils"}
+
+
+def pins(path: Path) -> dict[str, str]:
+    return dict(line.lower().split("==") for line in path.read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+
+
+def test_image_installs_what_the_companion_models_import_with_the_project_pins():
+    from importlib.metadata import packages_distributions
+
+    companions = sorted(p for p in ENSEMBLES.glob("*.py") if p.name not in LOCAL_ONLY)
+    assert [p.name for p in companions] == ["image_decode.py", "text_tokenizer.py"]
+    imported = set().union(*(third_party_imports(p) for p in companions))
+    assert imported == {"numpy", "tokenizers", "PIL"}  # never tritonforge: copied alone into Triton
+    distributions = {packages_distributions()[name][0].lower() for name in imported}
+    image, project = pins(ROOT / "docker" / "requirements.txt"), pins(ROOT / "constraints.txt")
+    assert set(image) == distributions == {"numpy", "tokenizers", "pillow"}
+    assert image == {name: IMAGE_ONLY_PINS.get(name, project[name]) for name in image}
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None,

@@ -87,7 +87,7 @@ class Modality:
             takes = ", ".join(f"--{k.replace('_', '-')}" for k in self.shape_defaults) or "none"
             raise TritonForgeError(
                 f"{', '.join('--' + k.replace('_', '-') for k in foreign)} does not apply to a "
-                f"{self.kind} model (its shape options: {takes})")
+                f"model that takes {self.kind} input (its shape options: {takes})")
         for key, value in given.items():
             if value < 1:
                 raise TritonForgeError(f"--{key.replace('_', '-')} {value} must be at least 1")

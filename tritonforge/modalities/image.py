@@ -1,15 +1,57 @@
-"""Image: encoded image bytes (PNG, JPEG, ...) -> decoded, resized, normalised [C, H, W] float tensor."""
+"""Image: encoded image bytes (PNG, JPEG, ...) -> decoded, resized, normalised [C, H, W] float32.
+
+Server side, `<name>_image_decode` (python backend, `serving/ensembles/image_decode.py`) and
+`<name>_image` (ensemble IMAGE -> the model's outputs): a client sends each file's bytes, one
+image per row. Client side, `encode` runs the same `decode_images` on the same settings, so a
+tensor model queried directly gets the same arrays and a bad image the same message.
+
+The export size is fixed (height x width); `image_size` (`--image-size`) asks `encode` for a
+square image of another size, for families whose graph takes any size.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import io
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from pathlib import Path
+from typing import Any, ClassVar
 
-from tritonforge.modalities.base import Modality
+import numpy as np
+from PIL import Image as PILImage
+
+from tritonforge.errors import TritonForgeError
+from tritonforge.modalities.base import Modality, preprocessing_companions, raw_bytes_array
+from tritonforge.serving.ensembles.image_decode import RESIZE_MODES, Decoding, ImageError, decode_images
+from tritonforge.serving.repository import CompanionModel, ServingOptions
+from tritonforge.spec import ModelIO
+
+IMAGE_DECODE_MODEL = Path(__file__).parent.parent / "serving" / "ensembles" / "image_decode.py"
+DECODE_SUFFIX = "_image_decode"
+# Real photographs that installed packages bundle: (package, path inside it). scikit-learn's
+# two are Flickr photographs under CC BY 2.0 (see the README beside them); matplotlib's is the
+# U.S. Navy's portrait of Grace Hopper. Its other sample images are drawings, not photographs.
+PHOTOGRAPHS = (("sklearn", "datasets/images/china.jpg"), ("sklearn", "datasets/images/flower.jpg"),
+               ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"))
+
+
+class ImageBytes(bytes):
+    """An encoded image that remembers its file name (for `query`'s rows)."""
+
+    name: str = ""
+
+    @classmethod
+    def named(cls, data: bytes, name: str) -> ImageBytes:
+        item = cls(data)
+        item.name = name
+        return item
 
 
 @dataclass(frozen=True)
 class Image(Modality):
+    """Encoded images in; one float32 tensor [N, channels, height, width] out."""
+
     kind: ClassVar[str] = "image"
     suffix: ClassVar[str] = "_image"
     raw_input: ClassVar[str] = "IMAGE"
@@ -27,3 +69,105 @@ class Image(Modality):
     fill: int = 114  # letterbox padding value, 0-255
     max_pixels: int = 40_000_000  # width x height of the encoded image
     max_bytes: int = 20 * 1024 * 1024
+
+    def __post_init__(self):
+        problems = []
+        if self.height < 1 or self.width < 1:
+            problems.append(f"size {self.height}x{self.width} must be at least 1x1")
+        if self.channels not in (1, 3):
+            problems.append(f"channels {self.channels} must be 3 (RGB) or 1 (grayscale)")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            problems.append(f"mean {list(self.mean)} and std {list(self.std)} need one value per "
+                            f"channel ({self.channels})")
+        if any(s == 0 for s in self.std):
+            problems.append(f"std {list(self.std)} must not hold 0")
+        if self.resize not in RESIZE_MODES:
+            problems.append(f"resize {self.resize!r} is unknown (choose {', '.join(RESIZE_MODES)})")
+        if not 0 <= self.fill <= 255:
+            problems.append(f"fill {self.fill} must be a pixel value, 0-255")
+        if self.max_pixels < 1 or self.max_bytes < 1:
+            problems.append(f"max_pixels {self.max_pixels} and max_bytes {self.max_bytes} must be "
+                            "at least 1")
+        if problems:
+            raise TritonForgeError("image pre-processing: " + "; ".join(problems))
+
+    def limits(self) -> dict[str, int]:
+        return {"max_pixels": self.max_pixels, "max_bytes": self.max_bytes}
+
+    def decoding(self, image_size: int | None = None) -> Decoding:
+        """The decode settings; `image_size`: a square of that size instead of height x width."""
+        height, width = (image_size, image_size) if image_size else (self.height, self.width)
+        return Decoding(height=height, width=width, channels=self.channels, resize=self.resize,
+                        mean=tuple(self.mean), std=tuple(self.std), scale=self.scale, fill=self.fill,
+                        max_pixels=self.max_pixels, max_bytes=self.max_bytes)
+
+    # -- the server side ----------------------------------------------------------------------
+
+    def companions(self, name: str, io: ModelIO, serving: ServingOptions) -> tuple[CompanionModel, ...]:
+        dims = (self.channels, self.height, self.width)
+        if [(s.name, s.dtype, tuple(s.dims)) for s in io.inputs] != [(self.input, "float32", dims)]:
+            raise TritonForgeError(
+                f"an image ensemble feeds one float32 input {self.input!r} of dims {list(dims)}; the "
+                f"model takes {[(s.name, s.dtype, list(s.dims)) for s in io.inputs]}")
+        parameters = {**self.decoding().to_parameters(), "output": self.input}
+        return preprocessing_companions(name, io, serving, self, DECODE_SUFFIX, IMAGE_DECODE_MODEL,
+                                        parameters, {})
+
+    # -- the client side ----------------------------------------------------------------------
+
+    def read_raw(self, values: Sequence[str]) -> list[ImageBytes]:
+        items = []
+        for value in values:
+            path = Path(value)
+            if not path.is_file():
+                problem = "is not a file" if path.exists() else "does not exist"
+                raise TritonForgeError(f"--image {path} {problem}: give the path of an image file "
+                                       "(PNG, JPEG, ...)")
+            size = path.stat().st_size
+            if size > self.max_bytes:  # refused before it is read
+                raise TritonForgeError(f"--image {path} is {size:,} bytes, above this model's limit "
+                                       f"of {self.max_bytes:,} (max_bytes): send a smaller image")
+            items.append(ImageBytes.named(path.read_bytes(), path.name))
+        return items
+
+    def request(self, raw: Sequence[bytes]) -> dict[str, np.ndarray]:
+        # plain bytes: tritonclient serialises anything else (a subclass too) through str()
+        return {self.raw_input: raw_bytes_array([bytes(item) for item in raw])}
+
+    def encode(self, raw: Sequence[bytes], io: ModelIO | None, folder: Path | None,
+               shape: Mapping[str, int | None] | None = None) -> dict[str, np.ndarray]:
+        try:
+            pixels = decode_images(list(raw), self.decoding((shape or {}).get("image_size")))
+        except ImageError as exc:
+            raise TritonForgeError(str(exc)) from None
+        return {self.input: pixels}
+
+    def sample_raw(self, n: int | None = None, folder: Path | None = None) -> list[ImageBytes]:
+        """The bundled photographs, repeated in turn to give n."""
+        found = photographs()
+        items = [ImageBytes.named(path.read_bytes(), path.name) for path in found]
+        return items if n is None else [items[i % len(items)] for i in range(n)]
+
+    def describe_raw(self, item: Any, index: int) -> str:
+        name = getattr(item, "name", "")
+        try:
+            with PILImage.open(io.BytesIO(item)) as image:
+                size = f"({image.width}x{image.height})"
+        except Exception:  # described, not decoded: the server says what is wrong with it
+            size = f"({len(item):,} bytes)"
+        return " ".join(part for part in (f"#{index}", name, size) if part)
+
+
+def photographs() -> list[Path]:
+    """The real photographs bundled with the installed packages (see PHOTOGRAPHS)."""
+    found = []
+    for package, relative in PHOTOGRAPHS:
+        spec = importlib.util.find_spec(package)  # finds the package without importing it
+        if spec is not None and spec.origin is not None:
+            path = Path(spec.origin).parent / relative
+            if path.is_file():
+                found.append(path)
+    if not found:
+        raise TritonForgeError("no bundled photographs found: install scikit-learn or matplotlib "
+                               "(`pip install -c constraints.txt scikit-learn matplotlib`)")
+    return found

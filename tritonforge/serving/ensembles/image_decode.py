@@ -1,0 +1,222 @@
+"""Triton python-backend model: encoded images (PNG, JPEG, ...) -> a normalised float32 tensor
+[N, C, H, W], the first step of `<name>_image`.
+
+Copied into the model repository by `export` (it runs in any Triton with the python backend,
+the NGC image included). It imports only numpy, Pillow and, inside Triton,
+`triton_python_backend_utils`; `decode_images` is also what tritonforge's client runs
+(`Image.encode`), so both produce the same arrays, bit for bit, and refuse the same images
+with the same message.
+
+Each image, in order:
+
+1. refused when it is above `max_bytes`, before anything is decoded;
+2. opened by Pillow, which reads only the header: refused when Pillow cannot read it, or when
+   width x height is above `max_pixels` (a decompression bomb, a small file whose header
+   claims a huge image, is refused before its pixels are decoded);
+3. decoded (a truncated file is refused: Pillow's LOAD_TRUNCATED_IMAGES stays off) and turned
+   upright by its EXIF orientation;
+4. converted to RGB (channels 3) or L (channels 1). Grayscale is repeated into three channels;
+   palette, CMYK (without colour management) and other modes are converted by Pillow; 16-bit
+   grayscale is scaled to 8 bits (Pillow's own conversion would clip it at 255); floating-point
+   pixels (mode F) are refused, their range being unknown. An alpha channel is composited onto
+   the `fill` colour, so transparent areas look like letterbox padding rather than like
+   whatever colour the transparent pixels happen to store;
+5. resized with bilinear filtering: "stretch" to height x width, or "letterbox": scaled to fit
+   inside height x width keeping its aspect ratio, centred, the rest filled with `fill`;
+6. as float32: value x scale, minus mean, divided by std, per channel.
+
+Config parameters (strings, see `Decoding.to_parameters`): height, width, channels, resize,
+mean, std (comma-separated), scale, fill, max_pixels, max_bytes; `output` names the tensor.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+try:  # present only inside Triton's Python stub
+    import triton_python_backend_utils as pb_utils
+except ImportError:  # imported by tritonforge's client for `decode_images`
+    pb_utils = None
+
+IMAGE_INPUT = "IMAGE"
+RESIZE_MODES = ("stretch", "letterbox")
+FORMATS = "PNG, JPEG, BMP, GIF, TIFF or WebP"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class ImageError(ValueError):
+    """An image that is refused; the message says what was wrong and what to do."""
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How an encoded image becomes a [channels, height, width] float32 array."""
+
+    height: int
+    width: int
+    channels: int  # 3: RGB, 1: grayscale (L)
+    resize: str  # one of RESIZE_MODES
+    mean: tuple[float, ...]  # per channel, after scaling
+    std: tuple[float, ...]
+    scale: float  # 8-bit values are multiplied by this first
+    fill: int  # 0-255: letterbox padding and the colour under transparent pixels
+    max_pixels: int
+    max_bytes: int
+
+    def to_parameters(self) -> dict[str, str]:
+        """As Triton config parameters (floats in repr, which reads back exactly)."""
+        return {"height": str(self.height), "width": str(self.width), "channels": str(self.channels),
+                "resize": self.resize, "mean": _floats_text(self.mean), "std": _floats_text(self.std),
+                "scale": repr(float(self.scale)), "fill": str(self.fill),
+                "max_pixels": str(self.max_pixels), "max_bytes": str(self.max_bytes)}
+
+    @classmethod
+    def from_parameters(cls, parameters: Mapping[str, str]) -> Decoding:
+        return cls(height=int(parameters["height"]), width=int(parameters["width"]),
+                   channels=int(parameters["channels"]), resize=parameters["resize"],
+                   mean=_floats(parameters["mean"]), std=_floats(parameters["std"]),
+                   scale=float(parameters["scale"]), fill=int(parameters["fill"]),
+                   max_pixels=int(parameters["max_pixels"]), max_bytes=int(parameters["max_bytes"]))
+
+
+def _floats_text(values: Sequence[float]) -> str:
+    return ",".join(repr(float(v)) for v in values)
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in text.split(","))
+
+
+def decode_images(items: Sequence[bytes], decoding: Decoding) -> np.ndarray:
+    """One request's encoded images as a batch [N, C, H, W]; the first bad one is refused
+    with an ImageError that names it as IMAGE[i]."""
+    if not len(items):
+        raise ImageError("IMAGE holds no images: send at least one encoded image")
+    arrays = []
+    for index, data in enumerate(items):
+        try:
+            arrays.append(decode_image(data, decoding))
+        except ImageError as exc:
+            raise ImageError(f"IMAGE[{index}] {exc}") from None
+    return np.stack(arrays)
+
+
+def decode_image(data: bytes, decoding: Decoding) -> np.ndarray:
+    """One encoded image as [C, H, W] float32 (steps 1-6 of the module doc)."""
+    image = open_image(data, decoding.max_pixels, decoding.max_bytes)
+    image = as_mode(image, "L" if decoding.channels == 1 else "RGB", decoding.fill)
+    image = resized(image, decoding.height, decoding.width, decoding.resize, decoding.fill)
+    pixels = np.asarray(image, dtype=np.float32)
+    pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+    mean = np.asarray(decoding.mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(decoding.std, dtype=np.float32)[:, None, None]
+    return np.ascontiguousarray((pixels * np.float32(decoding.scale) - mean) / std)
+
+
+def open_image(data: bytes, max_pixels: int, max_bytes: int) -> Image.Image:
+    """The decoded, upright image; refused (ImageError) when too big, unreadable or cut short."""
+    if not isinstance(data, (bytes, bytearray)):
+        raise ImageError(f"is a {type(data).__name__}, not bytes: send the encoded file's bytes "
+                         f"({FORMATS})")
+    if not data:
+        raise ImageError(f"is empty (0 bytes): send the bytes of an image file ({FORMATS})")
+    if len(data) > max_bytes:
+        raise ImageError(f"is {len(data):,} bytes, above this model's limit of {max_bytes:,} "
+                         "(max_bytes): send a smaller or more compressed image")
+    try:
+        image = Image.open(io.BytesIO(data))  # reads the header only
+    except Image.DecompressionBombError as exc:  # Pillow's own, higher, limit
+        raise ImageError(f"is too large to decode ({exc}); this model accepts at most "
+                         f"{max_pixels:,} pixels (max_pixels): downscale it") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(_unreadable(data, exc)) from None
+    width, height = image.size
+    if width == 0 or height == 0:  # Pillow's readers refuse these already; kept as a guard
+        raise ImageError(f"has no pixels ({width}x{height}): send an image at least 1x1")
+    if width * height > max_pixels:
+        raise ImageError(f"is {width}x{height} = {width * height:,} pixels, above this model's limit "
+                         f"of {max_pixels:,} (max_pixels): downscale it before sending")
+    try:
+        image.load()
+        return ImageOps.exif_transpose(image)
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
+        raise ImageError(f"is a {image.format} file that could not be decoded ({exc}): it is "
+                         "truncated or corrupt; send the whole file") from None
+
+
+def _unreadable(data: bytes, exc: Exception) -> str:
+    if data.startswith(_PNG_SIGNATURE) and len(data) >= 24 and data[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", data[16:24])
+        if width == 0 or height == 0:
+            return (f"is a PNG whose header declares {width}x{height} pixels: an image needs at "
+                    "least one pixel each way; send a non-empty image")
+    return (f"is not an image Pillow can read ({exc.__class__.__name__}; its first bytes are "
+            f"{bytes(data[:16])!r}): send the bytes of an image file ({FORMATS})")
+
+
+def as_mode(image: Image.Image, mode: str, fill: int) -> Image.Image:
+    """`image` in mode "RGB" or "L" (step 4 of the module doc)."""
+    if image.mode == "F":  # Pillow would clip to 0-255: an image of 0-1 floats would turn black
+        raise ImageError("has 32-bit floating-point pixels (mode F), whose range is unknown: save it "
+                         "as an 8-bit (or 16-bit) PNG, JPEG or TIFF")
+    if image.mode.startswith("I;16") or image.mode == "I":  # 16-bit: 0-65535 -> 0-255
+        scaled = np.clip(np.asarray(image, dtype=np.float64) / 257.0, 0, 255)
+        image = Image.fromarray(np.rint(scaled).astype(np.uint8), "L")
+    try:
+        if image.has_transparency_data:
+            background = Image.new("RGBA", image.size, (fill, fill, fill, 255))
+            image = Image.alpha_composite(background, image.convert("RGBA"))
+        return image if image.mode == mode else image.convert(mode)
+    except ValueError as exc:  # a mode Pillow cannot convert
+        raise ImageError(f"has pixel mode {image.mode}, which cannot be converted to {mode} ({exc}): "
+                         "save it as an 8-bit RGB or grayscale PNG or JPEG") from None
+
+
+def resized(image: Image.Image, height: int, width: int, mode: str, fill: int) -> Image.Image:
+    """`image` at width x height: stretched, or letterboxed (fit, centred, padded with fill)."""
+    if mode == "stretch":
+        return image.resize((width, height), Image.Resampling.BILINEAR)
+    if mode != "letterbox":
+        raise ValueError(f"resize {mode!r} is unknown: choose one of {', '.join(RESIZE_MODES)}")
+    ratio = min(width / image.width, height / image.height)
+    inner = (min(width, max(1, round(image.width * ratio))), min(height, max(1, round(image.height * ratio))))
+    canvas = Image.new(image.mode, (width, height), (fill,) * len(image.getbands()))
+    canvas.paste(image.resize(inner, Image.Resampling.BILINEAR),
+                 ((width - inner[0]) // 2, (height - inner[1]) // 2))
+    return canvas
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.decoding = Decoding.from_parameters(parameters)
+        self.output = parameters["output"]
+
+    def execute(self, requests: list) -> list:
+        return [self._decode(request) for request in requests]
+
+    def _decode(self, request):
+        raw = pb_utils.get_input_tensor_by_name(request, IMAGE_INPUT).as_numpy().reshape(-1)
+        try:
+            pixels = decode_images(list(raw), self.decoding)
+        except ImageError as exc:  # this request only: the others of the batch go on
+            return invalid_argument(str(exc))
+        except Exception as exc:  # a Pillow failure not foreseen above: still this request only
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                f"IMAGE could not be decoded ({exc.__class__.__name__}: {exc}): report the image"))
+        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output, pixels)])
+
+
+def invalid_argument(message: str):
+    """An error response that tells the client the request was wrong (gRPC INVALID_ARGUMENT)."""
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
+    error = pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
+    return pb_utils.InferenceResponse(error=error)
