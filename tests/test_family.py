@@ -67,7 +67,8 @@ def test_shape_options_of_another_modality_are_refused():
     text = Text(max_length=128, pad_token_id=0)
     assert text.resolve_shape({}) == {"seq_len": 128}
     assert text.resolve_shape({"seq_len": 32, "image_size": None}) == {"seq_len": 32}
-    with pytest.raises(TritonForgeError, match="--image-size does not apply to a model that takes text input.*--seq-len"):
+    with pytest.raises(TritonForgeError, match="--image-size does not apply to a model that takes text "
+                                               "input.*--seq-len"):
         text.resolve_shape({"image_size": 224})
 
 

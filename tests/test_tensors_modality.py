@@ -69,7 +69,8 @@ def test_pickled_object_arrays_are_not_loaded(tmp_path):
 
 def test_timesteps_is_the_shape_option_of_a_model_over_time():
     assert IO.preprocessing.resolve_shape({}) == {"timesteps": 4}
-    with pytest.raises(TritonForgeError, match="--seq-len does not apply to a model that takes tensors input.*--timesteps"):
+    with pytest.raises(TritonForgeError, match="--seq-len does not apply to a model that takes tensors "
+                                               "input.*--timesteps"):
         IO.preprocessing.resolve_shape({"seq_len": 16})
     with pytest.raises(TritonForgeError, match=r"--timesteps does not apply.*\(its shape options: none\)"):
         TWO.preprocessing.resolve_shape({"timesteps": 4})

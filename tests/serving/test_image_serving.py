@@ -182,7 +182,8 @@ def test_verify_checks_the_served_model_on_photographs_and_times_three_runtimes(
     assert written["shape"] == {"image_size": None} and written["parity"]["metric"] == "max_abs_diff"
     assert set(written["latency_ms"]) == {"pytorch", "onnxruntime", "triton"}
     refused = runner.invoke(app, ["verify", "toy_image", "--repo", str(toy_server.repo), "--seq-len", "16"])
-    assert refused.exit_code == 2 and "--seq-len does not apply to a model that takes image input" in refused.output
+    assert refused.exit_code == 2
+    assert "--seq-len does not apply to a model that takes image input" in refused.output
 
 
 def test_query_image_prints_labels_and_writes_json(toy, toy_server, tmp_path):
