@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 from tritonforge.cli import app
 from tritonforge.errors import TritonForgeError
-from tritonforge.modalities import Image, read_io
+from tritonforge.modalities import Image, Tensors, read_io
 from tritonforge.serving.client import infer_inputs
 from tritonforge.serving.local import LocalTriton
 from tritonforge.serving.repository import ModelRepository
@@ -241,3 +241,19 @@ def test_bench_sends_real_photographs_without_errors(toy_server, tmp_path):
     assert result.exit_code == 0, result.output
     levels = json.loads((tmp_path / "bench.json").read_text())["levels"]
     assert [(r["concurrency"], r["requests"], r["errors"]) for r in levels] == [(1, 24, 0), (4, 24, 0)]
+
+
+@pytest.mark.parametrize("shape, dtype", [((1, 3, 16, 16), np.float32), ((1, 3, 32, 32), np.float64)])
+def test_a_wrong_tensor_is_refused_by_the_client_and_by_triton(toy, toy_client, tmp_path, shape, dtype):
+    """What `query --npy` checks on the client, Triton checks again from the config."""
+    _family, model, record = toy
+    io = _family.io(model, OPTIONS)
+    wrong = np.zeros(shape, dtype)
+    np.save(tmp_path / "wrong.npy", wrong)
+    with pytest.raises(TritonForgeError, match="wrong.npy (has shape|holds float64)"):
+        Tensors().encode(Tensors().read_raw([str(tmp_path / "wrong.npy")]), io, None)
+    with pytest.raises(InferenceServerException) as on_server:
+        toy_client.infer("toy_image", infer_inputs({"pixel_values": wrong}))
+    assert on_server.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "pixel_values" in on_server.value.message()
+    assert toy_client.is_server_ready() and toy_client.is_model_ready("toy_image")

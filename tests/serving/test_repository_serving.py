@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -118,3 +119,13 @@ def test_nobatch_twins_drop_dynamic_batching_and_ensembles_use_twin_steps(tiny_r
     ensemble = parse_config((tmp_path / "shadow" / "tiny_text_nobatch" / "config.pbtxt").read_text())
     assert [s.model_name for s in ensemble.ensemble_scheduling.step] == ["tiny_tokenizer_nobatch",
                                                                         "tiny_nobatch"]
+
+
+def test_serve_refuses_a_manifest_from_a_newer_tritonforge(tmp_path, tiny_repo):
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_repo, repo, symlinks=False)
+    manifest_path = repo / "tiny" / "1" / "tritonforge.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({**manifest, "manifest_version": 99, "tritonforge_version": "9.9"}))
+    with pytest.raises(TritonForgeError, match="manifest version 99 .*tritonforge 9.9.*upgrade tritonforge"):
+        write_shadow_repository(repo, tmp_path / "shadow")
