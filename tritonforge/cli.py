@@ -506,8 +506,9 @@ def print_query(info, outputs, rows: list[str], min_score: float = 0.5) -> None:
         console.print(table)
     for name, stats in summary.get("tensors", {}).items():
         if stats:
-            console.print(f"{name}: {summary['dtypes'][name]} {summary['shapes'][name]}, min {stats['min']}, "
-                          f"max {stats['max']}, mean {stats['mean']:.6g}", highlight=False)
+            console.print(f"{name}: {summary['dtypes'][name]} {summary['shapes'][name]}, "
+                          f"min {stats['min']:.6g}, max {stats['max']:.6g}, mean {stats['mean']:.6g}",
+                          highlight=False)
 
 
 @app.command()
