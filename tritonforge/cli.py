@@ -240,6 +240,26 @@ class QualityGroup(FamilyGroup):
     build = staticmethod(lambda family: quality_command(family) if family.quality_options() else None)
 
 
+class RootGroup(TyperGroup):
+    """`tritonforge <family> ...`: a family's own commands (e.g. training), when it has any.
+    They are not listed in `tritonforge --help` (that would import every family); the
+    family's documentation names them."""
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        from tritonforge.export.base import family_names, get_family
+
+        command = super().get_command(ctx, name)
+        if command is not None or name not in family_names():
+            return command
+        commands = get_family(name).commands()
+        if commands is None:
+            return None
+        group = typer.main.get_group(commands)  # a group even with one command
+        group.name = name
+        return group
+
+
+app.info.cls = RootGroup
 export_app.info.cls = ExportGroup
 quality_app.info.cls = QualityGroup
 

@@ -88,3 +88,22 @@ class ToyImageFamily(Family):
         ref, cand = reference["logits"], candidate["logits"]
         return Parity((Check("max_abs_diff", max_abs_diff(ref, cand), MAX_ABS_DIFF, higher_is_better=False),
                        Check("top1_agreement", top1_agreement(ref, cand), 1.0, higher_is_better=True)))
+
+    def commands(self):
+        """`tritonforge toy_image predict FILE`: a family's own command, beside the generated ones."""
+        import typer
+
+        commands = typer.Typer(help="The toy image family's own commands.")
+
+        @commands.command()
+        def predict(image: Path, seed: int = 0) -> None:
+            """Classify one image with the PyTorch model (random weights: a demonstration)."""
+            options = ToyImageOptions(seed=seed)
+            model = self.load(options)
+            io = self.io(model, options)
+            pixels = io.preprocessing.encode(io.preprocessing.read_raw([str(image)]), io, None)
+            with torch.inference_mode():
+                logits = model(torch.from_numpy(pixels["pixel_values"]))[0]
+            typer.echo(f"{image.name}: {io.labels[int(logits.argmax())]}")
+
+        return commands

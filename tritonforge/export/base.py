@@ -166,6 +166,11 @@ class Family(ABC):
                 f"{k} {v:.4f}" for k, v in quality.items() if k != "samples" and isinstance(v, float)))
         return lines
 
+    def commands(self) -> Any:
+        """The family's own commands (a `typer.Typer`), run as `tritonforge <family> ...`
+        (e.g. `snn train`); None when it has none."""
+        return None
+
     def quality_options(self) -> type | None:
         """The options dataclass of `tritonforge quality <family>` (None: no quality command)."""
         return None
