@@ -130,6 +130,7 @@ def png_claiming(width: int, height: int) -> bytes:
 BAD_IMAGES = {
     "not an image": (lambda record: b"name,score\nalice,3\n", "is not an image Pillow can read"),
     "truncated": (half_a_jpeg, "it is truncated or corrupt; send the whole file"),
+    "0x0": (lambda record: png_claiming(0, 0), "is a PNG whose header declares 0x0 pixels"),
     "too many pixels": (lambda record: png_claiming(50_000, 1_000),
                         "is 50000x1000 = 50,000,000 pixels, above this model's limit of 40,000,000"),
     "too many bytes": (lambda record: bytes(record.max_bytes + 1),
