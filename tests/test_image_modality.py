@@ -265,5 +265,24 @@ def test_the_server_step_gets_exactly_the_clients_settings():
     assert Decoding.from_parameters(parameters) == record.decoding()
     assert [i.name for i in ensemble.config.input] == ["IMAGE"]
     wrong = ModelIO((TensorSpec("pixel_values", "float32", (3, 32, 32)),), io.outputs, record)
-    with pytest.raises(TritonForgeError, match=r"one float32 input 'pixel_values' of dims \[3, 24, 40\]"):
+    with pytest.raises(TritonForgeError, match=r"feeds \[\('pixel_values', 'float32', \[3, 24, 40\]\)\]"):
         record.companions("toy", wrong, ServingOptions())
+
+
+def test_a_detector_gets_the_letterboxed_uint8_pixels_and_the_original_size():
+    """dtype uint8 leaves normalisation to the graph; size_input carries (height, width)."""
+    record = Image(height=64, width=64, resize="letterbox", dtype="uint8", size_input="orig_size", fill=0)
+    photo = record.sample_raw(1)[0]
+    with PILImage.open(io.BytesIO(photo)) as original:
+        width, height = original.size
+    arrays = record.encode([photo], None, None)
+    assert arrays["pixel_values"].dtype == np.uint8 and arrays["pixel_values"].shape == (1, 3, 64, 64)
+    assert arrays["orig_size"].tolist() == [[height, width]] and arrays["orig_size"].dtype == np.int64
+    inner = round(height * 64 / width)  # china.jpg is wider than tall: padding above and below
+    top = (64 - inner) // 2
+    assert (arrays["pixel_values"][0, :, :top] == 0).all() and arrays["pixel_values"][0, :, top + 1].any()
+    io_ = ModelIO((TensorSpec("pixel_values", "uint8", (3, 64, 64)), TensorSpec("orig_size", "int64", (2,))),
+                  (TensorSpec("scores", "float32", (5,)),), record)
+    step, _ensemble = record.companions("det", io_, ServingOptions())
+    assert [(o.name, o.dims) for o in step.config.output] == [("pixel_values", [3, 64, 64]), ("orig_size", [2])]
+    assert step.config.parameters["size_output"].string_value == "orig_size"

@@ -69,6 +69,9 @@ class Image(Modality):
     fill: int = 114  # letterbox padding value, 0-255
     max_pixels: int = 40_000_000  # width x height of the encoded image
     max_bytes: int = 20 * 1024 * 1024
+    # "float32": normalised here; "uint8": the letterboxed pixels, normalised inside the graph
+    dtype: str = "float32"
+    size_input: str | None = None  # an int64 [2] input with the original (height, width)
 
     def __post_init__(self):
         problems = []
@@ -85,6 +88,8 @@ class Image(Modality):
             problems.append(f"resize {self.resize!r} is unknown (choose {', '.join(RESIZE_MODES)})")
         if not 0 <= self.fill <= 255:
             problems.append(f"fill {self.fill} must be a pixel value, 0-255")
+        if self.dtype not in ("float32", "uint8"):
+            problems.append(f"dtype {self.dtype!r} must be float32 (normalised) or uint8 (pixels)")
         if self.max_pixels < 1 or self.max_bytes < 1:
             problems.append(f"max_pixels {self.max_pixels} and max_bytes {self.max_bytes} must be "
                             "at least 1")
@@ -99,17 +104,20 @@ class Image(Modality):
         height, width = (image_size, image_size) if image_size else (self.height, self.width)
         return Decoding(height=height, width=width, channels=self.channels, resize=self.resize,
                         mean=tuple(self.mean), std=tuple(self.std), scale=self.scale, fill=self.fill,
-                        max_pixels=self.max_pixels, max_bytes=self.max_bytes)
+                        max_pixels=self.max_pixels, max_bytes=self.max_bytes, dtype=self.dtype)
 
     # -- the server side ----------------------------------------------------------------------
 
     def companions(self, name: str, io: ModelIO, serving: ServingOptions) -> tuple[CompanionModel, ...]:
-        dims = (self.channels, self.height, self.width)
-        if [(s.name, s.dtype, tuple(s.dims)) for s in io.inputs] != [(self.input, "float32", dims)]:
+        expected = [(self.input, self.dtype, (self.channels, self.height, self.width))]
+        if self.size_input:
+            expected.append((self.size_input, "int64", (2,)))
+        if [(s.name, s.dtype, tuple(s.dims)) for s in io.inputs] != expected:
             raise TritonForgeError(
-                f"an image ensemble feeds one float32 input {self.input!r} of dims {list(dims)}; the "
+                f"an image ensemble feeds {[(n, d, list(dims)) for n, d, dims in expected]}; the "
                 f"model takes {[(s.name, s.dtype, list(s.dims)) for s in io.inputs]}")
-        parameters = {**self.decoding().to_parameters(), "output": self.input}
+        parameters = {**self.decoding().to_parameters(), "output": self.input,
+                      **({"size_output": self.size_input} if self.size_input else {})}
         return preprocessing_companions(name, io, serving, self, DECODE_SUFFIX, IMAGE_DECODE_MODEL,
                                         parameters, {})
 
@@ -137,10 +145,10 @@ class Image(Modality):
     def encode(self, raw: Sequence[bytes], io: ModelIO | None, folder: Path | None,
                shape: Mapping[str, int | None] | None = None) -> dict[str, np.ndarray]:
         try:
-            pixels = decode_images(list(raw), self.decoding((shape or {}).get("image_size")))
+            pixels, sizes = decode_images(list(raw), self.decoding((shape or {}).get("image_size")))
         except ImageError as exc:
             raise TritonForgeError(str(exc)) from None
-        return {self.input: pixels}
+        return {self.input: pixels, **({self.size_input: sizes} if self.size_input else {})}
 
     def sample_raw(self, n: int | None = None, folder: Path | None = None) -> list[ImageBytes]:
         """The bundled photographs, repeated in turn to give n."""

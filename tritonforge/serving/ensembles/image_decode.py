@@ -1,5 +1,6 @@
 """Triton python-backend model: encoded images (PNG, JPEG, ...) -> a normalised float32 tensor
-[N, C, H, W], the first step of `<name>_image`.
+[N, C, H, W] (or the uint8 pixels, for graphs that normalise themselves) and optionally each
+image's original size [N, 2] (height, width), the first step of `<name>_image`.
 
 Copied into the model repository by `export` (it runs in any Triton with the python backend,
 the NGC image included). It imports only numpy, Pillow and, inside Triton,
@@ -23,10 +24,15 @@ Each image, in order:
    whatever colour the transparent pixels happen to store;
 5. resized with bilinear filtering: "stretch" to height x width, or "letterbox": scaled to fit
    inside height x width keeping its aspect ratio, centred, the rest filled with `fill`;
-6. as float32: value x scale, minus mean, divided by std, per channel.
+6. as float32: value x scale, minus mean, divided by std, per channel; or, with dtype uint8,
+   the 8-bit pixels as they are (a detector that normalises inside its graph).
+
+The original size is the upright image's (after step 3), so a detector can map its boxes back
+through the letterbox.
 
 Config parameters (strings, see `Decoding.to_parameters`): height, width, channels, resize,
-mean, std (comma-separated), scale, fill, max_pixels, max_bytes; `output` names the tensor.
+mean, std (comma-separated), scale, fill, max_pixels, max_bytes, dtype; `output` names the
+tensor and `size_output`, when present, the original sizes.
 """
 
 from __future__ import annotations
@@ -69,13 +75,14 @@ class Decoding:
     fill: int  # 0-255: letterbox padding and the colour under transparent pixels
     max_pixels: int
     max_bytes: int
+    dtype: str = "float32"  # "float32": normalised; "uint8": the pixels as they are
 
     def to_parameters(self) -> dict[str, str]:
         """As Triton config parameters (floats in repr, which reads back exactly)."""
         return {"height": str(self.height), "width": str(self.width), "channels": str(self.channels),
                 "resize": self.resize, "mean": _floats_text(self.mean), "std": _floats_text(self.std),
                 "scale": repr(float(self.scale)), "fill": str(self.fill),
-                "max_pixels": str(self.max_pixels), "max_bytes": str(self.max_bytes)}
+                "max_pixels": str(self.max_pixels), "max_bytes": str(self.max_bytes), "dtype": self.dtype}
 
     @classmethod
     def from_parameters(cls, parameters: Mapping[str, str]) -> Decoding:
@@ -83,7 +90,8 @@ class Decoding:
                    channels=int(parameters["channels"]), resize=parameters["resize"],
                    mean=_floats(parameters["mean"]), std=_floats(parameters["std"]),
                    scale=float(parameters["scale"]), fill=int(parameters["fill"]),
-                   max_pixels=int(parameters["max_pixels"]), max_bytes=int(parameters["max_bytes"]))
+                   max_pixels=int(parameters["max_pixels"]), max_bytes=int(parameters["max_bytes"]),
+                   dtype=parameters.get("dtype", "float32"))
 
 
 def _floats_text(values: Sequence[float]) -> str:
@@ -94,30 +102,37 @@ def _floats(text: str) -> tuple[float, ...]:
     return tuple(float(v) for v in text.split(","))
 
 
-def decode_images(items: Sequence[bytes], decoding: Decoding) -> np.ndarray:
-    """One request's encoded images as a batch [N, C, H, W]; the first bad one is refused
-    with an ImageError that names it as IMAGE[i]."""
+def decode_images(items: Sequence[bytes], decoding: Decoding) -> tuple[np.ndarray, np.ndarray]:
+    """One request's encoded images as a batch [N, C, H, W] and their original sizes [N, 2]
+    (height, width; int64); the first bad one is refused with an ImageError naming IMAGE[i]."""
     if not len(items):
         raise ImageError("IMAGE holds no images: send at least one encoded image")
-    arrays = []
+    arrays, sizes = [], []
     for index, data in enumerate(items):
         try:
-            arrays.append(decode_image(data, decoding))
+            pixels, size = decode_image(data, decoding)
         except ImageError as exc:
             raise ImageError(f"IMAGE[{index}] {exc}") from None
-    return np.stack(arrays)
+        arrays.append(pixels)
+        sizes.append(size)
+    return np.stack(arrays), np.asarray(sizes, dtype=np.int64)
 
 
-def decode_image(data: bytes, decoding: Decoding) -> np.ndarray:
-    """One encoded image as [C, H, W] float32 (steps 1-6 of the module doc)."""
+def decode_image(data: bytes, decoding: Decoding) -> tuple[np.ndarray, tuple[int, int]]:
+    """One encoded image as [C, H, W] (steps 1-6 of the module doc) and its upright size
+    (height, width) before resizing."""
     image = open_image(data, decoding.max_pixels, decoding.max_bytes)
+    size = (image.height, image.width)
     image = as_mode(image, "L" if decoding.channels == 1 else "RGB", decoding.fill)
     image = resized(image, decoding.height, decoding.width, decoding.resize, decoding.fill)
+    if decoding.dtype == "uint8":
+        pixels = np.asarray(image, dtype=np.uint8)
+        return np.ascontiguousarray(pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)), size
     pixels = np.asarray(image, dtype=np.float32)
     pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
     mean = np.asarray(decoding.mean, dtype=np.float32)[:, None, None]
     std = np.asarray(decoding.std, dtype=np.float32)[:, None, None]
-    return np.ascontiguousarray((pixels * np.float32(decoding.scale) - mean) / std)
+    return np.ascontiguousarray((pixels * np.float32(decoding.scale) - mean) / std), size
 
 
 def open_image(data: bytes, max_pixels: int, max_bytes: int) -> Image.Image:
@@ -199,6 +214,7 @@ class TritonPythonModel:
         parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.decoding = Decoding.from_parameters(parameters)
         self.output = parameters["output"]
+        self.size_output = parameters.get("size_output")
 
     def execute(self, requests: list) -> list:
         return [self._decode(request) for request in requests]
@@ -206,13 +222,16 @@ class TritonPythonModel:
     def _decode(self, request):
         raw = pb_utils.get_input_tensor_by_name(request, IMAGE_INPUT).as_numpy().reshape(-1)
         try:
-            pixels = decode_images(list(raw), self.decoding)
+            pixels, sizes = decode_images(list(raw), self.decoding)
         except ImageError as exc:  # this request only: the others of the batch go on
             return invalid_argument(str(exc))
         except Exception as exc:  # a Pillow failure not foreseen above: still this request only
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(
                 f"IMAGE could not be decoded ({exc.__class__.__name__}: {exc}): report the image"))
-        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output, pixels)])
+        tensors = [pb_utils.Tensor(self.output, pixels)]
+        if self.size_output:
+            tensors.append(pb_utils.Tensor(self.size_output, sizes))
+        return pb_utils.InferenceResponse(output_tensors=tensors)
 
 
 def invalid_argument(message: str):
