@@ -284,5 +284,6 @@ def test_a_detector_gets_the_letterboxed_uint8_pixels_and_the_original_size():
     io_ = ModelIO((TensorSpec("pixel_values", "uint8", (3, 64, 64)), TensorSpec("orig_size", "int64", (2,))),
                   (TensorSpec("scores", "float32", (5,)),), record)
     step, _ensemble = record.companions("det", io_, ServingOptions())
-    assert [(o.name, o.dims) for o in step.config.output] == [("pixel_values", [3, 64, 64]), ("orig_size", [2])]
+    assert [(o.name, o.dims) for o in step.config.output] == [("pixel_values", [3, 64, 64]),
+                                                               ("orig_size", [2])]
     assert step.config.parameters["size_output"].string_value == "orig_size"
