@@ -459,6 +459,8 @@ def query(
     min_score: Annotated[float, typer.Option(help="Detections: the lowest score printed.")] = 0.5,
     json_path: Annotated[Path | None, typer.Option(
         "--json", help="Write every output (kind, shape, dtype, values) and the summary here.")] = None,
+    save: Annotated[Path | None, typer.Option(
+        help="Detectors: draw the detections of the first --image on it and save a PNG here.")] = None,
 ):
     """Send one request over gRPC and print each output in its natural form."""
     from tritonforge.serving.client import (
@@ -483,6 +485,14 @@ def query(
                                      shape_options(seq_len, None, None))
     outputs = infer(client, name, arrays, url=url)
     print_query(info, outputs, rows, min_score)
+    if save:
+        from tritonforge.serving.client import draw_detections, summarize
+
+        found = summarize(info, outputs, min_score).get("detections")
+        if not image or found is None:
+            raise TritonForgeError(f"--save draws detections on an --image; {name!r} returns no "
+                                   "detections for one")
+        console.print(f"detections drawn on {draw_detections(image[0].read_bytes(), found[0], save)}")
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(outputs_json(info, outputs, rows), indent=2) + "\n")

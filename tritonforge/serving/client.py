@@ -343,3 +343,22 @@ def bench_payloads(info: ModelInfo, repo: Path | str | None, shape: Mapping[str,
         folder = exported_version(repo, info.name)[0]
     return modality.kind, [raw_request(info, modality, [item], repo, shape)
                            for item in modality.sample_raw(None, folder)]
+
+
+def draw_detections(image: bytes, found: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """The photograph with each detection's box and label drawn on it, as a PNG."""
+    import io
+
+    from PIL import Image, ImageDraw, ImageOps
+
+    with Image.open(io.BytesIO(image)) as opened:
+        canvas = ImageOps.exif_transpose(opened).convert("RGB")  # boxes are in upright pixels
+    draw = ImageDraw.Draw(canvas)
+    for index, item in enumerate(found):
+        colour = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4")[index % 6]
+        draw.rectangle(item["box"], outline=colour, width=max(1, min(canvas.size) // 200))
+        x, y = item["box"][0], max(0.0, item["box"][1] - 12)
+        draw.text((x + 2, y), f"{item['label']} {item['score']:.2f}", fill=colour)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path, "PNG")
+    return path

@@ -32,3 +32,30 @@ def nearest_neighbour_agreement(reference: np.ndarray, candidate: np.ndarray) ->
         return similarity.argmax(axis=1)
 
     return float(np.mean(nearest(reference) == nearest(candidate)))
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every xyxy box in `a` [N, 4] with every one in `b` [M, 4]: [N, M]."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    low = np.maximum(a[:, None, :2], b[None, :, :2])
+    high = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(high - low, 0, None), axis=-1)
+    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=-1)
+    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=-1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), (inter == 0) * 1.0)
+
+
+def match_detections(ref_boxes: np.ndarray, ref_scores: np.ndarray, ref_labels: np.ndarray,
+                     boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Pair one image's detections with the reference's (Hungarian matching on IoU, same label
+    and close score preferred), since near-tied scores may come out of top-k in another order.
+    Returns the matched pairs' IoU, score difference and label agreement, and the reference
+    indices of the pairs."""
+    from scipy.optimize import linear_sum_assignment
+
+    iou = box_iou(ref_boxes, boxes)
+    cost = -iou + (ref_labels[:, None] != labels[None, :]) + np.abs(ref_scores[:, None] - scores[None, :])
+    rows, cols = linear_sum_assignment(cost)
+    return {"iou": iou[rows, cols], "score_diff": np.abs(ref_scores[rows] - scores[cols]),
+            "same_label": ref_labels[rows] == labels[cols], "reference": rows}

@@ -1,0 +1,116 @@
+"""The `detr` family on test-sized random detectors: DETR and Deformable DETR exported with
+letterbox, normalisation and top-k in the graph, checked against PyTorch on real photographs."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image as PILImage
+
+from tritonforge.errors import TritonForgeError
+from tritonforge.export.base import get_family
+from tritonforge.export.detr import DetrOptions
+from tritonforge.export.detr.model import letterbox_to_original
+from tritonforge.export.pipeline import export_model
+from tritonforge.modalities import Image, read_io
+from tritonforge.runtime import ort_session
+from tritonforge.verify.runner import verify_model
+
+TINY = {"size": "tiny", "image_size": 128, "top_k": 20}
+
+
+@pytest.fixture(scope="module")
+def detr_repo(tmp_path_factory):
+    """Both architectures exported once (tiny random detectors, 128 x 128)."""
+    repo = tmp_path_factory.mktemp("detr_repo")
+    for arch in ("detr", "deformable"):
+        export_model("detr", DetrOptions(arch=arch, **TINY), repo)
+    return repo
+
+
+@pytest.mark.parametrize("name, arch", [("detr_fp32", "detr"), ("deformable_fp32", "deformable")])
+def test_export_matches_pytorch_on_photographs_and_records_the_image_contract(detr_repo, name, arch):
+    from tritonforge.serving.repository import ModelRepository
+
+    manifest = ModelRepository(detr_repo).read_manifest(name)
+    assert manifest["parity"]["passed"] and manifest["recipe"]["arch"] == arch
+    checks = {c["metric"]: c["value"] for c in manifest["parity"]["details"]["checks"]}
+    assert checks["logits_max_abs_diff"] <= 1e-4 and checks["matched_box_iou_min"] >= 0.99
+    assert checks["label_agreement"] == 1.0
+    io_ = read_io(manifest["io"])
+    assert io_.preprocessing == Image(height=128, width=128, input="image", resize="letterbox", dtype="uint8",
+                                      size_input="orig_size")
+    assert [(o.name, o.kind, o.dtype) for o in io_.outputs[:3]] == [
+        ("boxes", "detection_boxes", "float32"), ("scores", "detection_scores", "float32"),
+        ("labels", "detection_labels", "int64")]
+    assert "random" in manifest["source"]["weights"] and manifest["onnx"]["image_size"] == 128
+
+
+def test_deformable_attention_exports_through_grid_sample(detr_repo):
+    import onnx
+
+    graph = onnx.load(str(detr_repo / "deformable_fp32" / "1" / "model.onnx")).graph
+    assert sum(node.op_type == "GridSample" for node in graph.node) > 0
+
+
+def test_verify_reruns_parity_on_every_photograph(detr_repo):
+    report = verify_model(detr_repo, "deformable_fp32", samples=6, iterations=2, batch_size=3)
+    assert report.parity.passed and report.shape == {"image_size": None}
+    with pytest.raises(TritonForgeError, match="this export takes 128x128 images"):
+        verify_model(detr_repo, "detr_fp32", samples=2, iterations=1, shape={"image_size": 256})
+
+
+def test_boxes_come_back_in_the_photographs_own_pixels(detr_repo):
+    """A box drawn on the original lands, after the client's letterbox and the graph's inverse
+    mapping, where it was: the same geometry on both sides of the wire."""
+    record = Image(height=128, width=128, input="image", resize="letterbox", dtype="uint8",
+                   size_input="orig_size", fill=0)
+    for width, height in ((640, 427), (300, 500), (128, 128)):
+        canvas = PILImage.new("RGB", (width, height), (0, 0, 0))
+        canvas.paste((255, 255, 255), (width // 4, height // 4, width // 2, height // 2))
+        data = io.BytesIO()
+        canvas.save(data, "PNG")
+        arrays = record.encode([data.getvalue()], None, None)
+        ys, xs = np.nonzero(arrays["image"][0, 0] > 127)
+        letterboxed = torch.tensor([[[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]]], dtype=torch.float32)
+        mapped = letterbox_to_original(letterboxed, torch.from_numpy(arrays["orig_size"]), 128, 128)[0, 0]
+        expected = torch.tensor([width // 4, height // 4, width // 2, height // 2], dtype=torch.float32)
+        scale = max(width, height) / 128  # one letterboxed pixel, in original pixels
+        assert torch.allclose(mapped, expected, atol=1.01 * scale), (width, height, mapped, expected)
+
+
+def test_the_graph_takes_a_batch_of_photographs_of_different_sizes(detr_repo):
+    family = get_family("detr")
+    options = DetrOptions(arch="detr", **TINY)
+    model = family.load(options)
+    feed = family.sample_inputs(model, options, 3)  # china and flower 640x427, grace_hopper 512x600
+    assert {tuple(size) for size in feed["orig_size"].tolist()} == {(427, 640), (600, 512)}
+    session = ort_session(detr_repo / "detr_fp32" / "1" / "model.onnx")
+    boxes, scores, labels = session.run(["boxes", "scores", "labels"], feed)
+    assert boxes.shape == (3, 20, 4) and labels.dtype == np.int64
+    assert (np.diff(scores, axis=1) <= 0).all()  # best first
+    heights, widths = feed["orig_size"][:, 0], feed["orig_size"][:, 1]
+    assert (boxes[..., 2] <= widths[:, None] + 1e-3).all() and (boxes[..., 3] <= heights[:, None] + 1e-3).all()
+
+
+def test_bad_options_and_a_model_of_another_architecture_are_refused(tmp_path):
+    with pytest.raises(TritonForgeError, match="--arch 'yolo' is unknown: choose one of detr, deformable"):
+        DetrOptions(arch="yolo")
+    detector = get_family("detr").load(DetrOptions(arch="detr", **TINY)).detector
+    detector.save_pretrained(str(tmp_path / "detr_dir"))
+    with pytest.raises(TritonForgeError, match="holds a 'detr' model, not 'deformable_detr'"):
+        get_family("detr").load(DetrOptions(arch="deformable", model=str(tmp_path / "detr_dir"), **TINY))
+    with pytest.raises(TritonForgeError, match="no config.json"):
+        get_family("detr").load(DetrOptions(model=str(tmp_path), **TINY))
+
+
+def test_a_saved_detector_directory_exports_with_its_own_weights(tmp_path):
+    family = get_family("detr")
+    options = DetrOptions(arch="deformable", **TINY, seed=3)
+    family.load(options).detector.save_pretrained(str(tmp_path / "mine"))
+    result = export_model("detr", DetrOptions(arch="deformable", model=str(tmp_path / "mine"), **TINY),
+                          tmp_path / "repo")
+    assert result.manifest["parity"]["passed"] and result.manifest["source"]["weights"] == "from --model"

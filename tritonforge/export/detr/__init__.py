@@ -1,0 +1,179 @@
+"""The `detr` family: DETR and Deformable DETR detectors, image bytes in, boxes out.
+
+The exported graph holds normalisation and post-processing (`model.DetectionGraph`): clients
+send a photograph to `<name>_image` (decode and letterbox in a python-backend step) and get
+boxes in the photograph's own pixels, scores and integer labels at a fixed top-k.
+No detector weights install offline: without `--model`, the detector has seeded random
+weights (its detections mean nothing; the manifest and the export say so) at the papers' size
+(`--size r50`) or a test size (`--size tiny`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tritonforge.errors import TritonForgeError
+from tritonforge.export.base import ExportInfo, Family, Shape, option, register
+from tritonforge.export.detr.model import ARCHITECTURES, SIZES, DetectionGraph, random_detector
+from tritonforge.export.onnx import MIN_OPSET, check_onnx, torch_to_onnx
+from tritonforge.modalities import Image
+from tritonforge.spec import (
+    DETECTION_BOXES,
+    DETECTION_LABELS,
+    DETECTION_SCORES,
+    Check,
+    ModelIO,
+    Parity,
+    TensorSpec,
+)
+from tritonforge.verify.metrics import match_detections, max_abs_diff
+
+# Declared FP32 tolerances: the same arithmetic in another order.
+LOGITS_ABS = 1e-4  # raw logits and boxes, before the top-k
+MATCHED_IOU = 0.99  # each detection's box against its matched reference box
+SCORE_ABS = 1e-3
+TIE = 1e-3  # a pair whose scores sit this close to the k-th score may have swapped at the cut
+
+
+@dataclass(frozen=True)
+class DetrOptions:
+    """The export recipe; written verbatim into the manifest."""
+
+    arch: str = option("detr", help="detr or deformable.")
+    model: str | None = option(None, help="A transformers detector directory (config.json and weights). "
+                                          "Default: seeded random weights at --size.")
+    size: str = option("r50", help="Random weights: r50 (ResNet-50, the papers' size) or tiny (tests).")
+    image_size: int = option(640, help="Export size: photographs are letterboxed to S x S; the graph's "
+                                       "shapes are fixed to it.")
+    top_k: int = option(100, help="Detections per image (fixed, so Triton can batch requests).")
+    num_labels: int = option(91, help="Classes of a random detector (COCO's 91 ids).")
+    seed: int = option(0, help="Seed of the random weights.")
+    threads: int = option(2, cli=False)
+
+    def __post_init__(self):
+        if self.arch not in ARCHITECTURES:
+            raise TritonForgeError(
+                f"--arch {self.arch!r} is unknown: choose one of {', '.join(ARCHITECTURES)}")
+        if self.size not in SIZES:
+            raise TritonForgeError(f"--size {self.size!r} is unknown: choose one of {', '.join(SIZES)}")
+        if self.image_size < 32 or self.top_k < 1 or self.num_labels < 1:
+            raise TritonForgeError(f"--image-size {self.image_size} (at least 32), --top-k {self.top_k} and "
+                                   f"--num-labels {self.num_labels} (at least 1) are out of range")
+
+
+def load_detector(options: DetrOptions):
+    """The transformers detector: from `--model`, or seeded random weights."""
+    if options.model is None:
+        return random_detector(options.arch, options.size, options.num_labels, options.seed)
+    from transformers import AutoConfig, DeformableDetrForObjectDetection, DetrForObjectDetection
+
+    folder = Path(options.model).expanduser()
+    if not (folder / "config.json").is_file():
+        raise TritonForgeError(f"--model {folder} is not a transformers detector directory (no config.json): "
+                               "give a folder saved with save_pretrained")
+    config = AutoConfig.from_pretrained(folder)
+    wanted = {"detr": "detr", "deformable": "deformable_detr"}[options.arch]
+    if config.model_type != wanted:
+        raise TritonForgeError(f"--model {folder} holds a {config.model_type!r} model, not {wanted!r}: "
+                               f"pass the matching --arch")
+    model_type = DeformableDetrForObjectDetection if options.arch == "deformable" else DetrForObjectDetection
+    return model_type.from_pretrained(folder).eval()
+
+
+@register
+class DetrFamily(Family):
+    """A detection transformer (DETR or Deformable DETR), pre- and post-processing in the graph."""
+
+    name = "detr"
+    options_type = DetrOptions
+
+    def default_name(self, options: DetrOptions) -> str:
+        return f"{options.arch}_fp32"
+
+    def load(self, options: DetrOptions, stage=None) -> DetectionGraph:
+        import torch
+
+        torch.set_num_threads(options.threads)
+        detector = load_detector(options)
+        config = detector.config
+        # DETR ranks queries; Deformable DETR ranks queries x classes.
+        available = config.num_queries * (config.num_labels if options.arch == "deformable" else 1)
+        graph = DetectionGraph(detector, options.arch, options.image_size, options.image_size,
+                               min(options.top_k, available))
+        return graph.eval()
+
+    def source(self, model: DetectionGraph) -> dict[str, Any]:
+        config = model.detector.config
+        name_or_path = getattr(config, "_name_or_path", "") or None
+        return {"architecture": type(model.detector).__name__, "model_dir": name_or_path,
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "num_queries": int(config.num_queries), "num_labels": int(config.num_labels),
+                "weights": "from --model" if name_or_path else
+                           "random (seeded), untrained: the detections mean nothing"}
+
+    def io(self, model: DetectionGraph, options: DetrOptions) -> ModelIO:
+        size, k = options.image_size, model.top_k
+        config = model.detector.config
+        classes = int(config.num_labels) + (1 if options.arch == "detr" else 0)  # DETR's "no object"
+        image = Image(height=size, width=size, input="image", resize="letterbox", dtype="uint8",
+                      size_input="orig_size")
+        labels = tuple(str(config.id2label.get(i, f"class_{i}")) for i in range(int(config.num_labels)))
+        return ModelIO(
+            inputs=(TensorSpec("image", "uint8", (3, size, size)), TensorSpec("orig_size", "int64", (2,))),
+            outputs=(TensorSpec("boxes", "float32", (k, 4), DETECTION_BOXES),
+                     TensorSpec("scores", "float32", (k,), DETECTION_SCORES),
+                     TensorSpec("labels", "int64", (k,), DETECTION_LABELS),
+                     TensorSpec("logits", "float32", (int(config.num_queries), classes)),
+                     TensorSpec("pred_boxes", "float32", (int(config.num_queries), 4))),
+            preprocessing=image, labels=labels)
+
+    def sample_inputs(self, model: DetectionGraph, options: DetrOptions, n: int | None,
+                      shape: Shape | None = None) -> dict[str, np.ndarray]:
+        """The bundled photographs (in turn, to give n), decoded and letterboxed as a client would."""
+        size = (shape or {}).get("image_size") or options.image_size
+        if size != options.image_size:  # spatial shapes are constants of the traced graph
+            raise TritonForgeError(f"--image-size {size}: this export takes {options.image_size}x"
+                                   f"{options.image_size} images; export again with --image-size {size}")
+        record = self.io(model, options).preprocessing
+        return record.encode(record.sample_raw(n or 8), None, None)
+
+    def export(self, model: DetectionGraph, path: Path, options: DetrOptions) -> ExportInfo:
+        io = self.io(model, options)
+        axes = {name: {0: "batch"} for name in (*io.input_names, *io.output_names)}
+        torch_to_onnx(model, self.sample_inputs(model, options, 2), path, io, axes, MIN_OPSET)
+        details = {"image_size": options.image_size, "top_k": model.top_k,
+                   "in_graph": "uint8 -> ImageNet mean/std; top-k; boxes mapped back through the letterbox"}
+        return ExportInfo(opset=check_onnx(path), precision="fp32", details=details)
+
+    def compare(self, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray],
+                options: DetrOptions, inputs: Mapping[str, np.ndarray] | None = None) -> Parity:
+        """Raw logits and boxes element-wise; the top-k detections after matching each image's
+        boxes to the reference's (near-tied scores may leave top-k in another order; a pair
+        at the cut, both scores within TIE of the k-th, is counted as a swap, not a mismatch)."""
+        ious, diffs, same, swaps = [], [], [], 0
+        for image in range(len(reference["scores"])):
+            match = match_detections(*(reference[k][image] for k in ("boxes", "scores", "labels")),
+                                     *(candidate[k][image] for k in ("boxes", "scores", "labels")))
+            cut = reference["scores"][image].min()
+            near_cut = reference["scores"][image][match["reference"]] - cut <= TIE
+            at_cut = near_cut & (match["iou"] < MATCHED_IOU)
+            swaps += int(at_cut.sum())
+            ious.append(match["iou"][~at_cut])
+            diffs.append(match["score_diff"][~at_cut])
+            same.append(match["same_label"][~at_cut])
+        iou, diff, agree = np.concatenate(ious), np.concatenate(diffs), np.concatenate(same)
+        raw = {name: max_abs_diff(reference[name], candidate[name]) for name in ("logits", "pred_boxes")}
+        checks = (
+            Check("logits_max_abs_diff", raw["logits"], LOGITS_ABS, False),
+            Check("pred_boxes_max_abs_diff", raw["pred_boxes"], LOGITS_ABS, False),
+            Check("matched_box_iou_min", float(iou.min()) if iou.size else 1.0, MATCHED_IOU, True),
+            Check("score_max_abs_diff", float(diff.max()) if diff.size else 0.0, SCORE_ABS, False),
+            Check("label_agreement", float(agree.mean()) if agree.size else 1.0, 1.0, True),
+        )
+        return Parity(checks, {"samples": int(len(reference["scores"])),
+                               "top_k": int(reference["scores"].shape[1]), "swaps_at_the_cut": swaps})
