@@ -93,7 +93,8 @@ def test_the_graph_takes_a_batch_of_photographs_of_different_sizes(detr_repo):
     assert boxes.shape == (3, 20, 4) and labels.dtype == np.int64
     assert (np.diff(scores, axis=1) <= 0).all()  # best first
     heights, widths = feed["orig_size"][:, 0], feed["orig_size"][:, 1]
-    assert (boxes[..., 2] <= widths[:, None] + 1e-3).all() and (boxes[..., 3] <= heights[:, None] + 1e-3).all()
+    assert (boxes[..., 2] <= widths[:, None] + 1e-3).all()
+    assert (boxes[..., 3] <= heights[:, None] + 1e-3).all()
 
 
 def test_bad_options_and_a_model_of_another_architecture_are_refused(tmp_path):
