@@ -19,16 +19,7 @@ from tritonforge.modalities import Image, read_io
 from tritonforge.runtime import ort_session
 from tritonforge.verify.runner import verify_model
 
-TINY = {"size": "tiny", "image_size": 128, "top_k": 20}
-
-
-@pytest.fixture(scope="module")
-def detr_repo(tmp_path_factory):
-    """Both architectures exported once (tiny random detectors, 128 x 128)."""
-    repo = tmp_path_factory.mktemp("detr_repo")
-    for arch in ("detr", "deformable"):
-        export_model("detr", DetrOptions(arch=arch, **TINY), repo)
-    return repo
+TINY = {"size": "tiny", "image_size": 128, "top_k": 20}  # as the `detr_repo` fixture exports
 
 
 @pytest.mark.parametrize("name, arch", [("detr_fp32", "detr"), ("deformable_fp32", "deformable")])
