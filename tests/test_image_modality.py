@@ -214,11 +214,12 @@ def test_request_sends_one_encoded_image_per_row():
 
 
 def test_sample_raw_gives_the_bundled_photographs_in_turn():
-    raw = RGB_UNIT.sample_raw(5)
-    assert [item.name for item in raw] == ["china.jpg", "flower.jpg", "grace_hopper.jpg", "china.jpg",
-                                           "flower.jpg"]
-    assert len(RGB_UNIT.sample_raw()) == 3
-    assert RGB_UNIT.encode(raw, None, None)["pixel_values"].shape == (5, 3, 20, 20)
+    every = [item.name for item in RGB_UNIT.sample_raw()]
+    assert every == ["china.jpg", "flower.jpg", "grace_hopper.jpg", "astronaut.png", "coffee.png",
+                     "chelsea.png", "rocket.jpg", "motorcycle_left.png"]
+    raw = RGB_UNIT.sample_raw(10)
+    assert [item.name for item in raw] == every + every[:2]
+    assert RGB_UNIT.encode(raw, None, None)["pixel_values"].shape == (10, 3, 20, 20)
 
 
 def test_image_size_asks_encode_for_another_square_size():

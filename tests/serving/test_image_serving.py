@@ -95,9 +95,9 @@ def test_the_manifest_records_the_image_record_and_the_parity_on_photographs(toy
 
 def test_photograph_bytes_give_pytorchs_logits(toy, toy_client):
     record = toy[2]
-    photos = record.sample_raw()  # china.jpg, flower.jpg, grace_hopper.jpg
+    photos = record.sample_raw(4)  # china.jpg, flower.jpg, grace_hopper.jpg, astronaut.png
     logits = served_logits(toy_client, record, photos)
-    assert logits.shape == (3, OPTIONS.classes) and logits.dtype == np.float32
+    assert logits.shape == (4, OPTIONS.classes) and logits.dtype == np.float32
     np.testing.assert_allclose(logits, pytorch_logits(toy, photos), atol=1e-5, rtol=0)
     np.testing.assert_allclose(served_logits(toy_client, record, photos[1:2]), logits[1:2], atol=1e-6)
 

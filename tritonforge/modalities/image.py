@@ -31,9 +31,14 @@ IMAGE_DECODE_MODEL = Path(__file__).parent.parent / "serving" / "ensembles" / "i
 DECODE_SUFFIX = "_image_decode"
 # Real photographs that installed packages bundle: (package, path inside it). scikit-learn's
 # two are Flickr photographs under CC BY 2.0 (see the README beside them); matplotlib's is the
-# U.S. Navy's portrait of Grace Hopper. Its other sample images are drawings, not photographs.
+# U.S. Navy's portrait of Grace Hopper (its other sample images are drawings); scikit-image's
+# are the colour photographs it ships in the wheel (others of `skimage.data` are fetched at
+# run time, or are grayscale, microscopy or synthetic, and are not used).
 PHOTOGRAPHS = (("sklearn", "datasets/images/china.jpg"), ("sklearn", "datasets/images/flower.jpg"),
-               ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"))
+               ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
+               ("skimage", "data/astronaut.png"), ("skimage", "data/coffee.png"),
+               ("skimage", "data/chelsea.png"), ("skimage", "data/rocket.jpg"),
+               ("skimage", "data/motorcycle_left.png"))
 
 
 class ImageBytes(bytes):
