@@ -106,3 +106,27 @@ def test_a_saved_detector_directory_exports_with_its_own_weights(tmp_path):
     result = export_model("detr", DetrOptions(arch="deformable", model=str(tmp_path / "mine"), **TINY),
                           tmp_path / "repo")
     assert result.manifest["parity"]["passed"] and result.manifest["source"]["weights"] == "from --model"
+
+
+@pytest.mark.parametrize("arch", ["detr", "deformable"])
+def test_int8_keeps_the_fragile_parts_in_float_and_stays_close_to_fp32(tmp_path, arch):
+    import onnx
+
+    result = export_model("detr", DetrOptions(arch=arch, bits=8, **TINY), tmp_path)
+    assert result.name == f"{arch}_int8" and result.manifest["precision"] == "int8"
+    parity = {c["metric"]: c["value"] for c in result.manifest["parity"]["details"]["checks"]}
+    assert parity["logits_cosine_min"] >= 0.99 and parity["box_recall_at_iou_0.5"] >= 0.9
+    record = result.manifest["quantization"]
+    graph = onnx.load(str(result.folder / "model.onnx")).graph
+    by_name = {node.name: node for node in graph.node}
+    assert record["quantize_linear_nodes"] == sum(n.op_type == "QuantizeLinear" for n in graph.node) > 0
+    assert set(record["float_op_types"]) == {"LayerNormalization", "Softmax", "Add"}
+    kept = record["float_nodes"]["names"]
+    assert any("bbox_embed" in name or "bbox_predictor" in name for name in kept)
+    assert any("sampling_offsets" in name for name in kept) == (arch == "deformable")
+    for name in kept:  # still a float MatMul, fed by no DequantizeLinear
+        producers = {n.output[0]: n for n in graph.node if n.output}
+        assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear"
+                   for i in by_name[name].input)
+    with pytest.raises(TritonForgeError, match="--bits 16 is not offered for detectors"):
+        DetrOptions(bits=16)

@@ -139,3 +139,14 @@ def onnx_io_signature(path: Path) -> tuple[list[tuple[str, int, list]], list[tup
     graph = onnx.load(str(path), load_external_data=False).graph
     initializers = {i.name for i in graph.initializer}
     return describe([i for i in graph.input if i.name not in initializers]), describe(graph.output)
+
+
+def to_float16(path: Path) -> Path:
+    """FP16 weights and activations, in place; inputs and outputs keep their types, so clients
+    need not change."""
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    model = OnnxModel(onnx.load(str(path)))
+    model.convert_float_to_float16(keep_io_types=True)
+    model.save_model_to_file(str(path))
+    return path

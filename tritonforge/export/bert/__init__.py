@@ -40,6 +40,7 @@ from tritonforge.export.onnx import (
     check_onnx,
     fastest_graph,
     soften_mask_constants,
+    to_float16,
     torch_to_onnx,
 )
 from tritonforge.modalities import Text
@@ -319,14 +320,3 @@ def fuse_transformer(source: Path, model, target: Path) -> Path:
                                hidden_size=int(config.hidden_size))
     optimized.save_model_to_file(str(target))
     return target
-
-
-def to_float16(path: Path) -> Path:
-    """FP16 weights and activations; inputs and outputs keep their types."""
-    import onnx
-    from onnxruntime.transformers.onnx_model import OnnxModel
-
-    model = OnnxModel(onnx.load(str(path)))
-    model.convert_float_to_float16(keep_io_types=True)
-    model.save_model_to_file(str(path))
-    return path
