@@ -4,6 +4,7 @@ letterbox, normalisation and top-k in the graph, checked against PyTorch on real
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -130,3 +131,17 @@ def test_int8_keeps_the_fragile_parts_in_float_and_stays_close_to_fp32(tmp_path,
                    for i in by_name[name].input)
     with pytest.raises(TritonForgeError, match="--bits 16 is not offered for detectors"):
         DetrOptions(bits=16)
+
+
+def test_quality_detr_tables_pytorch_fp32_and_int8_side_by_side(tmp_path):
+    from typer.testing import CliRunner
+
+    from tritonforge.cli import app
+
+    result = CliRunner().invoke(app, ["quality", "detr", "--archs", "detr", "--size", "tiny", "--image-size",
+                                      "128", "--iterations", "2", "--json", str(tmp_path / "q.json")])
+    assert result.exit_code == 0, result.output
+    rows = {row["variant"]: row for row in json.loads((tmp_path / "q.json").read_text())}
+    assert set(rows) == {"detr fp32 (PyTorch eager)", "detr fp32", "detr int8"}
+    assert rows["detr fp32"]["logits_cosine_min"] > 0.99999 and rows["detr int8"]["logits_cosine_min"] >= 0.99
+    assert all(row["latency_p50_ms"] > 0 for row in rows.values())

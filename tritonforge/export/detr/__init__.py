@@ -178,6 +178,18 @@ class DetrFamily(Family):
         return ExportInfo(opset=check_onnx(path), precision=PRECISIONS[options.bits], details=details,
                           sections=sections)
 
+    def quality_options(self) -> type:
+        from tritonforge.export.detr.quality import DetrQualityOptions
+
+        return DetrQualityOptions
+
+    def quality_table(self, options, stage) -> list:
+        """Each architecture's PyTorch FP32, ONNX Runtime FP32 and INT8 on the photographs,
+        against FP32, timed interleaved in one run."""
+        from tritonforge.export.detr.quality import quality_table
+
+        return quality_table(options, stage)
+
     def quality(self, model: DetectionGraph, options: DetrOptions, run) -> dict[str, Any] | None:
         """Reduced precision against FP32 PyTorch on every bundled photograph."""
         if options.bits == 32:
