@@ -145,3 +145,43 @@ def test_quality_detr_tables_pytorch_fp32_and_int8_side_by_side(tmp_path):
     assert set(rows) == {"detr fp32 (PyTorch eager)", "detr fp32", "detr int8"}
     assert rows["detr fp32"]["logits_cosine_min"] > 0.99999 and rows["detr int8"]["logits_cosine_min"] >= 0.99
     assert all(row["latency_p50_ms"] > 0 for row in rows.values())
+
+
+def test_mttrans_keeps_its_domain_tokens_in_the_exported_graph(tmp_path):
+    """The extra encoder feature level and decoder query are in the graph: the tokens' values
+    are initializers, and every encoder layer samples L + 1 levels."""
+    import onnx
+    from onnx import numpy_helper
+
+    result = export_model("detr", DetrOptions(arch="mttrans", **TINY), tmp_path)
+    assert result.name == "mttrans_fp32" and result.manifest["parity"]["passed"]
+    assert result.manifest["source"]["domain_tokens"] == ["domain_enc", "domain_dec"]
+    detector = get_family("detr").load(DetrOptions(arch="mttrans", **TINY)).detector
+    config = detector.config
+    graph = onnx.load(str(result.folder / "model.onnx")).graph
+    initializers = [numpy_helper.to_array(i) for i in graph.initializer]
+
+    def in_graph(vector: np.ndarray) -> bool:
+        return any(a.size == vector.size and np.array_equal(a.ravel(), vector) for a in initializers)
+
+    for token in (detector.model.domain_enc.weight, detector.model.domain_dec.weight):
+        weight = token.detach().numpy()[0]  # [position | content]: the tracer may keep the halves apart
+        assert in_graph(weight) or all(in_graph(half) for half in np.split(weight, 2))
+    offsets = config.encoder_attention_heads * (config.num_feature_levels + 1) * config.encoder_n_points * 2
+    assert any(a.shape == (config.d_model, offsets) for a in initializers)  # sampling_offsets, L + 1 levels
+
+
+def test_an_original_mttrans_checkpoint_exports_with_every_key_accounted_for(tmp_path):
+    from test_detr_checkpoints import TRAINING_ONLY_EXTRAS, to_original
+
+    detector = get_family("detr").load(DetrOptions(arch="mttrans", **TINY, seed=5)).detector
+    checkpoint = {"model": {**to_original(detector.state_dict()), **TRAINING_ONLY_EXTRAS},
+                  "args": {"nheads": detector.config.encoder_attention_heads}}
+    torch.save(checkpoint, tmp_path / "mttrans.pth")
+    result = export_model("detr", DetrOptions(arch="mttrans", model=str(tmp_path / "mttrans.pth"), **TINY),
+                          tmp_path / "repo")
+    assert result.manifest["parity"]["passed"] and result.manifest["source"]["weights"] == "from --model"
+    report = result.manifest["source"]["checkpoint"]
+    assert report[0].endswith("0 unknown") and "dropped" in report[0]
+    with pytest.raises(TritonForgeError, match="has MTTrans domain tokens: pass --arch mttrans"):
+        get_family("detr").load(DetrOptions(arch="deformable", model=str(tmp_path / "mttrans.pth"), **TINY))

@@ -1,4 +1,9 @@
-"""The `detr` family: DETR and Deformable DETR detectors, image bytes in, boxes out.
+"""The `detr` family: DETR, Deformable DETR and MTTrans detectors, image bytes in, boxes out.
+
+MTTrans (arXiv 2205.01643) is Deformable DETR with two learned domain tokens kept at inference
+(`mttrans.py`: an extra one-token encoder feature level and an extra decoder query); its
+checkpoints, like the original Deformable DETR's, use the original key names, mapped onto
+transformers' model with every key accounted for (`checkpoints.py`).
 
 `--bits 8` writes an INT8 QDQ graph (see `quantize.py` for what stays in float), judged
 against the FP32 PyTorch model. FP16 is not offered yet: ONNX Runtime's float16 converter
@@ -56,9 +61,12 @@ CALIBRATION_IMAGES = 8  # every bundled photograph once
 class DetrOptions:
     """The export recipe; written verbatim into the manifest."""
 
-    arch: str = option("detr", help="detr or deformable.")
-    model: str | None = option(None, help="A transformers detector directory (config.json and weights). "
-                                          "Default: seeded random weights at --size.")
+    arch: str = option("detr", help="detr, deformable or mttrans (Deformable DETR with MTTrans's "
+                                    "domain tokens).")
+    model: str | None = option(None, help="A transformers detector directory (config.json and weights), "
+                                          "or an original Deformable DETR / MTTrans checkpoint (.pth, "
+                                          ".safetensors; loaded weights-only). Default: seeded random "
+                                          "weights at --size.")
     size: str = option("r50", help="Random weights: r50 (ResNet-50, the papers' size) or tiny (tests).")
     image_size: int = option(640, help="Export size: photographs are letterboxed to S x S; the graph's "
                                        "shapes are fixed to it.")
@@ -83,13 +91,28 @@ class DetrOptions:
                                    f"--num-labels {self.num_labels} (at least 1) are out of range")
 
 
-def load_detector(options: DetrOptions):
-    """The transformers detector: from `--model`, or seeded random weights."""
+def load_detector(options: DetrOptions) -> tuple[Any, list[str] | None]:
+    """The transformers detector, from `--model` or seeded random weights, and for an original
+    checkpoint the report of what each of its keys became."""
     if options.model is None:
-        return random_detector(options.arch, options.size, options.num_labels, options.seed)
+        return random_detector(options.arch, options.size, options.num_labels, options.seed), None
     from transformers import AutoConfig, DeformableDetrForObjectDetection, DetrForObjectDetection
 
+    from tritonforge.export.detr.checkpoints import detector_from_checkpoint
+
     folder = Path(options.model).expanduser()
+    if folder.is_file():
+        if options.arch == "detr":
+            raise TritonForgeError(f"--model {folder}: original DETR checkpoints are not mapped (only "
+                                   "Deformable DETR and MTTrans ones): convert it with transformers and "
+                                   "pass the folder")
+        detector, report = detector_from_checkpoint(folder)
+        has_tokens = hasattr(detector.model, "domain_enc") or hasattr(detector.model, "domain_dec")
+        if has_tokens != (options.arch == "mttrans"):
+            found = "has MTTrans domain tokens" if has_tokens else "has no domain tokens"
+            arch = "mttrans" if has_tokens else "deformable"
+            raise TritonForgeError(f"--model {folder} {found}: pass --arch {arch}")
+        return detector, report.summary().splitlines()
     if not (folder / "config.json").is_file():
         raise TritonForgeError(f"--model {folder} is not a transformers detector directory (no config.json): "
                                "give a folder saved with save_pretrained")
@@ -98,8 +121,11 @@ def load_detector(options: DetrOptions):
     if config.model_type != wanted:
         raise TritonForgeError(f"--model {folder} holds a {config.model_type!r} model, not {wanted!r}: "
                                f"pass the matching --arch")
+    if options.arch == "mttrans":
+        raise TritonForgeError(f"--model {folder}: MTTrans loads from its training checkpoint (.pth), "
+                               "whose domain tokens a transformers folder cannot hold")
     model_type = DeformableDetrForObjectDetection if options.arch == "deformable" else DetrForObjectDetection
-    return model_type.from_pretrained(folder).eval()
+    return model_type.from_pretrained(folder).eval(), None
 
 
 @register
@@ -119,21 +145,26 @@ class DetrFamily(Family):
         import torch
 
         torch.set_num_threads(options.threads)
-        detector = load_detector(options)
+        detector, report = load_detector(options)
         config = detector.config
         # DETR ranks queries; Deformable DETR ranks queries x classes.
         available = config.num_queries * (config.num_labels if options.arch == "deformable" else 1)
         graph = DetectionGraph(detector, options.arch, options.image_size, options.image_size,
                                min(options.top_k, available))
+        graph.checkpoint_report = report
         return graph.eval()
 
     def source(self, model: DetectionGraph) -> dict[str, Any]:
         config = model.detector.config
         name_or_path = getattr(config, "_name_or_path", "") or None
-        return {"architecture": type(model.detector).__name__, "model_dir": name_or_path,
+        tokens = [name for name in ("domain_enc", "domain_dec") if hasattr(model.detector.model, name)]
+        architecture = type(model.detector).__name__ + (" + MTTrans domain tokens" if tokens else "")
+        return {"architecture": architecture,
+                "model_dir": name_or_path, "domain_tokens": tokens,
+                **({"checkpoint": model.checkpoint_report} if model.checkpoint_report else {}),
                 "parameters": sum(p.numel() for p in model.parameters()),
                 "num_queries": int(config.num_queries), "num_labels": int(config.num_labels),
-                "weights": "from --model" if name_or_path else
+                "weights": "from --model" if name_or_path or model.checkpoint_report else
                            "random (seeded), untrained: the detections mean nothing"}
 
     def io(self, model: DetectionGraph, options: DetrOptions) -> ModelIO:

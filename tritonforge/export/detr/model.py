@@ -15,7 +15,7 @@ from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-ARCHITECTURES = ("detr", "deformable")
+ARCHITECTURES = ("detr", "deformable", "mttrans")
 SIZES = ("tiny", "r50")
 
 
@@ -44,17 +44,24 @@ def detector_config(arch: str, size: str, num_labels: int):
 def random_detector(arch: str, size: str, num_labels: int, seed: int) -> nn.Module:
     """A detector with seeded random weights. Deformable DETR initialises its sampling offsets
     to a fixed pattern with zero weights, so every query would sample the same points whatever
-    the image: a little noise makes the random model's attention depend on its input."""
+    the image: a little noise makes the random model's attention depend on its input. MTTrans
+    is Deformable DETR with its two domain tokens (random too)."""
     from transformers import DeformableDetrForObjectDetection, DetrForObjectDetection
 
-    config = detector_config(arch, size, num_labels)
+    from tritonforge.export.detr.mttrans import add_domain_tokens
+
+    config = detector_config("detr" if arch == "detr" else "deformable", size, num_labels)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = (DeformableDetrForObjectDetection if arch == "deformable" else DetrForObjectDetection)(config)
+        model = (DetrForObjectDetection if arch == "detr" else DeformableDetrForObjectDetection)(config)
+        if arch == "mttrans":
+            add_domain_tokens(model)
         with torch.no_grad():
             for name, parameter in model.named_parameters():
                 if "sampling_offsets.weight" in name:
                     parameter.normal_(0.0, 0.02)
+                elif "attention_weights" in name or "domain_" in name:
+                    parameter.normal_(0.0, 0.05)
     return model.eval()
 
 
