@@ -16,6 +16,7 @@ photographs. Kept in float, and recorded in the manifest with the reason:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -89,9 +90,15 @@ def quantize_detector(fp32: Path, target: Path, feeds: Iterable[Mapping[str, np.
 
     kept = float_nodes(fp32)
     feeds = list(feeds)
-    quantize_static(str(fp32), str(target), PhotographReader(feeds), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    op_types_to_quantize=list(QUANTIZED_OP_TYPES), nodes_to_exclude=kept)
+    root = logging.getLogger()  # quantize_static warns through it (advice to pre-process, biases)
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_static(str(fp32), str(target), PhotographReader(feeds), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=list(QUANTIZED_OP_TYPES), nodes_to_exclude=kept)
+    finally:
+        root.setLevel(level)
     read_float_inputs(target, set(kept))
     graph = onnx.load(str(target), load_external_data=False).graph
     return {"method": "onnxruntime.quantization.quantize_static (QDQ, per-channel int8 weights, "
