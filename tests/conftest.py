@@ -58,11 +58,11 @@ def minilm_repo(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def detr_repo(tmp_path_factory) -> Path:
-    """DETR and Deformable DETR exported once: tiny random detectors at 128 x 128, top 20."""
+    """DETR, Deformable DETR and MTTrans exported once: tiny random detectors at 128 x 128, top 20."""
     from tritonforge.export.detr import DetrOptions
     from tritonforge.export.pipeline import export_model
 
     repo = tmp_path_factory.mktemp("detr_repo")
-    for arch in ("detr", "deformable"):
+    for arch in ("detr", "deformable", "mttrans"):
         export_model("detr", DetrOptions(arch=arch, size="tiny", image_size=128, top_k=20), repo)
     return repo

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import json
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -41,7 +43,7 @@ def test_image_bytes_give_the_detections_pytorch_gives(detr_server, detr_repo, p
     from tritonforge.serving.repository import ModelRepository
 
     client = grpcclient.InferenceServerClient(detr_server.grpc_url)
-    for name in ("detr_fp32", "deformable_fp32"):
+    for name in ("detr_fp32", "deformable_fp32", "mttrans_fp32"):
         manifest = ModelRepository(detr_repo).read_manifest(name)
         family = get_family("detr")
         options = family.options_from_json(manifest["recipe"])
@@ -85,24 +87,48 @@ def test_verify_through_triton_and_bench_with_photographs(detr_server, detr_repo
     assert [(r["requests"], r["errors"]) for r in levels] == [(12, 0), (12, 0)]
 
 
-@pytest.mark.parametrize("case", ["not an image", "truncated", "grayscale", "rgba"])
-def test_bad_images_are_refused_and_odd_modes_converted(detr_server, photo, case):
+def png_bytes(image: PILImage.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares width x height in its header and holds one row of pixels."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(301)))
+
+
+BAD = {
+    "not an image": (lambda photo: b"GIF89a not really", "is not an image Pillow can read"),
+    "truncated PNG": (lambda photo: png_bytes(PILImage.open(photo))[:20_000], "truncated or corrupt"),
+    "0x0": (lambda photo: png_header(0, 0), "declares 0x0 pixels"),
+    "above the pixel limit": (lambda photo: png_header(50_000, 1_000),
+                              "above this model's limit of 40,000,000"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_images_get_invalid_argument_and_the_server_stays_ready(detr_server, photo, case):
+    client = grpcclient.InferenceServerClient(detr_server.grpc_url)
+    make, problem = BAD[case]
+    with pytest.raises(InferenceServerException) as refused:
+        client.infer("detr_fp32_image", [_image_input(make(photo))])
+    assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert problem in refused.value.message()
+    assert client.is_server_ready() and client.is_model_ready("detr_fp32_image")
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P"])
+def test_grayscale_rgba_and_palette_photographs_are_converted(detr_server, photo, mode):
     client = grpcclient.InferenceServerClient(detr_server.grpc_url)
     info = model_info(client, "detr_fp32_image", detr_server.grpc_url)
-    record = info.modality()
-    data = photo.read_bytes()
-    if case in ("grayscale", "rgba"):
-        buffer = io.BytesIO()
-        PILImage.open(io.BytesIO(data)).convert("L" if case == "grayscale" else "RGBA").save(buffer, "PNG")
-        outputs = infer(client, "detr_fp32_image", record.request([buffer.getvalue()]))
-        assert len(summarize(info, outputs, 0.0)["detections"][0]) == 20
-        return
-    bad = b"GIF89a not really" if case == "not an image" else data[: len(data) // 3]
-    with pytest.raises(InferenceServerException) as refused:
-        client.infer("detr_fp32_image", [_image_input(bad)])
-    assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
-    assert ("not an image" if case == "not an image" else "truncated") in refused.value.message()
-    assert client.is_server_ready() and client.is_model_ready("detr_fp32_image")
+    converted = png_bytes(PILImage.open(photo).convert(mode))
+    outputs = infer(client, "detr_fp32_image", info.modality().request([converted]))
+    assert len(summarize(info, outputs, 0.0)["detections"][0]) == 20
 
 
 def _image_input(data: bytes):
