@@ -18,6 +18,7 @@ from tritonforge.export.detr.model import letterbox_to_original
 from tritonforge.export.pipeline import export_model
 from tritonforge.modalities import Image, read_io
 from tritonforge.runtime import ort_session
+from tritonforge.serving.repository import ModelRepository
 from tritonforge.verify.runner import verify_model
 
 TINY = {"size": "tiny", "image_size": 128, "top_k": 20}  # as the `detr_repo` fixture exports
@@ -129,8 +130,25 @@ def test_int8_keeps_the_fragile_parts_in_float_and_stays_close_to_fp32(tmp_path,
         producers = {n.output[0]: n for n in graph.node if n.output}
         assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear"
                    for i in by_name[name].input)
-    with pytest.raises(TritonForgeError, match="--bits 16 is not offered for detectors"):
-        DetrOptions(bits=16)
+    with pytest.raises(TritonForgeError, match="--bits 4 is not offered for detectors: choose 32, 16 or 8"):
+        DetrOptions(bits=4)
+
+
+@pytest.mark.parametrize("arch", ["detr", "mttrans"])
+def test_fp16_keeps_float32_io_and_stays_close_to_fp32(tmp_path, arch):
+    import onnx
+
+    result = export_model("detr", DetrOptions(arch=arch, bits=16, **TINY), tmp_path)
+    assert result.name == f"{arch}_fp16" and result.manifest["precision"] == "fp16"
+    parity = {c["metric"]: c["value"] for c in result.manifest["parity"]["details"]["checks"]}
+    assert parity["logits_cosine_min"] >= 0.999 and parity["box_recall_at_iou_0.5"] >= 0.95
+    graph = onnx.load(str(result.folder / "model.onnx")).graph
+    inputs = [i.type.tensor_type.elem_type for i in graph.input]
+    assert inputs == [onnx.TensorProto.UINT8, onnx.TensorProto.INT64]
+    assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in graph.initializer)
+    config = ModelRepository(tmp_path).read_config(result.name)
+    assert not config.optimization.execution_accelerators.gpu_execution_accelerator  # no --gpu asked
 
 
 def test_quality_detr_tables_pytorch_fp32_and_int8_side_by_side(tmp_path):

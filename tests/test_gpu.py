@@ -9,6 +9,7 @@ import pytest
 
 from tritonforge.errors import TritonForgeError
 from tritonforge.export.bert import BertOptions
+from tritonforge.export.detr import DetrOptions
 from tritonforge.export.pipeline import export_model
 from tritonforge.runtime import ort_session
 from tritonforge.verify.runner import verify_model
@@ -25,11 +26,16 @@ def gpu_repo(tmp_path_factory):
     except TritonForgeError as exc:
         pytest.skip(f"no usable CUDA GPU: {exc}")
     export_model("bert", BertOptions(bits=16, gpu=True), repo)
+    for arch in ("detr", "deformable"):  # R50-size random detectors at 640 x 640
+        for bits in (32, 16):
+            export_model("detr", DetrOptions(arch=arch, bits=bits, gpu=True), repo)
     return repo
 
 
-@pytest.mark.parametrize("name,provider", [("bert_fp32", "cuda"), ("bert_fp16", "cuda"),
-                                           ("bert_fp32", "tensorrt"), ("bert_fp16", "tensorrt")])
+@pytest.mark.parametrize("name,provider", [
+    ("bert_fp32", "cuda"), ("bert_fp16", "cuda"), ("bert_fp32", "tensorrt"), ("bert_fp16", "tensorrt"),
+    ("detr_fp32", "cuda"), ("detr_fp16", "cuda"), ("deformable_fp32", "cuda"), ("deformable_fp16", "cuda"),
+    ("detr_fp16", "tensorrt"), ("deformable_fp16", "tensorrt")])
 def test_gpu_parity_and_latency(gpu_repo, name, provider):
     report = verify_model(gpu_repo, name, provider=provider, iterations=20)
     print(name, provider, report.to_json())

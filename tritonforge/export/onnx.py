@@ -7,6 +7,7 @@ import time
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -143,10 +144,39 @@ def onnx_io_signature(path: Path) -> tuple[list[tuple[str, int, list]], list[tup
 
 def to_float16(path: Path) -> Path:
     """FP16 weights and activations, in place; inputs and outputs keep their types, so clients
-    need not change."""
+    need not change.
+
+    ONNX Runtime's converter casts a float32 tensor back once per reader it keeps in float32,
+    each time under the same output name: on detectors (whose position embedding feeds several
+    kept nodes) that breaks single assignment and leaves nodes out of order. The repeated
+    casts are identical, so all but the first are dropped and the graph is sorted again."""
     from onnxruntime.transformers.onnx_model import OnnxModel
 
     model = OnnxModel(onnx.load(str(path)))
     model.convert_float_to_float16(keep_io_types=True)
+    drop_repeated_nodes(model.model.graph)
+    model.topological_sort()
     model.save_model_to_file(str(path))
     return path
+
+
+def drop_repeated_nodes(graph) -> int:
+    """Remove nodes that repeat an earlier node exactly (same op, inputs, attributes and
+    outputs); a node that reuses an output name for anything else is an error. Returns how many
+    were removed."""
+    first: dict[str, Any] = {}
+    kept, removed = [], 0
+    for node in graph.node:
+        earlier = next((first[o] for o in node.output if o in first), None)
+        if earlier is None:
+            first.update({o: node for o in node.output})
+            kept.append(node)
+            continue
+        if earlier.SerializeToString(deterministic=True).replace(earlier.name.encode(), b"") != \
+                node.SerializeToString(deterministic=True).replace(node.name.encode(), b""):
+            raise TritonForgeError(f"the FP16 graph assigns {list(node.output)} twice, by different nodes "
+                                   f"({earlier.name}, {node.name}): export FP32 and report the model")
+        removed += 1
+    del graph.node[:]
+    graph.node.extend(kept)
+    return removed

@@ -5,9 +5,9 @@ MTTrans (arXiv 2205.01643) is Deformable DETR with two learned domain tokens kep
 checkpoints, like the original Deformable DETR's, use the original key names, mapped onto
 transformers' model with every key accounted for (`checkpoints.py`).
 
-`--bits 8` writes an INT8 QDQ graph (see `quantize.py` for what stays in float), judged
-against the FP32 PyTorch model. FP16 is not offered yet: ONNX Runtime's float16 converter
-writes an invalid graph for these detectors (one Cast output name used twice).
+`--bits 16` writes an FP16 graph (float32 inputs and outputs kept) for GPU serving, `--bits 8`
+an INT8 QDQ graph (see `quantize.py` for what stays in float); both are judged against the
+FP32 PyTorch model.
 
 The exported graph holds normalisation and post-processing (`model.DetectionGraph`): clients
 send a photograph to `<name>_image` (decode and letterbox in a python-backend step) and get
@@ -32,7 +32,7 @@ from tritonforge.errors import TritonForgeError
 from tritonforge.export.base import ExportInfo, Family, Shape, option, register
 from tritonforge.export.detr.model import ARCHITECTURES, SIZES, DetectionGraph, random_detector
 from tritonforge.export.detr.quantize import quantize_detector
-from tritonforge.export.onnx import MIN_OPSET, check_onnx, torch_to_onnx
+from tritonforge.export.onnx import MIN_OPSET, check_onnx, to_float16, torch_to_onnx
 from tritonforge.modalities import Image
 from tritonforge.serving.repository import ServingOptions
 from tritonforge.spec import (
@@ -52,8 +52,8 @@ MATCHED_IOU = 0.99  # each detection's box against its matched reference box
 SCORE_ABS = 1e-3
 TIE = 1e-3  # a pair whose scores sit this close to the k-th score may have swapped at the cut
 # Reduced precision against FP32: (logits cosine floor, box recall at IoU 0.5 floor).
-REDUCED = {8: (0.99, 0.9)}
-PRECISIONS = {32: "fp32", 8: "int8"}
+REDUCED = {16: (0.999, 0.95), 8: (0.99, 0.9)}
+PRECISIONS = {32: "fp32", 16: "fp16", 8: "int8"}
 CALIBRATION_IMAGES = 8  # every bundled photograph once
 
 
@@ -73,7 +73,8 @@ class DetrOptions:
     top_k: int = option(100, help="Detections per image (fixed, so Triton can batch requests).")
     num_labels: int = option(91, help="Classes of a random detector (COCO's 91 ids).")
     seed: int = option(0, help="Seed of the random weights.")
-    bits: int = option(32, help="32 (FP32) or 8 (INT8 QDQ, calibrated on photographs).")
+    bits: int = option(32, help="32 (FP32), 16 (FP16, for GPU serving) or 8 (INT8 QDQ, calibrated on "
+                                "photographs).")
     gpu: bool = option(False, help="Serve on GPU with the TensorRT accelerator.")
     threads: int = option(2, cli=False)
 
@@ -84,8 +85,7 @@ class DetrOptions:
         if self.size not in SIZES:
             raise TritonForgeError(f"--size {self.size!r} is unknown: choose one of {', '.join(SIZES)}")
         if self.bits not in PRECISIONS:
-            raise TritonForgeError(f"--bits {self.bits} is not offered for detectors: choose 32 or 8 "
-                                   "(FP16 waits for a float16 converter that keeps these graphs valid)")
+            raise TritonForgeError(f"--bits {self.bits} is not offered for detectors: choose 32, 16 or 8")
         if self.image_size < 32 or self.top_k < 1 or self.num_labels < 1:
             raise TritonForgeError(f"--image-size {self.image_size} (at least 32), --top-k {self.top_k} and "
                                    f"--num-labels {self.num_labels} (at least 1) are out of range")
@@ -139,7 +139,7 @@ class DetrFamily(Family):
         return f"{options.arch}_{PRECISIONS[options.bits]}"
 
     def serving(self, options: DetrOptions, base: ServingOptions) -> ServingOptions:
-        return dataclasses.replace(base, gpu=base.gpu or options.gpu)
+        return dataclasses.replace(base, gpu=base.gpu or options.gpu, fp16=options.bits == 16)
 
     def load(self, options: DetrOptions, stage=None) -> DetectionGraph:
         import torch
@@ -202,7 +202,9 @@ class DetrFamily(Family):
         with tempfile.TemporaryDirectory(dir=path.parent, prefix=".fp32-") as scratch:
             fp32 = path if options.bits == 32 else Path(scratch) / "fp32.onnx"
             torch_to_onnx(model, self.sample_inputs(model, options, 2), fp32, io, axes, MIN_OPSET)
-            if options.bits == 8:
+            if options.bits == 16:
+                to_float16(fp32).replace(path)
+            elif options.bits == 8:
                 photographs = self.sample_inputs(model, options, CALIBRATION_IMAGES)
                 feeds = [{k: v[i:i + 1] for k, v in photographs.items()} for i in range(CALIBRATION_IMAGES)]
                 sections["quantization"] = quantize_detector(fp32, path, feeds)
