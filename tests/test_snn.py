@@ -1,0 +1,77 @@
+"""The `snn` family: a spiking VGG trained with TET on scikit-learn's digits, exported with T fixed,
+BatchNorm folded and LIF as comparison + cast + arithmetic reset."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tritonforge.cli import app
+from tritonforge.errors import TritonForgeError
+from tritonforge.export.base import get_family
+from tritonforge.export.snn import SnnOptions
+from tritonforge.export.snn.model import LIF
+from tritonforge.export.snn.train import TrainRecipe, load_checkpoint, save_checkpoint, train
+from tritonforge.verify.runner import verify_model
+
+runner = CliRunner()
+EPOCHS = 5  # as the snn_checkpoint fixture trains
+
+
+def test_lif_integrates_fires_above_threshold_and_resets():
+    x = torch.tensor([[0.6, 0.6, 0.6, 2.0, 0.0]]).view(1, 5, 1)  # [B, T, neurons]
+    spikes = LIF().eval()(x).view(-1).tolist()
+    # u: 0.6, 0.9, 1.05 -> fire and reset to 0, 2.0 -> fire, 0.0
+    assert spikes == [0.0, 0.0, 1.0, 1.0, 0.0]
+
+
+def test_the_triangle_surrogate_passes_gradient_near_the_threshold_only():
+    layer = LIF().train()
+    x = torch.tensor([[[0.2]], [[0.9]], [[1.0]], [[1.5]], [[2.5]]]).view(5, 1, 1).requires_grad_(True)
+    layer(x).sum().backward()
+    assert x.grad.view(-1).tolist() == pytest.approx([0.2, 0.9, 1.0, 0.5, 0.0])
+
+
+def test_training_is_deterministic_for_a_seed():
+    first = train(TrainRecipe(epochs=1, seed=3)).state_dict()
+    second = train(TrainRecipe(epochs=1, seed=3)).state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_the_export_matches_pytorch_on_the_test_digits(snn_repo):
+    from tritonforge.serving.repository import ModelRepository
+
+    manifest = ModelRepository(snn_repo).read_manifest("snn_digits")
+    checks = {c["metric"]: c["value"] for c in manifest["parity"]["details"]["checks"]}
+    assert checks["top1_agreement"] >= 0.995 and checks["spike_rate_max_abs_diff"] <= 0.001
+    assert manifest["quality"]["accuracy"] >= 0.95 and manifest["quality"]["samples"] == 360
+    report = verify_model(snn_repo, "snn_digits", iterations=2)
+    assert report.parity.passed and report.parity.details["samples"] == 360
+
+
+def test_the_graph_has_no_batchnorm_and_spikes_by_comparison(snn_repo):
+    graph = onnx.load(str(snn_repo / "snn_digits" / "1" / "model.onnx")).graph
+    ops = [node.op_type for node in graph.node]
+    assert "BatchNormalization" not in ops
+    assert ops.count("Greater") == 4 * 2  # T = 4 steps x 2 LIF layers
+    assert all(node.domain in ("", "ai.onnx") for node in graph.node)  # no custom operator
+    assert ops.count("Conv") == 2  # the static image's first conv once, the second folded over B*T
+
+
+def test_bad_recipes_and_checkpoints_are_refused(tmp_path, snn_checkpoint):
+    with pytest.raises(TritonForgeError, match="--timesteps 0 must be at least 1"):
+        SnnOptions(timesteps=0)
+    result = runner.invoke(app, ["snn", "train", "--timesteps", "0"])
+    assert result.exit_code == 2 and "--timesteps 0 must be at least 1" in result.output
+    model, recipe = load_checkpoint(snn_checkpoint)
+    save_checkpoint(model, TrainRecipe(widths=(8, 16)), tmp_path / "other.pt")  # weights of 16,32
+    with pytest.raises(TritonForgeError, match=r"does not fit widths \[8, 16\]"):
+        load_checkpoint(tmp_path / "other.pt")
+    torch.save({"weights": np.arange(3)}, tmp_path / "pickled.pt")
+    with pytest.raises(TritonForgeError, match="cannot be loaded safely"):
+        load_checkpoint(tmp_path / "pickled.pt")
+    with pytest.raises(TritonForgeError, match="this model takes 8x8 digit images"):
+        get_family("snn").sample_inputs(None, SnnOptions(), 2, {"image_size": 16})

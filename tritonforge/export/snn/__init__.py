@@ -1,0 +1,140 @@
+"""The `snn` family: spiking classifiers trained with TET, exported with T fixed.
+
+The embedded default is a spiking VGG trained here on scikit-learn's digits (`tritonforge snn
+train`, seconds; `export snn` trains it when no `--checkpoint` is given). The exported graph
+folds time into the batch for stateless layers, folds each BatchNorm into its conv, runs the
+first conv once for a static image, and computes LIF spikes as Greater + Cast with an
+arithmetic reset. Its outputs: the logits averaged over T, and each LIF layer's spike rate,
+which parity compares layer by layer (a threshold flips on tiny numeric differences, so spike
+rates and top-1 agreement are the measures, not only max-abs-diff).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tritonforge.errors import TritonForgeError
+from tritonforge.export.base import ExportInfo, Family, Shape, option, register
+from tritonforge.export.onnx import MIN_OPSET, check_onnx, torch_to_onnx
+from tritonforge.export.snn.model import ExportGraph, fold_batchnorm
+from tritonforge.export.snn.train import DIGITS_SIZE, TrainRecipe, digits, load_checkpoint, train
+from tritonforge.modalities import Image
+from tritonforge.spec import CLASS_SCORES, Check, ModelIO, Parity, TensorSpec
+from tritonforge.verify.metrics import max_abs_diff, top1_agreement
+
+TOP1_FLOOR = 0.995
+SPIKE_RATE_ABS = 0.001  # 0.1 percentage point, per layer
+
+
+@dataclass(frozen=True)
+class SnnOptions:
+    """The export recipe; written verbatim into the manifest."""
+
+    checkpoint: str | None = option(None, help="A checkpoint from `tritonforge snn train`. Default: "
+                                               "train the embedded digits model now (seconds).")
+    timesteps: int = option(4, help="Time steps T of the default model (a checkpoint brings its own).")
+    seed: int = option(0, help="Seed of the default model's training.")
+    threads: int = option(2, cli=False)
+
+    def __post_init__(self):
+        if self.timesteps < 1:
+            raise TritonForgeError(f"--timesteps {self.timesteps} must be at least 1")
+
+
+@register
+class SnnFamily(Family):
+    """A spiking classifier (LIF neurons, TET) on 8 x 8 digit images, T time steps."""
+
+    name = "snn"
+    options_type = SnnOptions
+
+    def default_name(self, options: SnnOptions) -> str:
+        return "snn_digits"
+
+    def load(self, options: SnnOptions, stage=None) -> ExportGraph:
+        import torch
+
+        torch.set_num_threads(options.threads)
+        if options.checkpoint:
+            model, recipe = load_checkpoint(Path(options.checkpoint))
+        else:
+            recipe = TrainRecipe(timesteps=options.timesteps, seed=options.seed)
+            tick = stage("training the digits model with TET", recipe.epochs) if stage else None
+            model = train(recipe, (lambda *_: tick()) if callable(tick) else None)
+        graph = ExportGraph(model).eval()
+        graph.recipe = recipe
+        return graph
+
+    def source(self, model: ExportGraph) -> dict[str, Any]:
+        images, labels = digits("test")
+        from tritonforge.export.snn.train import accuracy
+
+        return {"architecture": "SpikingVGG", "widths": list(model.recipe.widths),
+                "timesteps": model.recipe.timesteps, "training": "TET on scikit-learn's digits",
+                "pytorch_test_accuracy": accuracy(model.model, images, labels)}
+
+    def io(self, model: ExportGraph, options: SnnOptions) -> ModelIO:
+        layers = len(model.model.lif_layers())
+        image = Image(height=DIGITS_SIZE, width=DIGITS_SIZE, channels=1, mean=(0.0,), std=(1.0,),
+                      resize="stretch")
+        return ModelIO((TensorSpec("pixel_values", "float32", (1, DIGITS_SIZE, DIGITS_SIZE)),),
+                       (TensorSpec("logits", "float32", (10,), CLASS_SCORES),
+                        TensorSpec("spike_rates", "float32", (layers,))),
+                       image, labels=tuple(str(d) for d in range(10)))
+
+    def sample_inputs(self, model: ExportGraph, options: SnnOptions, n: int | None,
+                      shape: Shape | None = None) -> dict[str, np.ndarray]:
+        """The digits test split (never trained on), as the Image modality scales them."""
+        size = (shape or {}).get("image_size")
+        if size not in (None, DIGITS_SIZE):
+            raise TritonForgeError(
+                f"--image-size {size}: this model takes {DIGITS_SIZE}x{DIGITS_SIZE} digit images")
+        images, _labels = digits("test")
+        return {"pixel_values": images if n is None else images[np.arange(n) % len(images)]}
+
+    def export(self, model: ExportGraph, path: Path, options: SnnOptions) -> ExportInfo:
+        io = self.io(model, options)
+        folded = ExportGraph(fold_batchnorm(copy.deepcopy(model.model))).eval()
+        axes = {name: {0: "batch"} for name in (*io.input_names, *io.output_names)}
+        torch_to_onnx(folded, self.sample_inputs(model, options, 2), path, io, axes, MIN_OPSET)
+        return ExportInfo(opset=check_onnx(path), precision="fp32",
+                          details={"timesteps": model.recipe.timesteps, "batchnorm": "folded into the convs",
+                                   "lif": "Greater + Cast, reset by multiplication"})
+
+    def quality(self, model: ExportGraph, options: SnnOptions, run) -> dict[str, Any] | None:
+        """Digit accuracy of the exported graph on the whole test split."""
+        inputs = self.sample_inputs(model, options, None)
+        _images, labels = digits("test")
+        predicted = run(inputs)["logits"].argmax(1)
+        return {"accuracy": float((predicted == labels).mean()), "samples": int(len(labels))}
+
+    def compare(self, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray],
+                options: SnnOptions, inputs: Mapping[str, np.ndarray] | None = None) -> Parity:
+        rates = np.abs(reference["spike_rates"].mean(0) - candidate["spike_rates"].mean(0))
+        return Parity((Check("top1_agreement", top1_agreement(reference["logits"], candidate["logits"]),
+                             TOP1_FLOOR, True),
+                       Check("spike_rate_max_abs_diff", float(rates.max()), SPIKE_RATE_ABS, False)),
+                      {"samples": int(len(reference["logits"])),
+                       "logits_max_abs_diff": max_abs_diff(reference["logits"], candidate["logits"]),
+                       "spike_rate_diff_per_layer": [round(float(r), 6) for r in rates]})
+
+    def summary(self, manifest) -> list[str]:
+        parity, quality = manifest["parity"], manifest["quality"]
+        rates = parity["details"]["spike_rate_diff_per_layer"]
+        return [f"T = {manifest['onnx']['timesteps']}, {len(rates)} LIF layers, "
+                f"{manifest['onnx']['bytes'] / 1e3:.0f} kB",
+                *super().summary(manifest)[:1],
+                f"spike rates per layer within {max(rates):.6f} of PyTorch's",
+                f"digit accuracy of the ONNX graph on {quality['samples']} test digits: "
+                f"{quality['accuracy']:.4f} (PyTorch {manifest['source']['pytorch_test_accuracy']:.4f})"]
+
+    def commands(self):
+        from tritonforge.export.snn.commands import snn_commands
+
+        return snn_commands()
