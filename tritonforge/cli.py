@@ -336,7 +336,7 @@ def print_report(report) -> None:
     console.print(f"ONNX Runtime is [bold]{report.speedup:.2f}x[/] PyTorch eager (p50; the FP32 model "
                   "for quantized exports)")
     if report.quality:
-        console.print("quality vs full precision on {samples} held-out inputs: ".format(**report.quality)
+        console.print("quality on {samples} held-out inputs: ".format(**report.quality)
                       + ", ".join(f"{k} {v:.4f}" for k, v in report.quality.items() if k != "samples"))
 
 
