@@ -1,0 +1,73 @@
+"""Static QDQ quantization of an exported graph with ONNX Runtime's own machinery.
+
+`quantize_static` writes per-channel int8 weights and per-tensor uint8 activations calibrated
+on real inputs. Nodes a family keeps in float are excluded, and because the quantizer shares
+one QuantizeLinear -> DequantizeLinear pair among all readers of a tensor, the excluded nodes
+are rewired to read the float tensor itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+QUANTIZED_OP_TYPES = ("Conv", "MatMul", "Gemm")
+
+
+class FeedReader:
+    """onnxruntime.quantization's CalibrationDataReader over prepared feeds."""
+
+    def __init__(self, feeds: Iterable[Mapping[str, np.ndarray]]):
+        self.feeds = iter(list(feeds))
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        feed = next(self.feeds, None)
+        return None if feed is None else dict(feed)
+
+    def rewind(self) -> None:  # part of the reader interface; one pass is all calibration needs
+        return None
+
+
+def read_float_inputs(path: Path, names: set[str]) -> int:
+    """Make the float nodes `names` read their inputs before quantization, in place; returns
+    how many inputs were rewired to the float tensor."""
+    model = onnx.load(str(path))
+    producers = {output: node for node in model.graph.node for output in node.output}
+    rewired = 0
+    for node in model.graph.node:
+        if node.name not in names:
+            continue
+        for index, name in enumerate(node.input):
+            dequantize = producers.get(name)
+            quantize = producers.get(dequantize.input[0]) if dequantize is not None else None
+            if dequantize is not None and dequantize.op_type == "DequantizeLinear" and \
+                    quantize is not None and quantize.op_type == "QuantizeLinear":
+                node.input[index] = quantize.input[0]
+                rewired += 1
+    onnx.save(model, str(path))
+    return rewired
+
+
+def static_qdq(fp32: Path, target: Path, feeds: Iterable[Mapping[str, np.ndarray]],
+               keep_float: Iterable[str] = ()) -> int:
+    """Write the INT8 QDQ graph of `fp32` to `target`, calibrated on `feeds` (MinMax), with the
+    nodes named in `keep_float` left in float. Returns the number of QuantizeLinear nodes."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    kept = list(keep_float)
+    root = logging.getLogger()  # quantize_static warns through it (advice to pre-process, biases)
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_static(str(fp32), str(target), FeedReader(feeds), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=list(QUANTIZED_OP_TYPES), nodes_to_exclude=kept)
+    finally:
+        root.setLevel(level)
+    read_float_inputs(target, set(kept))
+    graph = onnx.load(str(target), load_external_data=False).graph
+    return sum(node.op_type == "QuantizeLinear" for node in graph.node)
