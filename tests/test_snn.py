@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from tritonforge.cli import app
 from tritonforge.errors import TritonForgeError
 from tritonforge.export.base import get_family
+from tritonforge.export.pipeline import export_model
 from tritonforge.export.snn import SnnOptions
 from tritonforge.export.snn.model import LIF
 from tritonforge.export.snn.train import TrainRecipe, load_checkpoint, save_checkpoint, train
@@ -75,3 +76,16 @@ def test_bad_recipes_and_checkpoints_are_refused(tmp_path, snn_checkpoint):
         load_checkpoint(tmp_path / "pickled.pt")
     with pytest.raises(TritonForgeError, match="this model takes 8x8 digit images"):
         get_family("snn").sample_inputs(None, SnnOptions(), 2, {"image_size": 16})
+
+
+def test_int8_keeps_the_digits_and_quantizes_every_conv(tmp_path, snn_checkpoint):
+    result = export_model("snn", SnnOptions(checkpoint=str(snn_checkpoint), bits=8), tmp_path)
+    assert result.name == "snn_digits_int8" and result.manifest["precision"] == "int8"
+    assert result.manifest["parity"]["passed"] and result.manifest["quality"]["accuracy"] >= 0.94
+    graph = onnx.load(str(result.folder / "model.onnx")).graph
+    producers = {output: node.op_type for node in graph.node for output in node.output}
+    convs = [node for node in graph.node if node.op_type in ("Conv", "Gemm", "MatMul")]
+    assert convs and all(producers.get(node.input[1]) == "DequantizeLinear" for node in convs)
+    assert [node.op_type for node in graph.node].count("Greater") == 8  # the LIF stays as it was
+    with pytest.raises(TritonForgeError, match="--bits 4 is not offered for spiking models"):
+        SnnOptions(bits=4)
