@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import io
 import json
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from crafted_images import png_header
 from PIL import Image as PILImage
 
 from tritonforge.errors import TritonForgeError
@@ -29,17 +28,6 @@ def encoded(image: PILImage.Image, fmt: str = "PNG", **save) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, fmt, **save)
     return buffer.getvalue()
-
-
-def png_header(width: int, height: int) -> bytes:
-    """The start of a PNG declaring width x height (8-bit RGB): its header and one row of pixels."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    row = zlib.compress(bytes(1 + 3 * min(width, 100)))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", row)
 
 
 def by_hand(image: PILImage.Image, size: tuple[int, int], mean, std) -> np.ndarray:

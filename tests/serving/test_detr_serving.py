@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import io
 import json
-import struct
-import zlib
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from crafted_images import png_header
 from PIL import Image as PILImage
 from tritonclient.utils import InferenceServerException
 from typer.testing import CliRunner
@@ -91,15 +90,6 @@ def png_bytes(image: PILImage.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
     return buffer.getvalue()
-
-
-def png_header(width: int, height: int) -> bytes:
-    """A PNG that declares width x height in its header and holds one row of pixels."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(301)))
 
 
 BAD = {

@@ -10,14 +10,13 @@ from __future__ import annotations
 import io
 import json
 import queue
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import tritonclient.grpc as grpcclient
+from crafted_images import png_header
 from PIL import Image as PILImage
 from toy_family import IMAGENET_MEAN, IMAGENET_STD, ToyImageFamily, ToyImageOptions
 from tritonclient.utils import InferenceServerException
@@ -118,20 +117,11 @@ def half_a_jpeg(record) -> bytes:
     return data[:len(data) // 2]
 
 
-def png_claiming(width: int, height: int) -> bytes:
-    """A PNG header declaring width x height, followed by one row of pixels only."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(301)))
-
-
 BAD_IMAGES = {
     "not an image": (lambda record: b"name,score\nalice,3\n", "is not an image Pillow can read"),
     "truncated": (half_a_jpeg, "it is truncated or corrupt; send the whole file"),
-    "0x0": (lambda record: png_claiming(0, 0), "is a PNG whose header declares 0x0 pixels"),
-    "too many pixels": (lambda record: png_claiming(50_000, 1_000),
+    "0x0": (lambda record: png_header(0, 0), "is a PNG whose header declares 0x0 pixels"),
+    "too many pixels": (lambda record: png_header(50_000, 1_000),
                         "is 50000x1000 = 50,000,000 pixels, above this model's limit of 40,000,000"),
     "too many bytes": (lambda record: bytes(record.max_bytes + 1),
                        f"is {20 * 1024 * 1024 + 1:,} bytes, above this model's limit of"),
