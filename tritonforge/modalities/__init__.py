@@ -16,7 +16,8 @@ from tritonforge.modalities.tensors import Tensors
 from tritonforge.modalities.text import Text
 from tritonforge.spec import CLASS_SCORES, EMBEDDING, ModelIO, TensorSpec
 
-__all__ = ["Image", "Modality", "Tensors", "Text", "modality_from_json", "read_io", "register_modality"]
+__all__ = ["Image", "Modality", "Tensors", "Text", "manifest_io", "modality_from_json", "read_io",
+           "register_modality"]
 
 _MODALITIES: dict[str, type[Modality]] = {}
 
@@ -49,6 +50,11 @@ def read_io(data: Mapping[str, Any], manifest_version: int = 2) -> ModelIO:
                    modality_from_json(data["preprocessing"]),
                    tuple(data["labels"]) if data.get("labels") is not None else None,
                    tuple(tuple(pair) for pair in data.get("state", ())))
+
+
+def manifest_io(manifest: Mapping[str, Any]) -> ModelIO:
+    """The typed I/O of a manifest of any version this tritonforge reads."""
+    return read_io(manifest["io"], manifest.get("manifest_version", 1))
 
 
 def _read_io_v1(data: Mapping[str, Any]) -> ModelIO:

@@ -37,7 +37,7 @@ from pathlib import Path
 from tritonclient.grpc import model_config_pb2 as mc
 
 from tritonforge.errors import TritonForgeError
-from tritonforge.modalities import read_io
+from tritonforge.modalities import manifest_io
 from tritonforge.processes import pid_alive
 from tritonforge.serving.ensembles import ONNX_RUNTIME_MODEL, PYTHON_MODEL_FILE
 from tritonforge.serving.repository import CONFIG_FILE, ModelRepository, NewerManifestError, config_text
@@ -194,7 +194,7 @@ def _manifest_limits(repository: ModelRepository, name: str) -> dict[str, int]:
         return {}
     if "io" not in manifest:  # a companion's manifest
         return {}
-    return read_io(manifest["io"], manifest.get("manifest_version", 1)).preprocessing.limits()
+    return manifest_io(manifest).preprocessing.limits()
 
 
 # -- the process ---------------------------------------------------------------------------

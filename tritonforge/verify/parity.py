@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from tritonforge.batching import batches
+from tritonforge.batching import batch_count, batches
 from tritonforge.export.base import Family
 from tritonforge.runtime import run_session
 from tritonforge.spec import ModelIO, Parity
@@ -21,10 +21,9 @@ def run_steps(run: Run, steps: list[dict[str, np.ndarray]], io: ModelIO) -> dict
     several: each output stacked along a new axis 1 (batch, step, ...)."""
     if len(steps) == 1 and not io.state:
         return dict(run(steps[0]))
-    count = len(next(iter(steps[0].values())))
-    state = {name: np.zeros((count, *next(s.dims for s in io.inputs if s.name == name)),
-                            dtype=next(s.dtype for s in io.inputs if s.name == name))
-             for name, _out in io.state}
+    count = batch_count(steps[0])
+    specs = {spec.name: spec for spec in io.inputs}
+    state = {name: np.zeros((count, *specs[name].dims), dtype=specs[name].dtype) for name, _out in io.state}
     collected: dict[str, list[np.ndarray]] = {name: [] for name in io.output_names}
     for step in steps:
         outputs = run({**step, **state})

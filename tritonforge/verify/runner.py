@@ -10,7 +10,7 @@ from typing import Any
 from tritonforge.batching import batch_count, batches
 from tritonforge.errors import TritonForgeError
 from tritonforge.export.base import Family, get_family
-from tritonforge.modalities import read_io
+from tritonforge.modalities import manifest_io
 from tritonforge.runtime import ort_session, run_session
 from tritonforge.spec import ModelIO, Parity
 from tritonforge.timing import LatencyStats, measure_interleaved
@@ -89,7 +89,7 @@ def plan_verify(repo: Path | str, name: str, version: int | None = None) -> Veri
             "damaged after export; export the model again (a new version)")
     family = get_family(manifest["family"])
     return VerifyPlan(name, number, family, family.options_from_json(manifest["recipe"]),
-                      read_io(manifest["io"], manifest.get("manifest_version", 1)), manifest, model_path)
+                      manifest_io(manifest), manifest, model_path)
 
 
 def verify_model(repo: Path | str, name: str, version: int | None = None, batch_size: int = 8,
