@@ -470,6 +470,7 @@ def query(
         model_info,
         outputs_json,
         query_request,
+        summarize,
     )
 
     given = {option: values for option, values in (("text", text), ("image", image), ("npy", npy)) if values}
@@ -484,25 +485,23 @@ def query(
         arrays, rows = query_request(info, option, [str(v) for v in values], tokenizer_repo(repo),
                                      shape_options(seq_len, None, None))
     outputs = infer(client, name, arrays, url=url)
-    print_query(info, outputs, rows, min_score)
+    summary = summarize(info, outputs, min_score)
+    print_query(info, outputs, summary, rows, min_score)
     if save:
-        from tritonforge.serving.client import draw_detections, summarize
+        from tritonforge.serving.client import draw_detections
 
-        found = summarize(info, outputs, min_score).get("detections")
+        found = summary.get("detections")
         if not image or found is None:
             raise TritonForgeError(f"--save draws detections on an --image; {name!r} returns no "
                                    "detections for one")
         console.print(f"detections drawn on {draw_detections(image[0].read_bytes(), found[0], save)}")
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(outputs_json(info, outputs, rows), indent=2) + "\n")
+        json_path.write_text(json.dumps(outputs_json(info, outputs, summary, rows), indent=2) + "\n")
         console.print(f"outputs written to {json_path}")
 
 
-def print_query(info, outputs, rows: list[str], min_score: float = 0.5) -> None:
-    from tritonforge.serving.client import summarize
-
-    summary = summarize(info, outputs, min_score)
+def print_query(info, outputs, summary, rows: list[str], min_score: float) -> None:
     kinds = info.output_kinds
     shapes = new_table(f"{info.name} (versions {', '.join(info.versions)}): outputs",
                        "output", "kind", "datatype", "shape")

@@ -8,6 +8,7 @@ max_length) so Triton's dynamic batcher can merge them; texts are truncated at m
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,12 @@ from tritonforge.spec import ModelIO
 TEXT_TOKENIZER_MODEL = Path(__file__).parent.parent / "serving" / "ensembles" / "text_tokenizer.py"
 TOKENIZER_SUFFIX = "_tokenizer"
 TOKENIZER_FILE = "tokenizer.json"
+
+
+@functools.lru_cache(maxsize=8)
+def cached_tokenizer(path: str, max_length: int):
+    """A client encodes one text at a time for `bench`: the tokenizer file is read once."""
+    return load_tokenizer(path, max_length)
 
 
 @dataclass(frozen=True)
@@ -103,7 +110,7 @@ class Text(Modality):
         if not path.is_file():
             raise TritonForgeError(f"{path} is missing: the tokenizer was not saved with this version; "
                                    "export the model again")
-        return load_tokenizer(str(path), min(seq_len or self.max_length, self.max_length))
+        return cached_tokenizer(str(path), min(seq_len or self.max_length, self.max_length))
 
     def sample_raw(self, n: int | None = None, folder: Path | None = None) -> list[Any]:
         from tritonforge.data import sentences

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from tritonforge.errors import TritonForgeError
-from tritonforge.modalities import Modality, modality_from_json, read_io
+from tritonforge.modalities import Modality, manifest_io, modality_from_json
 from tritonforge.spec import (
     CLASS_SCORES,
     DETECTION_BOXES,
@@ -135,13 +135,15 @@ def exported_version(repo: Path | str, name: str) -> tuple[Path, ModelIO]:
     if "io" not in manifest:
         raise TritonForgeError(f"{name!r} in {repository.root} is a companion model, not an export: "
                                "query it directly, without --repo")
-    return folder, read_io(manifest["io"], manifest.get("manifest_version", 1))
+    return folder, manifest_io(manifest)
 
 
 def raw_request(info: ModelInfo, modality: Modality, raw: Sequence[Any], repo: Path | str | None,
-                shape: Mapping[str, int | None] | None = None) -> dict[str, np.ndarray]:
+                shape: Mapping[str, int | None] | None = None,
+                export: tuple[Path, ModelIO] | None = None) -> dict[str, np.ndarray]:
     """The request for raw inputs: sent as they are to a model that takes them (an ensemble),
-    else encoded here into the model's tensors, with the side files of its export in `repo`."""
+    else encoded here into the model's tensors, with the side files of its export in `repo`
+    (`export`: that export's folder and I/O, when the caller has read them already)."""
     if not raw:
         raise TritonForgeError(f"give at least one --{modality.query_option}")
     if info.takes_raw(modality):
@@ -151,7 +153,9 @@ def raw_request(info: ModelInfo, modality: Modality, raw: Sequence[Any], repo: P
             f"model {info.name!r} takes {[i.name for i in info.inputs]}, not raw {modality.kind}: "
             f"query its `{info.name}{modality.suffix}` ensemble, or pass --repo so its export can "
             "encode the input here")
-    folder, io = exported_version(repo, info.name) if repo is not None else (None, None)
+    if export is None and repo is not None:
+        export = exported_version(repo, info.name)
+    folder, io = export or (None, None)
     return modality.encode(raw, io, folder, shape)
 
 
@@ -321,16 +325,16 @@ def summarize(info: ModelInfo, outputs: Mapping[str, np.ndarray], min_score: flo
     return summary
 
 
-def outputs_json(info: ModelInfo, outputs: Mapping[str, np.ndarray], raw_labels: Sequence[str]
-                 ) -> dict[str, Any]:
+def outputs_json(info: ModelInfo, outputs: Mapping[str, np.ndarray], summary: Mapping[str, Any],
+                 raw_labels: Sequence[str]) -> dict[str, Any]:
     """`query --json`: every output with its kind, shape, dtype and values (integers as
-    integers), and the summary `query` prints."""
+    integers), and the summary `query` printed (`summarize`)."""
     kinds = info.output_kinds
     return {"model": info.name, "inputs": list(raw_labels),
             "outputs": {name: {"kind": kinds.get(name, TENSOR), "shape": list(values.shape),
                                "dtype": str(values.dtype), "values": values.tolist()}
                         for name, values in outputs.items() if values.dtype != object},
-            "summary": summarize(info, outputs)}
+            "summary": dict(summary)}
 
 
 def bench_payloads(info: ModelInfo, repo: Path | str | None, shape: Mapping[str, int | None] | None = None
@@ -338,11 +342,11 @@ def bench_payloads(info: ModelInfo, repo: Path | str | None, shape: Mapping[str,
     """One request per real raw input of the model's modality (sentences, photographs, the
     samples saved with a tensor export), and the modality's kind."""
     modality = info.modality(repo)
-    folder = None
+    export = None  # read once, not once per payload
     if repo is not None and not info.takes_raw(modality):
-        folder = exported_version(repo, info.name)[0]
-    return modality.kind, [raw_request(info, modality, [item], repo, shape)
-                           for item in modality.sample_raw(None, folder)]
+        export = exported_version(repo, info.name)
+    return modality.kind, [raw_request(info, modality, [item], repo, shape, export)
+                           for item in modality.sample_raw(None, export[0] if export else None)]
 
 
 def draw_detections(image: bytes, found: Sequence[Mapping[str, Any]], path: Path) -> Path:
