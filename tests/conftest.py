@@ -91,5 +91,6 @@ def snn_repo(tmp_path_factory, snn_checkpoint) -> Path:
     from tritonforge.export.snn import SnnOptions
 
     repo = tmp_path_factory.mktemp("snn_repo")
-    export_model("snn", SnnOptions(checkpoint=str(snn_checkpoint)), repo)
+    export_model("snn", SnnOptions(checkpoint=str(snn_checkpoint)), repo)  # snn_digits (+ _image)
+    export_model("snn", SnnOptions(checkpoint=str(snn_checkpoint), streaming=True), repo)  # _stream
     return repo

@@ -16,6 +16,7 @@ from typing import Annotated, Any, ClassVar
 import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -51,7 +52,7 @@ def friendly(command):
         try:
             return command(*args, **kwargs)
         except TritonForgeError as exc:
-            errors.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+            errors.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             errors.print("[yellow]interrupted:[/] nothing was published; the repository is as it was")
@@ -409,7 +410,7 @@ def serve(
             with errors.status("starting tritonserver") as status:
                 server.start(on_step=lambda message: status.update(message))
         except TritonForgeError as exc:
-            errors.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+            errors.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(2) from None
         print_served(server)
         console.print("serving; Ctrl-C or SIGTERM stops the server", highlight=False)
@@ -452,6 +453,9 @@ def query(
         "--npy", help="A .npy array: FILE for a model with one input, else NAME=FILE per input.")] = None,
     input_json: Annotated[Path | None, typer.Option(
         help="JSON object {input name: nested list} sent as the request.")] = None,
+    stream: Annotated[Path | None, typer.Option(
+        help="A streaming model: a .npy recording [frames, ...], sent frame by frame as one "
+             "sequence; the output of every frame is printed.")] = None,
     repo: Annotated[Path | None, typer.Option(
         "--repo", help="Repository with the model's export, to encode raw input for a tensor model "
                        "(its tokenizer).")] = None,
@@ -462,29 +466,44 @@ def query(
     save: Annotated[Path | None, typer.Option(
         help="Detectors: draw the detections of the first --image on it and save a PNG here.")] = None,
 ):
-    """Send one request over gRPC and print each output in its natural form."""
+    """Send one request over gRPC and print each output in its natural form (a stream: one
+    request per frame, each frame's output a row)."""
     from tritonforge.serving.client import (
         connect,
         infer,
         json_inputs,
         model_info,
+        new_sequence_ids,
         outputs_json,
         query_request,
+        stream_file,
+        stream_sequences,
         summarize,
     )
 
     given = {option: values for option, values in (("text", text), ("image", image), ("npy", npy)) if values}
-    if len(given) + bool(input_json) != 1:
-        raise TritonForgeError("give exactly one kind of input: --text, --image, --npy or --input-json")
+    if len(given) + bool(input_json) + bool(stream) != 1:
+        raise TritonForgeError("give exactly one kind of input: --text, --image, --npy, --input-json "
+                               "or --stream")
     client = connect(url)
     info = model_info(client, name, url)
-    if input_json:
+    if info.sequence and not stream:
+        raise TritonForgeError(f"model {name!r} is a streaming model: send a recording with --stream "
+                               "FILE.npy ([frames, ...]), one frame per request")
+    if stream:
+        frames = stream_file(info, stream)
+        (sequence,) = new_sequence_ids(1)
+        result = stream_sequences(client, name, {sequence: frames}, info.frame_input().name, url)
+        outputs = result.outputs[sequence]
+        rows = [f"frame {t + 1}/{len(frames)}" for t in range(len(frames))]
+    elif input_json:
         arrays, rows = json_inputs(info, input_json), []
     else:
         option, values = given.popitem()
         arrays, rows = query_request(info, option, [str(v) for v in values], tokenizer_repo(repo),
                                      shape_options(seq_len, None, None))
-    outputs = infer(client, name, arrays, url=url)
+    if not stream:
+        outputs = infer(client, name, arrays, url=url)
     summary = summarize(info, outputs, min_score)
     print_query(info, outputs, summary, rows, min_score)
     if save:
@@ -558,8 +577,14 @@ def bench(
 ):
     """Asynchronous gRPC load: throughput and p50/p95/p99 per concurrency level, with and without
     dynamic batching (the latter when the server has <name>_nobatch: `serve --nobatch-twins`)."""
-    from tritonforge.serving.bench import bench_report, parse_levels, plot_latency_throughput, run_bench
-    from tritonforge.serving.client import bench_payloads, connect, model_info
+    from tritonforge.serving.bench import (
+        bench_report,
+        parse_levels,
+        plot_latency_throughput,
+        run_bench,
+        run_stream_bench,
+    )
+    from tritonforge.serving.client import bench_payloads, connect, model_info, stream_samples
     from tritonforge.serving.local import NOBATCH_SUFFIX
 
     levels = parse_levels(concurrency)
@@ -567,18 +592,32 @@ def bench(
         requests = 2000
     client = connect(url)
     info = model_info(client, name, url)
-    kind, payloads = bench_payloads(info, tokenizer_repo(repo), shape_options(seq_len, None, None))
-    served = {m["name"] for m in client.get_model_repository_index(as_json=True).get("models", [])
-              if m.get("state") == "READY"}
-    models = [(name, "dynamic")]
-    if name + NOBATCH_SUFFIX in served:
-        models.append((name + NOBATCH_SUFFIX, "none"))
-    with progress_bar() as progress:
-        stages = Stages(progress)
-        results = run_bench(url, models, payloads, levels, requests, duration, stages)
-        stages.finish()
-    table = Table(title=f"bench {name} at {url}: one real {kind} input per request, latency in ms "
-                        f"({name}{NOBATCH_SUFFIX}: without dynamic batching)")
+    if info.sequence:
+        if duration is not None:
+            raise TritonForgeError("a streaming model is benched by --requests (frames per level), "
+                                   "not --duration")
+        sequences = stream_samples(info, repo)
+        title = (f"bench {name} at {url}: 'conc' sequences streaming at once, one frame per request, "
+                 "latency per frame in ms, req/s = frames/s")
+        with progress_bar() as progress:
+            stages = Stages(progress)
+            results = run_stream_bench(url, name, info.frame_input().name, sequences, levels,
+                                       requests, stages)
+            stages.finish()
+    else:
+        kind, payloads = bench_payloads(info, tokenizer_repo(repo), shape_options(seq_len, None, None))
+        served = {m["name"] for m in client.get_model_repository_index(as_json=True).get("models", [])
+                  if m.get("state") == "READY"}
+        models = [(name, "dynamic")]
+        if name + NOBATCH_SUFFIX in served:
+            models.append((name + NOBATCH_SUFFIX, "none"))
+        with progress_bar() as progress:
+            stages = Stages(progress)
+            results = run_bench(url, models, payloads, levels, requests, duration, stages)
+            stages.finish()
+        title = (f"bench {name} at {url}: one real {kind} input per request, latency in ms "
+                 f"({name}{NOBATCH_SUFFIX}: without dynamic batching)")
+    table = Table(title=title)
     table.add_column("model", no_wrap=True)
     for column in ("conc", "n", "err", "req/s", "p50", "p95", "p99"):
         table.add_column(column, justify="right")

@@ -4,18 +4,24 @@
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from PIL import Image as PILImage
+from typer.testing import CliRunner
 
+from tritonforge.cli import app
+from tritonforge.errors import TritonForgeError
 from tritonforge.export.base import get_family
 from tritonforge.export.snn import SnnOptions
 from tritonforge.export.snn.train import digits
-from tritonforge.serving.client import infer, model_info
+from tritonforge.serving.client import infer, model_info, new_sequence_ids, stream_sequences
 from tritonforge.serving.local import LocalTriton
 from tritonforge.verify.runner import verify_model
+
+runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
@@ -53,3 +59,105 @@ def test_verify_through_triton_on_the_test_digits(snn_server, snn_repo):
     report = verify_model(snn_repo, "snn_digits", iterations=2, triton_url=snn_server.grpc_url)
     assert report.parity.passed and report.triton_parity.passed
     assert report.triton_parity.details["samples"] == 360
+
+
+# -- streaming: one frame per request, the membranes kept per sequence --------------------
+
+
+def full_sequence_logits(snn_repo, images: np.ndarray) -> np.ndarray:
+    from tritonforge.runtime import ort_session, run_session
+
+    session = ort_session(snn_repo / "snn_digits" / "1" / "model.onnx")
+    return run_session(session, {"pixel_values": images})["logits"]
+
+
+def test_32_interleaved_streams_give_the_full_sequence_graphs_logits(snn_server, snn_repo):
+    images, _labels = digits("test")
+    frames = np.repeat(images[:32, None], 4, axis=1)  # [32 sequences, T = 4, 1, 8, 8]
+    client = grpcclient.InferenceServerClient(snn_server.grpc_url)
+    ids = new_sequence_ids(32)
+    result = stream_sequences(client, "snn_digits_stream", dict(zip(ids, frames, strict=True)), "frame",
+                              snn_server.grpc_url)
+    streamed = np.stack([result.outputs[i]["logits"] for i in ids])  # [32, 4, 10]: after each frame
+    assert len(result.latencies_s) == 32 * 4
+    full = full_sequence_logits(snn_repo, images[:32])
+    np.testing.assert_allclose(streamed[:, -1], full, rtol=0, atol=1e-5)
+    # After one frame the running mean is the first step's logits: it differs from the final one,
+    # so the state really carried something from frame to frame.
+    assert np.abs(streamed[:, 0] - streamed[:, -1]).max() > 1e-2
+    # No state leaks between sequences: the same digits again, in reverse order and new IDs,
+    # come back exactly as before.
+    again = stream_sequences(client, "snn_digits_stream", dict(zip(new_sequence_ids(32), frames[::-1],
+                                                                   strict=True)), "frame")
+    np.testing.assert_array_equal(np.stack([o["logits"] for o in again.outputs.values()]), streamed[::-1])
+
+
+def test_verify_streams_the_test_digits_through_triton(snn_server, snn_repo):
+    report = verify_model(snn_repo, "snn_digits_stream", iterations=2, samples=64,
+                          triton_url=snn_server.grpc_url)
+    assert report.parity.passed and report.triton_parity.passed
+    assert report.triton_parity.details["spike_rate_diff_per_layer"] == [0.0, 0.0]
+
+
+def test_a_frame_without_start_and_an_end_for_an_unknown_sequence_are_refused(snn_server):
+    client = grpcclient.InferenceServerClient(snn_server.grpc_url)
+    frame = {"frame": np.zeros((1, 1, 8, 8), np.float32)}
+    (sequence,) = new_sequence_ids(1)
+    with pytest.raises(TritonForgeError, match="START"):
+        infer_frame(client, frame, sequence, start=False, end=False)
+    with pytest.raises(TritonForgeError, match="START"):
+        infer_frame(client, frame, sequence + 1, start=False, end=True)
+    # The same sequence started properly is served.
+    assert infer_frame(client, frame, sequence, start=True, end=True)["logits"].shape == (1, 10)
+
+
+def infer_frame(client, arrays, sequence: int, start: bool, end: bool):
+    from tritonclient.utils import InferenceServerException
+
+    from tritonforge.serving.client import infer_inputs, server_error
+
+    try:
+        result = client.infer("snn_digits_stream", infer_inputs(arrays), sequence_id=sequence,
+                              sequence_start=start, sequence_end=end)
+    except InferenceServerException as exc:
+        raise server_error(exc, "test", "snn_digits_stream") from exc
+    return {"logits": result.as_numpy("logits")}
+
+
+def test_nan_is_refused_by_the_client_and_by_the_local_wrapper(snn_server, tmp_path):
+    client = grpcclient.InferenceServerClient(snn_server.grpc_url)
+    recording = np.zeros((4, 1, 8, 8), np.float32)
+    recording[2, 0, 3, 5] = np.nan
+    np.save(tmp_path / "nan.npy", recording)
+    result = runner.invoke(app, ["query", "snn_digits_stream", "--url", snn_server.grpc_url,
+                                 "--stream", str(tmp_path / "nan.npy")])
+    assert result.exit_code != 0 and "index [2, 0, 3, 5]" in " ".join(result.output.split())
+    # Sent around the client's check, the server-side wrapper refuses it (Triton's production
+    # onnxruntime backend would not).
+    (sequence,) = new_sequence_ids(1)
+    with pytest.raises(TritonForgeError, match=r"input 'frame' holds nan at index \[0, 0, 3, 5\]"):
+        infer_frame(client, {"frame": recording[2:3]}, sequence, start=True, end=True)
+
+
+def test_query_streams_a_recording_and_bench_streams_sequences(snn_server, snn_repo, tmp_path):
+    images, labels = digits("test")
+    np.save(tmp_path / "digit.npy", np.repeat(images[:1], 4, axis=0))  # one digit as 4 frames
+    result = runner.invoke(app, ["query", "snn_digits_stream", "--url", snn_server.grpc_url,
+                                 "--stream", str(tmp_path / "digit.npy"), "--json", str(tmp_path / "q.json")])
+    assert result.exit_code == 0, result.output
+    assert "frame 4/4" in result.output
+    saved = json.loads((tmp_path / "q.json").read_text())
+    assert saved["outputs"]["logits"]["shape"] == [4, 10]
+    assert saved["summary"]["labels"]["logits"][-1][0][0] == str(labels[0])
+    np.save(tmp_path / "wrong.npy", np.zeros((4, 3, 8, 8), np.float32))
+    result = runner.invoke(app, ["query", "snn_digits_stream", "--url", snn_server.grpc_url,
+                                 "--stream", str(tmp_path / "wrong.npy")])
+    assert result.exit_code != 0 and "[frames, 1, 8, 8]" in result.output
+    result = runner.invoke(app, ["bench", "snn_digits_stream", "--url", snn_server.grpc_url, "--repo",
+                                 str(snn_repo), "--concurrency", "1,8", "--requests", "64",
+                                 "--json", str(tmp_path / "bench.json")])
+    assert result.exit_code == 0, result.output
+    levels = json.loads((tmp_path / "bench.json").read_text())["levels"]
+    assert [(r["concurrency"], r["errors"], r["batching"]) for r in levels] == [(1, 0, "sequence"),
+                                                                                (8, 0, "sequence")]
+    assert all(r["ok"] >= 64 for r in levels)

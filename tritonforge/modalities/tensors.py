@@ -96,6 +96,20 @@ def load_array(source: Any) -> np.ndarray:
                                "numpy.save") from exc
 
 
+def refuse_non_finite(array: np.ndarray, source: str) -> None:
+    """Refuse NaN or infinity in a floating-point input, naming the first position. Triton's
+    onnxruntime backend does not look at values: a NaN would flow through the graph (in a
+    spiking network it silently stops the neurons it reaches from ever firing again), so the
+    client refuses it before sending (the local server's wrapper checks again)."""
+    if array.dtype.kind != "f" or np.isfinite(array).all():
+        return
+    position = tuple(int(i) for i in np.argwhere(~np.isfinite(array))[0])
+    raise TritonForgeError(
+        f"{source} holds {array[position]} at index {list(position)} ({int((~np.isfinite(array)).sum())} "
+        "non-finite values in all): replace NaN and infinity before sending (the server's ONNX "
+        "Runtime does not check)")
+
+
 def batched(array: np.ndarray, spec: TensorSpec, source: str = "the array") -> np.ndarray:
     """`array` as a batch for `spec`: one sample (the declared dims) gets a batch axis; a
     wrong dtype or shape is refused with what was expected."""
@@ -112,4 +126,5 @@ def batched(array: np.ndarray, spec: TensorSpec, source: str = "the array") -> n
         raise TritonForgeError(
             f"{source} has shape {list(array.shape)}, but input {spec.name!r} takes one sample of "
             f"shape {expected} (or a batch of them, with a leading batch axis)")
+    refuse_non_finite(batch, source)
     return batch

@@ -5,6 +5,10 @@ Each level keeps `concurrency` requests in flight until `requests` have complete
 percentiles and errors. When the server also serves `<name>_nobatch` (`tritonforge serve
 --nobatch-twins`), the same levels run against it, so dynamic batching is measured beside
 its absence on the same server.
+
+A streaming model (sequence batcher) is benched with whole sequences instead: at each level,
+that many sequences stream at once, each sending its next frame when the previous one is
+answered; latency is per frame, throughput in frames per second.
 """
 
 from __future__ import annotations
@@ -19,9 +23,11 @@ from typing import Any
 import numpy as np
 
 from tritonforge.errors import TritonForgeError
-from tritonforge.serving.client import DEFAULT_URL, infer_inputs
+from tritonforge.serving.client import DEFAULT_URL, connect, infer_inputs, new_sequence_ids, stream_sequences
 
 WARMUP_REQUESTS = 8
+BATCHING_LABELS = {"dynamic": "dynamic batching", "none": "no batching",
+                   "sequence": "sequence batching, per frame"}
 
 
 @dataclass(frozen=True)
@@ -124,6 +130,44 @@ def run_bench(url: str, models: Sequence[tuple[str, str]], payloads: Sequence[Ma
     return results
 
 
+def run_stream_bench(url: str, model: str, input_name: str, sequences: Sequence[np.ndarray],
+                     levels: Sequence[int], frames: int = 2000,
+                     stage: Callable[[str, int], Callable[[], None]] | None = None) -> list[LevelResult]:
+    """At each level, rounds of `level` sequences streamed at once (the saved samples, in
+    turn) until `frames` frames were answered; a refused round counts its frames as errors."""
+    if frames < 1:
+        raise TritonForgeError(f"--requests {frames} must be at least 1 (frames per level)")
+    if not sequences:
+        raise TritonForgeError("no sequences to stream: export the model again (samples.npz)")
+    stage = stage or (lambda _description, _total: (lambda: None))
+    client = connect(url)
+    results = []
+    try:
+        for level in levels:
+            tick = stage(f"{model}: {level} sequences at once", frames)
+            latencies: list[float] = []
+            errors, first_error, seconds, taken = 0, "", 0.0, 0
+            while len(latencies) + errors < frames:
+                chosen = [sequences[(taken + i) % len(sequences)] for i in range(level)]
+                taken += level
+                try:
+                    result = stream_sequences(client, model, dict(zip(new_sequence_ids(level), chosen,
+                                                                      strict=True)), input_name, url)
+                except TritonForgeError as exc:
+                    errors += sum(len(c) for c in chosen)
+                    first_error = first_error or str(exc)[:300]
+                    continue
+                latencies += [s * 1e3 for s in result.latencies_s]
+                seconds += result.wall_s
+                for _ in result.latencies_s:
+                    tick()
+            results.append(LevelResult(model, "sequence", level, len(latencies), errors, seconds,
+                                       tuple(latencies), first_error))
+    finally:
+        client.close()
+    return results
+
+
 def plot_latency_throughput(results: Sequence[LevelResult], path: Path, title: str) -> Path:
     """p50 (line) and p95 (dashed) latency against throughput, one colour per model."""
     import matplotlib
@@ -135,7 +179,7 @@ def plot_latency_throughput(results: Sequence[LevelResult], path: Path, title: s
     for index, model in enumerate(dict.fromkeys(r.model for r in results)):
         rows = [r for r in results if r.model == model]
         colour = f"C{index}"
-        label = f"{model} ({'dynamic batching' if rows[0].batching == 'dynamic' else 'no batching'})"
+        label = f"{model} ({BATCHING_LABELS.get(rows[0].batching, rows[0].batching)})"
         throughput = [r.throughput for r in rows]
         axes.plot(throughput, [r.percentile(50) for r in rows], "o-", color=colour, label=f"{label} p50")
         axes.plot(throughput, [r.percentile(95) for r in rows], "x--", color=colour, alpha=0.6,

@@ -9,6 +9,7 @@ model, without its `_text` ensemble) needs the repository, for its tokenizer.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,15 @@ class ModelInfo:
     outputs: tuple[TensorInfo, ...]
     max_batch_size: int
     parameters: Mapping[str, str] = field(default_factory=dict)
+    sequence: bool = False  # under the sequence batcher: a stream, one frame per request
+
+    def frame_input(self) -> TensorInfo:
+        """A streaming model's one input (its state is kept by the server)."""
+        if not self.sequence or len(self.inputs) != 1:
+            raise TritonForgeError(
+                f"model {self.name!r} is not a streaming model (no sequence batcher with one input): "
+                "send it whole inputs with --npy or --image, or export with --streaming")
+        return self.inputs[0]
 
     @property
     def labels(self) -> list[str] | None:
@@ -119,7 +129,8 @@ def model_info(client, name: str, url: str = DEFAULT_URL) -> ModelInfo:
     return ModelInfo(name, tuple(metadata.get("versions", [])), metadata.get("platform", ""),
                      tensors(metadata["inputs"]), tensors(metadata["outputs"]),
                      int(config.get("max_batch_size", 0)),
-                     {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()})
+                     {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()},
+                     "sequence_batching" in config)
 
 
 # -- building requests ---------------------------------------------------------------------
@@ -258,6 +269,119 @@ class TritonSession:
         outputs = infer(self.client, self.name, feed, self.version, self.url, names)
         return [outputs[n] for n in (names or [o.name for o in self.info.outputs])]
 
+    def run_sequence(self, steps: Sequence[Mapping[str, np.ndarray]], io: ModelIO) -> dict[str, np.ndarray]:
+        """A streaming model over `steps` (one request per step, as `run_steps` feeds ONNX
+        Runtime): each batch row streams as its own sequence; the server keeps the state.
+        Outputs stacked [batch, step, ...], as `run_steps` returns them."""
+        frame_input = self.info.frame_input().name
+        frames = np.stack([step[frame_input] for step in steps], axis=1)  # [batch, steps, ...]
+        ids = new_sequence_ids(len(frames))
+        result = stream_sequences(self.client, self.name, dict(zip(ids, frames, strict=True)),
+                                  frame_input, self.url, self.version)
+        return {name: np.stack([result.outputs[i][name] for i in ids])
+                for name in io.output_names if name in result.outputs[ids[0]]}
+
+
+@dataclass
+class StreamResult:
+    """What `stream_sequences` got back: per sequence, each output stacked over its frames
+    ([frames, ...]), and each frame's round-trip latency in seconds."""
+
+    outputs: dict[int, dict[str, np.ndarray]]
+    latencies_s: list[float]
+    wall_s: float
+
+
+def new_sequence_ids(count: int) -> list[int]:
+    """Correlation IDs unlikely to collide with another client's sequences (Triton wants them
+    non-zero and unique among the sequences in flight)."""
+    import secrets
+
+    base = secrets.randbits(40) << 16 | 1
+    return [base + index for index in range(count)]
+
+
+def stream_sequences(client, name: str, frames: Mapping[int, np.ndarray], input_name: str,
+                     url: str = DEFAULT_URL, version: str = "", timeout_s: float = 120.0) -> StreamResult:
+    """Send each sequence ({correlation ID: frames [T, ...]}) frame by frame over one gRPC
+    stream: the first frame with START, the last with END, and a sequence's next frame as
+    soon as its previous one is answered, so all sequences are in flight at once,
+    interleaved. A refused frame stops the stream with an error naming sequence and frame."""
+    import threading
+
+    lengths = {sequence: len(array) for sequence, array in frames.items()}
+    if not frames or min(lengths.values()) < 1:
+        raise TritonForgeError("give at least one frame per sequence (an array [frames, ...])")
+    collected: dict[int, dict[str, list[np.ndarray]]] = {s: {} for s in frames}
+    latencies: list[float] = []
+    sent_at: dict[str, float] = {}
+    done = threading.Event()
+    failure: list[str] = []
+    pending = [len(frames)]
+
+    def send(sequence: int, step: int) -> None:
+        frame = np.ascontiguousarray(frames[sequence][step:step + 1])
+        request_id = f"{sequence}:{step}"
+        sent_at[request_id] = time.perf_counter()
+        client.async_stream_infer(
+            name, infer_inputs({input_name: frame}), model_version=version, request_id=request_id,
+            sequence_id=sequence, sequence_start=step == 0, sequence_end=step == lengths[sequence] - 1)
+
+    def on_response(result, error) -> None:
+        if error is not None:  # the stream's error does not carry the request ID: name those in flight
+            in_flight = ", ".join(f"sequence {r.replace(':', ' frame ')}" for r in list(sent_at)[:4])
+            failure.append(f"{getattr(error, 'message', lambda: error)()} (in flight: {in_flight})")
+            done.set()
+            return
+        response = result.get_response()
+        sequence, step = (int(part) for part in response.id.split(":"))
+        latencies.append(time.perf_counter() - sent_at.pop(response.id))
+        for output in response.outputs:
+            collected[sequence].setdefault(output.name, []).append(result.as_numpy(output.name)[0])
+        if step + 1 < lengths[sequence]:
+            send(sequence, step + 1)
+            return
+        pending[0] -= 1
+        if pending[0] == 0:
+            done.set()
+
+    start = time.perf_counter()
+    client.start_stream(callback=on_response)
+    try:
+        for sequence in frames:
+            send(sequence, 0)
+        if not done.wait(timeout_s):
+            failure.append(f"no answer within {timeout_s:g} s ({pending[0]} sequences unfinished)")
+    finally:
+        client.stop_stream(cancel_requests=bool(failure))
+    if failure:
+        raise TritonForgeError(f"Triton at {url} refused a frame of model {name!r}: {failure[0]}")
+    outputs = {sequence: {k: np.stack(v) for k, v in by_name.items()}
+               for sequence, by_name in collected.items()}
+    return StreamResult(outputs, latencies, time.perf_counter() - start)
+
+
+def stream_file(info: ModelInfo, path: Path) -> np.ndarray:
+    """`query --stream FILE.npy`: a recording [frames, ...one frame...] for a streaming model,
+    checked against the frame the server declares (dtype, shape, finite values)."""
+    from tritonclient.utils import triton_to_np_dtype
+
+    from tritonforge.modalities.tensors import load_array, refuse_non_finite
+
+    frame = info.frame_input()
+    dims = list(frame.shape[1:] if info.max_batch_size else frame.shape)
+    frames = load_array(path)
+    dtype = np.dtype(triton_to_np_dtype(frame.datatype))
+    fits = frames.ndim == len(dims) + 1 and all(d < 0 or d == n for d, n in zip(dims, frames.shape[1:],
+                                                                             strict=True))
+    if not fits or frames.dtype != dtype or len(frames) == 0:
+        raise TritonForgeError(
+            f"--stream {path} holds {frames.dtype} {list(frames.shape)}, but model {info.name!r} takes "
+            f"a recording of frames [frames, {', '.join(map(str, dims))}] of {dtype.name}: save one "
+            f"with numpy.save (at least one frame)")
+    refuse_non_finite(frames, f"--stream {path}")
+    return frames
+
 
 # -- reading results -----------------------------------------------------------------------
 
@@ -347,6 +471,22 @@ def bench_payloads(info: ModelInfo, repo: Path | str | None, shape: Mapping[str,
         export = exported_version(repo, info.name)
     return modality.kind, [raw_request(info, modality, [item], repo, shape, export)
                            for item in modality.sample_raw(None, export[0] if export else None)]
+
+
+def stream_samples(info: ModelInfo, repo: Path | str | None) -> list[np.ndarray]:
+    """A streaming model's saved sample sequences ([frames, ...] each), from its export."""
+    from tritonforge.modalities.tensors import SAMPLES_FILE
+
+    if repo is None:
+        raise TritonForgeError(f"streaming model {info.name!r} is benched with the sequences saved "
+                               f"beside its export ({SAMPLES_FILE}): pass --repo")
+    folder, _io = exported_version(repo, info.name)
+    name = info.frame_input().name
+    with np.load(folder / SAMPLES_FILE) as saved:
+        if name not in saved.files:
+            raise TritonForgeError(f"{folder / SAMPLES_FILE} holds {saved.files}, not {name!r}: "
+                                   "export the model again")
+        return list(saved[name])
 
 
 def draw_detections(image: bytes, found: Sequence[Mapping[str, Any]], path: Path) -> Path:

@@ -7,7 +7,9 @@ the running Python, and serves a *shadow* of the model repository:
 - each ONNX model (`backend: "onnxruntime"` or `platform: "onnxruntime_onnx"`) becomes a
   python-backend model of the same name and config (inputs, outputs, max_batch_size, dynamic
   batching, warm-up) whose model.py (`ensembles/onnx_runtime.py`) runs ONNX Runtime on the
-  same model.onnx, linked from the repository;
+  same model.onnx, linked from the repository; a streaming model keeps its sequence batcher,
+  but its implicit state moves into a parameter and the wrapper keeps the state itself per
+  sequence (the python backend never feeds state back);
 - ensembles and python-backend models are linked unchanged.
 
 With `nobatch_twins`, every model also gets a `<name>_nobatch` twin without dynamic batching
@@ -21,6 +23,7 @@ it) and is told by the kernel to exit when the process that started it dies
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import shutil
 import signal
@@ -40,7 +43,13 @@ from tritonforge.errors import TritonForgeError
 from tritonforge.modalities import manifest_io
 from tritonforge.processes import pid_alive
 from tritonforge.serving.ensembles import ONNX_RUNTIME_MODEL, PYTHON_MODEL_FILE
-from tritonforge.serving.repository import CONFIG_FILE, ModelRepository, NewerManifestError, config_text
+from tritonforge.serving.repository import (
+    CONFIG_FILE,
+    ModelRepository,
+    NewerManifestError,
+    config_text,
+    state_specs,
+)
 
 NOBATCH_SUFFIX = "_nobatch"
 SCRATCH_PREFIX = "tritonforge-serve-"
@@ -129,6 +138,14 @@ def shadow_config(config: mc.ModelConfig, threads: int, limits: dict[str, int] |
     shadow.parameters["intra_op_threads"].string_value = str(threads)
     for key, value in (limits or {}).items():  # e.g. max_sequence_length, enforced by the wrapper
         shadow.parameters[key].string_value = str(value)
+    if shadow.sequence_batching.state:
+        # The python backend never feeds implicit state back: the wrapper keeps it per sequence.
+        shadow.parameters["sequence_state"].string_value = json.dumps(
+            [{"input": i, "output": o, "dims": dims, "dtype": dtype}
+             for i, o, dims, dtype in state_specs(config)])
+        shadow.parameters["sequence_idle_us"].string_value = str(
+            shadow.sequence_batching.max_sequence_idle_microseconds)
+        shadow.sequence_batching.ClearField("state")
     return shadow
 
 
@@ -172,9 +189,9 @@ def write_shadow_repository(repo: Path | str, target: Path, threads: int = 2,
             config = shadow_config(config, threads, _manifest_limits(repository, name))
             model_py = ONNX_RUNTIME_MODEL
         served.append((name, config, model_py))
-    if nobatch_twins:
+    if nobatch_twins:  # a sequence model has no unbatched twin: its batcher keeps its state
         served += [(name, nobatch_twin(config, set(names)), model_py)
-                   for name, config, model_py in list(served)]
+                   for name, config, model_py in list(served) if not config.HasField("sequence_batching")]
     for name, config, model_py in served:
         folder = target / config.name
         folder.mkdir()

@@ -64,6 +64,10 @@ class ServingOptions:
     instances: int = 1
     queue_delay_us: int = 500
     warmup_length: int = 16  # stands in for dynamic axes in the warm-up request
+    # Streaming (stateful) models: sequences held at once, and how long one may stay silent
+    # before Triton frees its slot (Triton's own default is 1 s, too short for a live stream).
+    max_sequences: int = 64
+    sequence_idle_us: int = 60_000_000
 
     def __post_init__(self):
         if self.max_batch_size < 1:
@@ -71,6 +75,9 @@ class ServingOptions:
                 f"--max-batch {self.max_batch_size} must be at least 1 (Triton batches along dim 0)")
         if self.instances < 1:
             raise TritonForgeError(f"instance count {self.instances} must be at least 1")
+        if self.max_sequences < 1 or self.sequence_idle_us < 1:
+            raise TritonForgeError(f"max_sequences {self.max_sequences} and sequence_idle_us "
+                                   f"{self.sequence_idle_us} must be positive")
 
 
 def triton_dtype(dtype: str) -> int:
@@ -94,25 +101,36 @@ def describe_model(config: mc.ModelConfig, io: ModelIO) -> None:
     output in its natural form): the labels, each output's kind, the pre-processing record."""
     if io.labels:
         config.parameters["labels"].string_value = json.dumps(list(io.labels))
-    config.parameters["output_kinds"].string_value = json.dumps({t.name: t.kind for t in io.outputs})
+    state = {name for _in, name in io.state}  # kept by the server, never returned
+    config.parameters["output_kinds"].string_value = json.dumps(
+        {t.name: t.kind for t in io.outputs if t.name not in state})
     config.parameters["preprocessing"].string_value = json.dumps(io.preprocessing.to_json())
 
 
 def model_config(name: str, io: ModelIO, serving: ServingOptions,
                  backend: str = "onnxruntime") -> mc.ModelConfig:
-    """A ModelConfig message for one model; serialize with `config_text`."""
+    """A ModelConfig message for one model; serialize with `config_text`.
+
+    A model with `io.state` (one step of a stream) gets the sequence batcher instead of the
+    dynamic batcher: its state tensors leave the declared I/O and become implicit state that
+    Triton keeps per sequence, zero at START; it gets no warm-up (a warm-up request carries no
+    sequence)."""
+    state = {name for pair in io.state for name in pair}
     config = mc.ModelConfig(name=name, backend=backend, max_batch_size=serving.max_batch_size)
-    add_tensors(config.input, io.inputs)
-    add_tensors(config.output, io.outputs)
-    config.dynamic_batching.preferred_batch_size.extend(preferred_batch_sizes(serving.max_batch_size))
-    config.dynamic_batching.max_queue_delay_microseconds = serving.queue_delay_us
+    add_tensors(config.input, [t for t in io.inputs if t.name not in state])
+    add_tensors(config.output, [t for t in io.outputs if t.name not in state])
     kind = mc.ModelInstanceGroup.KIND_GPU if serving.gpu else mc.ModelInstanceGroup.KIND_CPU
     config.instance_group.add(count=serving.instances, kind=kind)
-    warmup = config.model_warmup.add(name="warmup", batch_size=1)
-    for spec in io.inputs:
-        dims = [serving.warmup_length if d < 0 else d for d in spec.dims]
-        warmup.inputs[spec.name].CopyFrom(mc.ModelWarmup.Input(
-            data_type=triton_dtype(spec.dtype), dims=dims, zero_data=True))
+    if io.state:
+        sequence_batching(config, io, serving)
+    else:
+        config.dynamic_batching.preferred_batch_size.extend(preferred_batch_sizes(serving.max_batch_size))
+        config.dynamic_batching.max_queue_delay_microseconds = serving.queue_delay_us
+        warmup = config.model_warmup.add(name="warmup", batch_size=1)
+        for spec in io.inputs:
+            dims = [serving.warmup_length if d < 0 else d for d in spec.dims]
+            warmup.inputs[spec.name].CopyFrom(mc.ModelWarmup.Input(
+                data_type=triton_dtype(spec.dtype), dims=dims, zero_data=True))
     describe_model(config, io)
     if serving.gpu:
         accelerators = config.optimization.execution_accelerators.gpu_execution_accelerator
@@ -123,6 +141,36 @@ def model_config(name: str, io: ModelIO, serving: ServingOptions,
             "trt_engine_cache_path": "/tmp/triton_trt_cache",
         })
     return config
+
+
+def sequence_batching(config: mc.ModelConfig, io: ModelIO, serving: ServingOptions) -> None:
+    """The sequence batcher with the `oldest` strategy (frames of different sequences share a
+    batch) and one implicit state per `io.state` pair, zero at each sequence's START."""
+    batching = config.sequence_batching
+    batching.max_sequence_idle_microseconds = serving.sequence_idle_us
+    batching.oldest.max_candidate_sequences = serving.max_sequences
+    batching.oldest.preferred_batch_size.extend(preferred_batch_sizes(serving.max_batch_size))
+    batching.oldest.max_queue_delay_microseconds = serving.queue_delay_us
+    specs = {spec.name: spec for spec in (*io.inputs, *io.outputs)}
+    for state_in, state_out in io.state:
+        spec = specs[state_in]
+        if spec.dims != specs[state_out].dims or any(d < 0 for d in spec.dims):
+            raise TritonForgeError(f"state {state_in} -> {state_out} must keep one fixed shape "
+                                   f"({list(spec.dims)} -> {list(specs[state_out].dims)})")
+        batching.state.add(
+            input_name=state_in, output_name=state_out, data_type=triton_dtype(spec.dtype),
+            dims=list(spec.dims),
+            initial_state=[mc.ModelSequenceBatching.InitialState(
+                name="zeros", data_type=triton_dtype(spec.dtype), dims=list(spec.dims), zero_data=True)])
+
+
+def state_specs(config: mc.ModelConfig) -> list[tuple[str, str, list[int], str]]:
+    """(input name, output name, dims, numpy dtype) of each implicit state of a config."""
+    from tritonclient.utils import triton_to_np_dtype
+
+    return [(s.input_name, s.output_name, list(s.dims),
+             np.dtype(triton_to_np_dtype(mc.DataType.Name(s.data_type)[len("TYPE_"):])).name)
+            for s in config.sequence_batching.state]
 
 
 @dataclass(frozen=True)
@@ -367,9 +415,13 @@ def onnx_io_matches_config(onnx_inputs: Sequence, onnx_outputs: Sequence,
     from onnx import helper
 
     problems = []
+    state = config.sequence_batching.state
     for kind, rows, tensors in (("input", onnx_inputs, config.input),
                                 ("output", onnx_outputs, config.output)):
         by_name = {t.name: t for t in tensors}
+        for entry in state:  # implicit state: a graph input/output the config keeps apart
+            name = entry.input_name if kind == "input" else entry.output_name
+            by_name[name] = mc.ModelInput(name=name, data_type=entry.data_type, dims=entry.dims)
         if {r[0] for r in rows} != set(by_name):
             problems.append(f"{kind} names: onnx {sorted(r[0] for r in rows)} vs config "
                             f"{sorted(by_name)}")

@@ -14,7 +14,7 @@ from tritonforge.modalities import manifest_io
 from tritonforge.runtime import ort_session, run_session
 from tritonforge.spec import ModelIO, Parity
 from tritonforge.timing import LatencyStats, measure_interleaved
-from tritonforge.verify.parity import parity_check, run_steps
+from tritonforge.verify.parity import parity_check, run_steps, session_steps
 
 # -- verify --------------------------------------------------------------------------------
 
@@ -141,13 +141,13 @@ def verify_model(repo: Path | str, name: str, version: int | None = None, batch_
         run_steps(lambda feed: plan.family.reference_outputs(baseline, feed, plan.io), steps, plan.io)
 
     runners = {"pytorch": pytorch,
-               "onnxruntime": lambda: run_steps(lambda feed: run_session(session, feed), steps, plan.io)}
+               "onnxruntime": lambda: session_steps(session, steps, plan.io)}
     triton_parity = None
     if served is not None:
         tick = stage(f"Triton at {triton_url}: parity on {count} real inputs", -(-count // batch_size))
         triton_parity = parity_check(plan.family, model, plan.options, plan.io, served, inputs,
                                      batch_size, tick)
-        runners["triton"] = lambda: run_steps(lambda feed: run_session(served, feed), steps, plan.io)
+        runners["triton"] = lambda: session_steps(served, steps, plan.io)
     tick = stage(f"latency, {', '.join(runners)} interleaved", iterations)
     latency = measure_interleaved(runners, iterations, tick=tick)
     return VerifyReport(plan.name, plan.version, plan.family.name,

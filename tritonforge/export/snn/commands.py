@@ -24,6 +24,7 @@ def snn_commands() -> typer.Typer:
         """Train the spiking VGG on scikit-learn's digits with the TET loss; `export snn
         --checkpoint FILE` takes the result."""
         from rich.console import Console
+        from rich.markup import escape
 
         from tritonforge.errors import TritonForgeError
         from tritonforge.export.snn.train import TrainRecipe, save_checkpoint, train
@@ -33,7 +34,7 @@ def snn_commands() -> typer.Typer:
             recipe = TrainRecipe(widths=tuple(int(w) for w in widths.split(",")), timesteps=timesteps,
                                  epochs=epochs, lam=lam, phi=phi, seed=seed)
         except (ValueError, TritonForgeError) as exc:
-            console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+            console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(2) from None
 
         def report(epoch: int, loss: float, accuracy: float) -> None:

@@ -40,9 +40,12 @@ class LIF(nn.Module):
     def __init__(self):
         super().__init__()
         self.rate: torch.Tensor | None = None  # [B], the last forward's spike rate per sample
+        # Streaming: the membrane to start from (None: zeros) and the one left after the call.
+        self.initial: torch.Tensor | None = None
+        self.final: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        u = torch.zeros_like(x[:, 0])
+        u = torch.zeros_like(x[:, 0]) if self.initial is None else self.initial
         spikes = []
         for t in range(x.shape[1]):
             u = TAU * u + x[:, t]
@@ -51,6 +54,7 @@ class LIF(nn.Module):
             spikes.append(s)
         out = torch.stack(spikes, dim=1)
         self.rate = out.flatten(1).mean(1)
+        self.final = u
         return out
 
 

@@ -10,12 +10,22 @@ This file runs inside Triton's Python stub: it imports only numpy, onnxruntime a
   intra_op_threads     ONNX Runtime intra-op threads (0: ONNX Runtime's default)
   max_sequence_length  longest dynamic axis accepted (0: no limit); longer inputs are refused
                        with an error that says so, instead of failing inside the graph
+  sequence_state       a streaming model's implicit state, as JSON [{input, output, dims, dtype}]
+                       (`tritonforge serve` moves it here from `sequence_batching`)
+  sequence_idle_us     how long a silent sequence's state is kept
+
+A streaming model runs under Triton's sequence batcher. The production onnxruntime backend keeps
+its implicit state; the python backend does not, so this wrapper keeps it per correlation ID:
+zeros at START, the state output fed back as the next frame's state input, dropped at END or
+after `sequence_idle_us` without a frame. Frames of different sequences that Triton merges into
+one call run as one batch, their states stacked in the same order.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 
 import numpy as np
 import onnxruntime as ort
@@ -52,9 +62,14 @@ class TritonPythonModel:
         self.inputs = [(spec["name"], [int(d) for d in spec["dims"]]) for spec in config["input"]]
         self.outputs = [spec["name"] for spec in config["output"]]
         self.max_length = int(parameters.get("max_sequence_length", "0"))
+        self.state = json.loads(parameters.get("sequence_state", "[]"))
+        self.idle_s = int(parameters.get("sequence_idle_us", "0")) / 1e6
+        self.sequences: dict = {}  # correlation ID -> ({state input: [1, ...] array}, last frame time)
 
     def execute(self, requests: list) -> list:
         """Requests with equal shapes (what the dynamic batcher merges) run as one batch."""
+        if self.state:
+            return self._execute_sequences(requests)
         responses: list = [None] * len(requests)
         groups: dict[tuple, list[tuple[int, dict[str, np.ndarray]]]] = {}
         for index, request in enumerate(requests):
@@ -72,6 +87,12 @@ class TritonPythonModel:
         return responses
 
     def _too_long(self, feed: dict[str, np.ndarray]) -> str | None:
+        """What is wrong with a request's inputs (non-finite values, too long), or None."""
+        for name, value in feed.items():  # ONNX Runtime itself would compute on a NaN
+            if value.dtype.kind == "f" and not np.isfinite(value).all():
+                position = [int(i) for i in np.argwhere(~np.isfinite(value))[0]]
+                return (f"input '{name}' holds {value[tuple(position)]} at index {position}: model "
+                        f"'{self.model_name}' takes finite values only; replace NaN and infinity")
         if not self.max_length:
             return None
         for name, dims in self.inputs:
@@ -84,20 +105,96 @@ class TritonPythonModel:
         return None
 
     def _run_group(self, members: list) -> list:
+        """(index, response) per member; the batch's state outputs, when the model has state,
+        come back per member in `self.last_states`."""
         sizes = [len(next(iter(feed.values()))) for _index, feed in members]
+        names = [name for name in members[0][1]]
         batch = {name: np.concatenate([feed[name] for _index, feed in members]) if len(members) > 1
-                 else members[0][1][name] for name, _dims in self.inputs}
+                 else members[0][1][name] for name in names}
+        state_outputs = [entry["output"] for entry in self.state]
         try:
-            outputs = self.session.run(self.outputs, batch)
+            outputs = self.session.run(self.outputs + state_outputs, batch)
         except Exception as exc:  # ONNX Runtime's own error types; its message names the node
             shapes = ", ".join(f"{name} {list(members[0][1][name].shape)}" for name, _dims in self.inputs)
             message = (f"ONNX Runtime could not run model '{self.model_name}' on inputs {shapes}: "
                        f"{str(exc).splitlines()[0][:400]}")
+            self.last_states = {}
             return [(index, invalid_argument(message)) for index, _feed in members]
-        results, start = [], 0
+        results, start, self.last_states = [], 0, {}
         for (index, _feed), size in zip(members, sizes, strict=True):
             tensors = [pb_utils.Tensor(name, np.ascontiguousarray(out[start:start + size]))
-                       for name, out in zip(self.outputs, outputs, strict=True)]
+                       for name, out in zip(self.outputs, outputs, strict=False)]
             results.append((index, pb_utils.InferenceResponse(output_tensors=tensors)))
+            self.last_states[index] = {entry["input"]: out[start:start + size]
+                                       for entry, out in zip(self.state, outputs[len(self.outputs):],
+                                                             strict=True)}
             start += size
         return results
+
+    # -- streaming models ------------------------------------------------------------------
+
+    def _execute_sequences(self, requests: list) -> list:
+        """One frame per request. A sequence appears at most once per batch run (rounds keep
+        two frames of one sequence, should Triton hand both over in one call, in order)."""
+        now = time.monotonic()
+        self._evict_idle(now)
+        responses: list = [None] * len(requests)
+        rounds: list[list] = []  # [(index, request, sequence id)]
+        for index, request in enumerate(requests):
+            sequence = request.correlation_id()
+            slot = next((r for r in rounds if all(s != sequence for _i, _r, s in r)), None)
+            if slot is None:
+                slot = []
+                rounds.append(slot)
+            slot.append((index, request, sequence))
+        for members in rounds:
+            groups: dict[tuple, list] = {}
+            ends = {}
+            for index, request, sequence in members:
+                end = bool(request.flags() & pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END)
+                feed, problem = self._sequence_feed(request, sequence)
+                if problem:  # the sequence keeps its state: the client may resend the frame
+                    responses[index] = invalid_argument(problem)
+                    if end:
+                        self.sequences.pop(sequence, None)
+                    continue
+                ends[index] = (sequence, end)
+                shapes = tuple(value.shape for value in feed.values())
+                groups.setdefault(shapes, []).append((index, feed))
+            for group in groups.values():
+                for index, response in self._run_group(group):
+                    responses[index] = response
+                    sequence, end = ends[index]
+                    if end or index not in self.last_states:
+                        self.sequences.pop(sequence, None)  # END, or a failed frame: forget it
+                    else:
+                        self.sequences[sequence] = (self.last_states[index], now)
+        return responses
+
+    def _sequence_feed(self, request, sequence) -> tuple[dict | None, str | None]:
+        feed = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy()
+                for name, _dims in self.inputs}
+        frames = {len(value) for value in feed.values()}
+        if frames != {1}:
+            return None, (f"model '{self.model_name}' takes one frame per request of a sequence, "
+                          f"got a batch of {sorted(frames)}: send the frames one by one")
+        problem = self._too_long(feed)
+        if problem:
+            return None, problem
+        if request.flags() & pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_START:
+            state = {entry["input"]: np.zeros([1, *entry["dims"]], dtype=entry["dtype"])
+                     for entry in self.state}
+        elif sequence in self.sequences:
+            state = self.sequences[sequence][0]
+        else:
+            return None, (f"sequence {sequence} has no state in model '{self.model_name}' (silent for "
+                          f"over {self.idle_s:g} s, or the server restarted): send its first frame "
+                          "again with sequence_start")
+        return {**feed, **state}, None
+
+    def _evict_idle(self, now: float) -> None:
+        """Triton frees an idle sequence's slot without telling the model: forget its state too."""
+        if self.idle_s > 0:
+            stale = [s for s, (_state, seen) in self.sequences.items() if now - seen > self.idle_s]
+            for sequence in stale:
+                del self.sequences[sequence]
