@@ -3,6 +3,8 @@ BatchNorm folded and LIF as comparison + cast + arithmetic reset."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -89,3 +91,40 @@ def test_int8_keeps_the_digits_and_quantizes_every_conv(tmp_path, snn_checkpoint
     assert [node.op_type for node in graph.node].count("Greater") == 8  # the LIF stays as it was
     with pytest.raises(TritonForgeError, match="--bits 4 is not offered for spiking models"):
         SnnOptions(bits=4)
+
+
+# -- streaming: one time step, the membranes as state -------------------------------------
+
+
+def test_the_streaming_export_is_one_step_with_implicit_state_under_the_sequence_batcher(snn_repo):
+    from tritonforge.serving.local import shadow_config
+    from tritonforge.serving.repository import ModelRepository
+
+    repository = ModelRepository(snn_repo)
+    manifest = repository.read_manifest("snn_digits_stream")
+    assert manifest["parity"]["passed"] and manifest["quality"]["accuracy"] >= 0.95
+    # The running mean after T frames is the full-sequence model's output.
+    assert manifest["onnx"]["stream_vs_full_sequence_max_abs_diff"] <= 1e-5
+    graph = onnx.load(str(snn_repo / "snn_digits_stream" / "1" / "model.onnx")).graph
+    assert [i.name for i in graph.input] == ["frame", "state_in"]
+    assert [o.name for o in graph.output] == ["logits", "step_logits", "spike_rates", "state_out"]
+    assert [n.op_type for n in graph.node].count("Greater") == 2  # one step x 2 LIF layers
+    config = repository.read_config("snn_digits_stream")
+    assert config.WhichOneof("scheduling_choice") == "sequence_batching" and not config.model_warmup
+    assert [i.name for i in config.input] == ["frame"] and "state_out" not in [o.name for o in config.output]
+    (state,) = config.sequence_batching.state
+    assert (state.input_name, state.output_name) == ("state_in", "state_out")
+    assert list(state.dims) == [manifest["onnx"]["state_size"]] and state.initial_state[0].zero_data
+    assert config.sequence_batching.oldest.max_candidate_sequences >= 32
+    # The local server's python backend never feeds state back: its shadow hands it to the wrapper.
+    shadow = shadow_config(config, threads=2)
+    assert not shadow.sequence_batching.state and shadow.sequence_batching.HasField("oldest")
+    assert json.loads(shadow.parameters["sequence_state"].string_value) == [
+        {"input": "state_in", "output": "state_out", "dims": list(state.dims), "dtype": "float32"}]
+
+
+def test_streaming_is_refused_where_it_cannot_work(snn_repo):
+    with pytest.raises(TritonForgeError, match="--streaming exports FP32 steps only"):
+        SnnOptions(streaming=True, bits=8)
+    with pytest.raises(TritonForgeError, match="--timesteps 0 must be at least 1"):
+        verify_model(snn_repo, "snn_digits_stream", iterations=1, shape={"timesteps": 0})

@@ -161,3 +161,20 @@ def test_query_streams_a_recording_and_bench_streams_sequences(snn_server, snn_r
     assert [(r["concurrency"], r["errors"], r["batching"]) for r in levels] == [(1, 0, "sequence"),
                                                                                 (8, 0, "sequence")]
     assert all(r["ok"] >= 64 for r in levels)
+
+
+def test_query_takes_a_digit_as_npy_and_refuses_the_wrong_channels(snn_server, snn_repo, tmp_path):
+    images, labels = digits("test")
+    np.save(tmp_path / "digit.npy", images[5, 0])  # [8, 8] floats in 0-1, decoded by the ensemble
+    result = runner.invoke(app, ["query", "snn_digits_image", "--url", snn_server.grpc_url,
+                                 "--image", str(tmp_path / "digit.npy"), "--json", str(tmp_path / "q.json")])
+    assert result.exit_code == 0, result.output
+    logits = np.array(json.loads((tmp_path / "q.json").read_text())["outputs"]["logits"]["values"])
+    np.testing.assert_allclose(logits[0], full_sequence_logits(snn_repo, images[5:6])[0],
+                               atol=1e-5)
+    assert int(logits.argmax()) == labels[5]
+    np.save(tmp_path / "rgb.npy", np.zeros((8, 8, 3), np.uint8))
+    result = runner.invoke(app, ["query", "snn_digits_image", "--url", snn_server.grpc_url,
+                                 "--image", str(tmp_path / "rgb.npy")])
+    output = " ".join(result.output.split())
+    assert result.exit_code == 2 and "shape [8, 8, 3]" in output and "an array [8, 8]" in output

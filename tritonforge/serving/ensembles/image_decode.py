@@ -30,6 +30,11 @@ Each image, in order:
 The original size is the upright image's (after step 3), so a detector can map its boxes back
 through the letterbox.
 
+A `.npy` array (numpy's file format, recognised by its magic bytes) is taken as pixels:
+[height, width] or [height, width, channels] with the channels the model takes, uint8 (0-255)
+or float (0-1 intensities, kept in floating point); it is resized the same way and normalised
+the same way. Non-finite values, floats outside 0-1 and other channel counts are refused.
+
 Config parameters (strings, see `Decoding.to_parameters`): height, width, channels, resize,
 mean, std (comma-separated), scale, fill, max_pixels, max_bytes, dtype; `output` names the
 tensor and `size_output`, when present, the original sizes.
@@ -55,6 +60,7 @@ IMAGE_INPUT = "IMAGE"
 RESIZE_MODES = ("stretch", "letterbox")
 FORMATS = "PNG, JPEG, BMP, GIF, TIFF or WebP"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+NPY_MAGIC = b"\x93NUMPY"  # a numpy array file: taken as pixels (see `array_pixels`)
 
 
 class ImageError(ValueError):
@@ -119,20 +125,65 @@ def decode_images(items: Sequence[bytes], decoding: Decoding) -> tuple[np.ndarra
 
 
 def decode_image(data: bytes, decoding: Decoding) -> tuple[np.ndarray, tuple[int, int]]:
-    """One encoded image as [C, H, W] (steps 1-6 of the module doc) and its upright size
-    (height, width) before resizing."""
-    image = open_image(data, decoding.max_pixels, decoding.max_bytes)
-    size = (image.height, image.width)
-    image = as_mode(image, "L" if decoding.channels == 1 else "RGB", decoding.fill)
-    image = resized(image, decoding.height, decoding.width, decoding.resize, decoding.fill)
+    """One encoded image (or a `.npy` array, see `array_pixels`) as [C, H, W] (steps 1-6 of the
+    module doc) and its upright size (height, width) before resizing."""
+    if bytes(data[:len(NPY_MAGIC)]) == NPY_MAGIC:
+        pixels, size = array_pixels(data, decoding)
+    else:
+        image = open_image(data, decoding.max_pixels, decoding.max_bytes)
+        size = (image.height, image.width)
+        image = as_mode(image, "L" if decoding.channels == 1 else "RGB", decoding.fill)
+        image = resized(image, decoding.height, decoding.width, decoding.resize, decoding.fill)
+        pixels = np.asarray(image, dtype=np.float32)
+        pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
     if decoding.dtype == "uint8":
-        pixels = np.asarray(image, dtype=np.uint8)
-        return np.ascontiguousarray(pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)), size
-    pixels = np.asarray(image, dtype=np.float32)
-    pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+        return np.ascontiguousarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8)), size
     mean = np.asarray(decoding.mean, dtype=np.float32)[:, None, None]
     std = np.asarray(decoding.std, dtype=np.float32)[:, None, None]
     return np.ascontiguousarray((pixels * np.float32(decoding.scale) - mean) / std), size
+
+
+def array_pixels(data: bytes, decoding: Decoding) -> tuple[np.ndarray, tuple[int, int]]:
+    """A `.npy` image: [height, width] or [height, width, channels], uint8 (0-255) or float
+    (0-1), with the channels the model takes; as float32 [C, H, W] on the 0-255 scale, resized
+    like a decoded image (bilinear, per channel, without rounding to 8 bits)."""
+    if len(data) > decoding.max_bytes:
+        raise ImageError(f"is {len(data):,} bytes, above this model's limit of {decoding.max_bytes:,} "
+                         "(max_bytes): send a smaller array")
+    try:
+        array = np.load(io.BytesIO(bytes(data)), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ImageError(f"is a .npy file numpy cannot read ({exc}): save it with numpy.save") from None
+    expected = (f"[{decoding.height}, {decoding.width}]" if decoding.channels == 1 else
+                f"[{decoding.height}, {decoding.width}, 3]") + " (other sizes are resized)"
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        position = [int(i) for i in np.argwhere(~np.isfinite(array))[0]]
+        raise ImageError(f"holds {array[tuple(position)]} at index {position}: pixels must be finite")
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] != decoding.channels or 0 in array.shape:
+        raise ImageError(f"is an array of shape {list(array.shape)}; this model takes "
+                         f"{'grayscale' if decoding.channels == 1 else 'RGB'} images: an array "
+                         f"{expected}, height x width{'' if decoding.channels == 1 else ' x channels'}")
+    height, width = array.shape[:2]
+    if height * width > decoding.max_pixels:
+        raise ImageError(f"is {width}x{height} = {width * height:,} pixels, above this model's limit "
+                         f"of {decoding.max_pixels:,} (max_pixels): downscale it before sending")
+    if array.dtype == np.uint8:
+        pixels = array.astype(np.float32)
+    elif array.dtype.kind == "f":
+        if array.min() < 0 or array.max() > 1:
+            raise ImageError(f"holds floats from {array.min():g} to {array.max():g}: float pixels are "
+                             "read as 0-1 intensities (uint8 as 0-255); scale it")
+        pixels = array.astype(np.float32) * np.float32(255)
+    else:
+        raise ImageError(f"holds {array.dtype} pixels: give uint8 (0-255) or float (0-1)")
+    if (height, width) != (decoding.height, decoding.width):
+        fill = float(decoding.fill)
+        pixels = np.stack([np.asarray(resized(Image.fromarray(np.ascontiguousarray(pixels[:, :, c])),
+                                              decoding.height, decoding.width, decoding.resize, fill))
+                           for c in range(pixels.shape[2])], axis=2)
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1)), (height, width)
 
 
 def open_image(data: bytes, max_pixels: int, max_bytes: int) -> Image.Image:
@@ -194,7 +245,7 @@ def as_mode(image: Image.Image, mode: str, fill: int) -> Image.Image:
                          "save it as an 8-bit RGB or grayscale PNG or JPEG") from None
 
 
-def resized(image: Image.Image, height: int, width: int, mode: str, fill: int) -> Image.Image:
+def resized(image: Image.Image, height: int, width: int, mode: str, fill: float) -> Image.Image:
     """`image` at width x height: stretched, or letterboxed (fit, centred, padded with fill)."""
     if mode == "stretch":
         return image.resize((width, height), Image.Resampling.BILINEAR)
@@ -202,7 +253,8 @@ def resized(image: Image.Image, height: int, width: int, mode: str, fill: int) -
         raise ValueError(f"resize {mode!r} is unknown: choose one of {', '.join(RESIZE_MODES)}")
     ratio = min(width / image.width, height / image.height)
     inner = (min(width, max(1, round(image.width * ratio))), min(height, max(1, round(image.height * ratio))))
-    canvas = Image.new(image.mode, (width, height), (fill,) * len(image.getbands()))
+    colour = fill if image.mode == "F" else (int(fill),) * len(image.getbands())
+    canvas = Image.new(image.mode, (width, height), colour)
     canvas.paste(image.resize(inner, Image.Resampling.BILINEAR),
                  ((width - inner[0]) // 2, (height - inner[1]) // 2))
     return canvas
