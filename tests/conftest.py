@@ -93,4 +93,6 @@ def snn_repo(tmp_path_factory, snn_checkpoint) -> Path:
     repo = tmp_path_factory.mktemp("snn_repo")
     export_model("snn", SnnOptions(checkpoint=str(snn_checkpoint)), repo)  # snn_digits (+ _image)
     export_model("snn", SnnOptions(checkpoint=str(snn_checkpoint), streaming=True), repo)  # _stream
+    # The TET paper's VGGSNN on event frames, random weights (no trained checkpoint offline), T = 2.
+    export_model("snn", SnnOptions(arch="vggsnn", random_init=True, timesteps=2), repo)  # snn_vggsnn
     return repo

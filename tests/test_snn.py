@@ -76,7 +76,7 @@ def test_bad_recipes_and_checkpoints_are_refused(tmp_path, snn_checkpoint):
     torch.save({"weights": np.arange(3)}, tmp_path / "pickled.pt")
     with pytest.raises(TritonForgeError, match="cannot be loaded safely"):
         load_checkpoint(tmp_path / "pickled.pt")
-    with pytest.raises(TritonForgeError, match="this model takes 8x8 digit images"):
+    with pytest.raises(TritonForgeError, match="this model takes 8x8 images"):
         get_family("snn").sample_inputs(None, SnnOptions(), 2, {"image_size": 16})
 
 
@@ -128,3 +128,54 @@ def test_streaming_is_refused_where_it_cannot_work(snn_repo):
         SnnOptions(streaming=True, bits=8)
     with pytest.raises(TritonForgeError, match="--timesteps 0 must be at least 1"):
         verify_model(snn_repo, "snn_digits_stream", iterations=1, shape={"timesteps": 0})
+
+
+# -- the TET paper's networks (presets), with random weights: no trained checkpoint offline --
+
+
+def test_the_vggsnn_preset_exports_on_event_frames_with_every_layer_firing(snn_repo):
+    from tritonforge.runtime import ort_session, run_session
+    from tritonforge.serving.repository import ModelRepository
+
+    repository = ModelRepository(snn_repo)
+    manifest = repository.read_manifest("snn_vggsnn")
+    assert manifest["parity"]["passed"] and manifest["source"]["architecture"] == "VGGSNN"
+    assert manifest["source"]["weights"].startswith("random")
+    assert [list(i.dims) for i in repository.read_config("snn_vggsnn").input] == [[2, 2, 48, 48]]
+    recordings = np.load(snn_repo / "snn_vggsnn" / "1" / "samples.npz")["frames"]  # made from photographs
+    assert recordings.shape == (32, 2, 2, 48, 48) and recordings.max() >= 1 and recordings.min() == 0
+    outputs = run_session(ort_session(snn_repo / "snn_vggsnn" / "1" / "model.onnx"), {"frames": recordings})
+    # Random weights scaled from data: every layer fires, so the parity above compared real spikes.
+    assert outputs["spike_rates"].shape == (32, 8) and outputs["spike_rates"].mean(0).min() > 0.05
+    assert len(set(outputs["logits"].argmax(1).tolist())) > 1
+
+
+def test_a_reference_checkpoint_exports_and_another_architectures_is_refused(tmp_path):
+    from tritonforge.export.snn.presets import ResNet19
+
+    torch.manual_seed(0)
+    model = ResNet19(timesteps=2)
+    torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, tmp_path / "resnet19.pth")
+    result = export_model("snn", SnnOptions(arch="resnet19", checkpoint=str(tmp_path / "resnet19.pth"),
+                                            timesteps=2), tmp_path / "repo")
+    manifest = result.manifest
+    assert manifest["source"]["weights"] == "the TET reference's state dict"
+    assert manifest["parity"]["details"]["checks"][0]["tolerance"] == 0.995  # a checkpoint: the full bar
+    io_record = manifest["io"]["preprocessing"]
+    assert (io_record["kind"], io_record["height"], io_record["channels"]) == ("image", 32, 3)
+    assert io_record["mean"] == [0.4914, 0.4822, 0.4465]  # the reference's CIFAR-10 normalisation
+    assert (tmp_path / "repo" / "snn_resnet19_image" / "config.pbtxt").is_file()
+    result = runner.invoke(app, ["export", "snn", "--arch", "vggsnn", "--checkpoint",
+                                 str(tmp_path / "resnet19.pth"), "--repo", str(tmp_path / "repo")])
+    output = " ".join(result.output.split())
+    assert result.exit_code == 2 and "does not fit vggsnn" in output
+    assert "features.0.fwd.module.0.weight" in output and "load it as resnet19" in output
+
+
+def test_presets_need_weights_and_train_only_the_digits_model():
+    with pytest.raises(TritonForgeError, match="--arch vggsnn needs --checkpoint FILE"):
+        SnnOptions(arch="vggsnn")
+    with pytest.raises(TritonForgeError, match="--arch 'alexnet' is unknown"):
+        SnnOptions(arch="alexnet")
+    result = runner.invoke(app, ["snn", "train", "--arch", "resnet19"])
+    assert result.exit_code == 2 and "train them with the TET reference" in " ".join(result.output.split())

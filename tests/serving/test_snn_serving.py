@@ -178,3 +178,24 @@ def test_query_takes_a_digit_as_npy_and_refuses_the_wrong_channels(snn_server, s
                                  "--image", str(tmp_path / "rgb.npy")])
     output = " ".join(result.output.split())
     assert result.exit_code == 2 and "shape [8, 8, 3]" in output and "an array [8, 8]" in output
+
+
+def test_event_frames_go_to_the_vggsnn_preset_as_npy_and_a_wrong_shape_names_the_expected_one(
+        snn_server, snn_repo, tmp_path):
+    from tritonforge.runtime import ort_session, run_session
+
+    recordings = np.load(snn_repo / "snn_vggsnn" / "1" / "samples.npz")["frames"]
+    np.save(tmp_path / "recording.npy", recordings[3])  # [T = 2, 2, 48, 48]
+    result = runner.invoke(app, ["query", "snn_vggsnn", "--url", snn_server.grpc_url, "--npy",
+                                 str(tmp_path / "recording.npy"), "--json", str(tmp_path / "q.json")])
+    assert result.exit_code == 0, result.output
+    served = np.array(json.loads((tmp_path / "q.json").read_text())["outputs"]["logits"]["values"])
+    session = ort_session(snn_repo / "snn_vggsnn" / "1" / "model.onnx")
+    local = run_session(session, {"frames": recordings[3:4]})
+    np.testing.assert_allclose(served, local["logits"], atol=1e-5)
+    assert "most probable labels" in result.output  # CIFAR-10's class names, from the config
+    np.save(tmp_path / "channels.npy", np.zeros((2, 3, 48, 48), np.float32))
+    result = runner.invoke(app, ["query", "snn_vggsnn", "--url", snn_server.grpc_url,
+                                 "--npy", str(tmp_path / "channels.npy")])
+    output = " ".join(result.output.split())
+    assert result.exit_code == 2 and "takes one sample of shape [2, 2, 48, 48]" in output

@@ -27,6 +27,7 @@ from tritonforge.spec import (
     EMBEDDING,
     TENSOR,
     ModelIO,
+    TensorSpec,
 )
 
 DEFAULT_URL = "127.0.0.1:8001"
@@ -108,6 +109,17 @@ class ModelInfo:
             f"model {self.name!r} does not say what input it takes (its config has no "
             "pre-processing record): pass --repo with its export, or send --input-json")
 
+    def declared_io(self) -> ModelIO:
+        """The inputs and outputs as the server declares them (batch axis dropped)."""
+        from tritonclient.utils import triton_to_np_dtype
+
+        def specs(tensors: Sequence[TensorInfo]) -> tuple[TensorSpec, ...]:
+            return tuple(TensorSpec(t.name, np.dtype(triton_to_np_dtype(t.datatype)).name
+                                    if t.datatype != BYTES_DATATYPE else "object",
+                                    t.shape[1:] if self.max_batch_size else t.shape) for t in tensors)
+
+        return ModelIO(specs(self.inputs), specs(self.outputs), self.modality())
+
     def takes_raw(self, modality: Modality) -> bool:
         """Whether the model takes the raw input itself (an ensemble such as `<name>_text`)."""
         return (len(self.inputs) == 1 and self.inputs[0].datatype == BYTES_DATATYPE
@@ -159,6 +171,8 @@ def raw_request(info: ModelInfo, modality: Modality, raw: Sequence[Any], repo: P
         raise TritonForgeError(f"give at least one --{modality.query_option}")
     if info.takes_raw(modality):
         return modality.request(raw)
+    if modality.kind == "tensors":  # arrays as they are: the server's config says what it takes
+        return modality.encode(raw, info.declared_io(), None, shape)
     if repo is None and modality.suffix:
         raise TritonForgeError(
             f"model {info.name!r} takes {[i.name for i in info.inputs]}, not raw {modality.kind}: "

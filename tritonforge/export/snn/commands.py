@@ -13,6 +13,8 @@ def snn_commands() -> typer.Typer:
 
     @commands.command("train")
     def train_command(
+        arch: Annotated[str, typer.Option(help="vgg: the spiking VGG of --widths (the presets vggsnn "
+                                               "and resnet19 are trained by the TET reference).")] = "vgg",
         timesteps: Annotated[int, typer.Option(help="Time steps T of the LIF neurons.")] = 4,
         epochs: Annotated[int, typer.Option(help="Training epochs over the 1,437 training digits.")] = 30,
         seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same weights.")] = 0,
@@ -31,6 +33,11 @@ def snn_commands() -> typer.Typer:
 
         console = Console()
         try:
+            if arch != "vgg":
+                raise TritonForgeError(
+                    f"--arch {arch}: `snn train` trains the spiking VGG (--arch vgg) on the digits; "
+                    "vggsnn and resnet19 need CIFAR10-DVS / CIFAR-10 and GPU hours: train them with the "
+                    "TET reference and export its checkpoint with `export snn --arch ... --checkpoint`")
             recipe = TrainRecipe(widths=tuple(int(w) for w in widths.split(",")), timesteps=timesteps,
                                  epochs=epochs, lam=lam, phi=phi, seed=seed)
         except (ValueError, TritonForgeError) as exc:

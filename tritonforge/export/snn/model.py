@@ -12,6 +12,8 @@ custom operator. Training needs a gradient through the step: the triangle surrog
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -58,24 +60,78 @@ class LIF(nn.Module):
         return out
 
 
+def over_steps(layer: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """A stateless layer applied to [B, T, ...] as B·T samples, reshaped back to [B, T, ...]."""
+    batch, steps = x.shape[:2]
+    y = layer(x.flatten(0, 1))
+    return y.view(batch, steps, *y.shape[1:])
+
+
 class Folded(nn.Module):
-    """Run a stateless module on [B, T, ...] as B·T samples."""
+    """Run a stateless module on [B, T, ...] as B·T samples (the TET reference's
+    SeqToANNContainer: the wrapped module is `.module` there too, so state-dict keys agree)."""
 
     def __init__(self, module: nn.Module):
         super().__init__()
         self.module = module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, steps = x.shape[:2]
-        y = self.module(x.flatten(0, 1))
-        return y.view(batch, steps, *y.shape[1:])
+        return over_steps(self.module, x)
 
 
 def conv_bn(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout))
 
 
-class SpikingVGG(nn.Module):
+class SpikingClassifier(nn.Module):
+    """What every network of the family shares. A subclass gives its stateless input layer
+    (conv + BN on one step) and the layers after it; this class runs a static image or frames
+    through them, averages the logits over T as TET infers, and finds the LIF layers and the
+    conv + BatchNorm pairs that export folds."""
+
+    timesteps: int
+
+    def input_layer(self, x: torch.Tensor) -> torch.Tensor:
+        """The first conv + BN on one step: [N, C, H, W] -> [N, C', H', W']."""
+        raise NotImplementedError
+
+    def spiking_layers(self, x: torch.Tensor) -> torch.Tensor:
+        """Everything after the input layer: [B, T, C', H', W'] -> [B, T, classes]."""
+        raise NotImplementedError
+
+    def per_step_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, T, classes] from a static image [B, C, H, W] (the input layer runs once and its
+        output is repeated over T: the same as repeating the image, with T - 1 fewer convs) or
+        from frames [B, T, C, H, W]."""
+        if x.dim() == 4:
+            first = self.input_layer(x).unsqueeze(1).expand(-1, self.timesteps, -1, -1, -1)
+        else:
+            first = over_steps(self.input_layer, x)
+        return self.spiking_layers(first)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.per_step_logits(x).mean(1)
+
+    def lif_layers(self) -> list[LIF]:
+        return [m for m in self.modules() if isinstance(m, LIF)]
+
+    def spike_rates(self) -> torch.Tensor:
+        """[B, layers]: the last forward's spike rate of every LIF layer."""
+        return torch.stack([layer.rate for layer in self.lif_layers()], dim=1)
+
+    def conv_bn_pairs(self) -> list[tuple[str, str]]:
+        """(conv, BatchNorm) submodule names, the BN right after the conv. This default finds
+        every nn.Sequential(Conv2d, BatchNorm2d); a network wired otherwise lists its own."""
+        pairs = []
+        for name, module in self.named_modules():
+            if (isinstance(module, nn.Sequential) and len(module) == 2
+                    and isinstance(module[0], nn.Conv2d) and isinstance(module[1], nn.BatchNorm2d)):
+                prefix = f"{name}." if name else ""
+                pairs.append((f"{prefix}0", f"{prefix}1"))
+        return pairs
+
+
+class SpikingVGG(SpikingClassifier):
     """A VGG-style spiking classifier: [conv-BN-LIF] x widths, average-pooling after every
     second block, then a linear head per step. `forward` takes a static image [B, C, H, W]
     (the first conv + BN runs once and its output is repeated over T) or frames
@@ -97,25 +153,11 @@ class SpikingVGG(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.head = Folded(nn.Sequential(nn.Flatten(), nn.Linear(widths[-1] * size * size, classes)))
 
-    def per_step_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, T, classes]."""
-        if x.dim() == 4:  # a static image: the first conv + BN once, repeated over T
-            stem = self.stem(x).unsqueeze(1).expand(-1, self.timesteps, -1, -1, -1)
-        else:
-            batch, steps = x.shape[:2]
-            stem = self.stem(x.flatten(0, 1))
-            stem = stem.view(batch, steps, *stem.shape[1:])
-        return self.head(self.blocks(self.stem_lif(stem)))
+    def input_layer(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stem(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.per_step_logits(x).mean(1)
-
-    def lif_layers(self) -> list[LIF]:
-        return [m for m in self.modules() if isinstance(m, LIF)]
-
-    def spike_rates(self) -> torch.Tensor:
-        """[B, layers]: the last forward's spike rate of every LIF layer."""
-        return torch.stack([layer.rate for layer in self.lif_layers()], dim=1)
+    def spiking_layers(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem_lif(x)))
 
 
 def tet_loss(per_step: torch.Tensor, labels: torch.Tensor, lam: float, phi: float) -> torch.Tensor:
@@ -130,22 +172,30 @@ class ExportGraph(nn.Module):
     """What is exported: the logits averaged over T and each LIF layer's spike rate, with every
     BatchNorm folded into the conv before it."""
 
-    def __init__(self, model: SpikingVGG):
+    def __init__(self, model: SpikingClassifier):
         super().__init__()
         self.model = model
 
-    def forward(self, pixel_values: torch.Tensor):
-        logits = self.model(pixel_values)
+    def forward(self, *args: torch.Tensor, **named: torch.Tensor):
+        """One input, whatever its name: a static image (`pixel_values`) or frames (`frames`)."""
+        (x,) = (*args, *named.values())
+        logits = self.model(x)
         return logits, self.model.spike_rates()
 
 
-def fold_batchnorm(model: SpikingVGG) -> SpikingVGG:
-    """The same network with each conv + BatchNorm pair fused into one conv (eval mode), in place."""
+def fold_batchnorm(model: SpikingClassifier) -> SpikingClassifier:
+    """The same network with each of its `conv_bn_pairs()` fused into one conv and the BN
+    replaced by Identity (eval mode), in place. Pairs folded already are skipped."""
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-    for sequential in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
-        pair = len(sequential) == 2 and isinstance(sequential[0], nn.Conv2d)
-        if pair and isinstance(sequential[1], nn.BatchNorm2d):
-            sequential[0] = fuse_conv_bn_eval(sequential[0], sequential[1])
-            sequential[1] = nn.Identity()
+    for conv_name, bn_name in model.conv_bn_pairs():
+        conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
+        if isinstance(bn, nn.BatchNorm2d):
+            _replace_submodule(model, conv_name, fuse_conv_bn_eval(conv, bn))
+            _replace_submodule(model, bn_name, nn.Identity())
     return model
+
+
+def _replace_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent), child, module)
