@@ -1,0 +1,109 @@
+"""TextKnowledge: strings -> K-BERT sentence trees (DASK): token ids, soft positions, visible matrix.
+
+Server side, `<name>_inject` (python backend, `serving/ensembles/knowledge_injection.py`, with
+the model's tokenizer.json and knowledge.json beside it) and `<name>_text` (ensemble TEXT ->
+the model's outputs plus `truncated`, True where words or knowledge were cut at max_length).
+Client side, the same `KnowledgeInjector` on the files saved beside the export. Lengths go to
+buckets so the dynamic batcher can merge requests.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from tritonclient.grpc import model_config_pb2 as mc
+
+from tritonforge.errors import TritonForgeError
+from tritonforge.modalities.base import Modality, preprocessing_companions, raw_bytes_array
+from tritonforge.serving.ensembles.knowledge_injection import (
+    DEFAULT_BUCKETS,
+    KNOWLEDGE_FILE,
+    TOKENIZER_FILE,
+    InjectionError,
+    KnowledgeInjector,
+)
+from tritonforge.serving.repository import CompanionModel, ServingOptions
+from tritonforge.spec import ModelIO
+
+INJECTION_MODEL = Path(__file__).parent.parent / "serving" / "ensembles" / "knowledge_injection.py"
+INJECT_SUFFIX = "_inject"
+TRUNCATED = "truncated"
+
+
+@functools.lru_cache(maxsize=8)
+def cached_injector(folder: str, max_length: int) -> KnowledgeInjector:
+    """One injector per export folder: `bench` encodes one text at a time."""
+    try:
+        return KnowledgeInjector.from_folder(folder, max_length)
+    except InjectionError as exc:
+        raise TritonForgeError(f"{exc}: export the model again") from None
+
+
+@dataclass(frozen=True)
+class TextKnowledge(Modality):
+    """Strings in; input_ids, position_ids (int64 [B, L]) and visible_matrix (uint8 [B, L, L])."""
+
+    kind: ClassVar[str] = "text_knowledge"
+    suffix: ClassVar[str] = "_text"
+    raw_input: ClassVar[str] = "TEXT"
+    query_option: ClassVar[str] = "text"
+
+    max_length: int = 256
+    max_triples: int = 2
+    buckets: tuple[int, ...] = DEFAULT_BUCKETS
+    tokenizer: str = TOKENIZER_FILE  # relative to the version folder
+    knowledge: str = KNOWLEDGE_FILE
+
+    def __post_init__(self):
+        if not 8 <= self.max_length <= 512:
+            raise TritonForgeError(f"max_length {self.max_length} must be from 8 to 512 tokens")
+
+    def limits(self) -> dict[str, int]:
+        return {"max_sequence_length": self.max_length}
+
+    def companions(self, name: str, io: ModelIO, serving: ServingOptions) -> tuple[CompanionModel, ...]:
+        parameters = {"max_length": str(self.max_length),
+                      "outputs": ",".join([*io.input_names, TRUNCATED])}
+        step, ensemble = preprocessing_companions(
+            name, io, serving, self, INJECT_SUFFIX, INJECTION_MODEL, parameters,
+            {TOKENIZER_FILE: self.tokenizer, KNOWLEDGE_FILE: self.knowledge})
+        # `truncated`, one per text, also leaves the ensemble: the client learns what was cut.
+        for config in (step.config, ensemble.config):
+            config.output.add(name=TRUNCATED, data_type=mc.TYPE_BOOL, dims=[1],
+                              reshape=mc.ModelTensorReshape(shape=[]) if config is step.config else None)
+        ensemble.config.ensemble_scheduling.step[0].output_map[TRUNCATED] = TRUNCATED
+        return step, ensemble
+
+    def read_raw(self, values: Sequence[str]) -> list[str]:
+        for index, text in enumerate(values):
+            if not str(text).strip():
+                raise TritonForgeError(f"--text #{index} is empty: give the text to classify")
+        return list(values)
+
+    def request(self, raw: Sequence[str]) -> dict[str, np.ndarray]:
+        return {self.raw_input: raw_bytes_array([t.encode("utf-8") for t in raw])}
+
+    def encode(self, raw: Sequence[str], io: ModelIO, folder: Path | None,
+               shape: Mapping[str, int | None] | None = None) -> dict[str, np.ndarray]:
+        if folder is None:
+            raise TritonForgeError("this model takes sentence trees: pass --repo so its tokenizer and "
+                                   f"knowledge can be used, or send text to its `{self.suffix}` ensemble")
+        injector = cached_injector(str(folder), self.max_length)
+        try:
+            injected = injector.inject(list(self.read_raw(raw)))
+        except InjectionError as exc:
+            raise TritonForgeError(str(exc)) from None
+        return injected.arrays(io.input_names)
+
+    def sample_raw(self, n: int | None = None, folder: Path | None = None) -> list[Any]:
+        from tritonforge.data import sentences
+
+        return sentences(n)
+
+    def describe_raw(self, item: Any, index: int) -> str:
+        return f"#{index} {str(item)[:60]}"
