@@ -96,3 +96,29 @@ def snn_repo(tmp_path_factory, snn_checkpoint) -> Path:
     # The TET paper's VGGSNN on event frames, random weights (no trained checkpoint offline), T = 2.
     export_model("snn", SnnOptions(arch="vggsnn", random_init=True, timesteps=2), repo)  # snn_vggsnn
     return repo
+
+
+@pytest.fixture(scope="session")
+def dask_checkpoint(tmp_path_factory) -> Path:
+    """A DASK classifier fine-tuned through `tritonforge dask train` on 96 airline tweets (one
+    epoch, seconds: enough to export and compare, not to be accurate)."""
+    from typer.testing import CliRunner
+
+    from tritonforge.cli import app
+
+    out = tmp_path_factory.mktemp("dask") / "classifier"
+    result = CliRunner().invoke(app, ["dask", "train", "--train-size", "96", "--epochs", "1",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "epoch 1/1" in result.output and "technology test accuracy" in result.output
+    return out
+
+
+@pytest.fixture(scope="session")
+def dask_repo(tmp_path_factory, dask_checkpoint) -> Path:
+    from tritonforge.export.dask import DaskOptions
+    from tritonforge.export.pipeline import export_model
+
+    repo = tmp_path_factory.mktemp("dask_repo")
+    export_model("dask", DaskOptions(checkpoint=str(dask_checkpoint), max_length=64), repo)
+    return repo

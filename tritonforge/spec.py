@@ -18,11 +18,13 @@ from tritonforge.errors import TritonForgeError
 # What an output *is*, so `query` prints it naturally and verify/serving never guess from shapes.
 EMBEDDING = "embedding"  # [batch, width] vectors: printed as norms and cosine similarities
 CLASS_SCORES = "class_scores"  # [batch, classes] logits: printed as top labels with probabilities
+CLASS_PROBABILITIES = "class_probabilities"  # [batch, classes] already softmaxed: never again
 DETECTION_BOXES = "detection_boxes"  # [batch, k, 4] x1, y1, x2, y2 in input-image pixels
 DETECTION_SCORES = "detection_scores"  # [batch, k]
 DETECTION_LABELS = "detection_labels"  # [batch, k] integer class ids
 TENSOR = "tensor"  # anything else (hidden states, feature maps): printed as shape and stats
-OUTPUT_KINDS = (EMBEDDING, CLASS_SCORES, DETECTION_BOXES, DETECTION_SCORES, DETECTION_LABELS, TENSOR)
+OUTPUT_KINDS = (EMBEDDING, CLASS_SCORES, CLASS_PROBABILITIES, DETECTION_BOXES, DETECTION_SCORES,
+                DETECTION_LABELS, TENSOR)
 
 
 @dataclass(frozen=True)

@@ -196,7 +196,8 @@ def as_numpy(tensor: Any) -> np.ndarray:
 _REGISTRY: dict[str, Family] = {}
 # Families live in their own packages; importing one registers it. Listed by module so that a
 # family can be found by name without importing every family's heavy dependencies.
-_BUILTIN_MODULES = {"bert": "tritonforge.export.bert", "detr": "tritonforge.export.detr",
+_BUILTIN_MODULES = {"bert": "tritonforge.export.bert", "dask": "tritonforge.export.dask",
+                    "detr": "tritonforge.export.detr",
                     "snn": "tritonforge.export.snn"}
 
 

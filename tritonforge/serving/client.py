@@ -20,6 +20,7 @@ import numpy as np
 from tritonforge.errors import TritonForgeError
 from tritonforge.modalities import Modality, manifest_io, modality_from_json
 from tritonforge.spec import (
+    CLASS_PROBABILITIES,
     CLASS_SCORES,
     DETECTION_BOXES,
     DETECTION_LABELS,
@@ -405,10 +406,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(-1, keepdims=True)
 
 
-def top_labels(labels: Sequence[str] | None, logits: np.ndarray, k: int = 3) -> list[list[tuple[str, float]]]:
-    """For each row: the k most probable classes as (label, probability)."""
-    labels = labels or [f"class {i}" for i in range(logits.shape[-1])]
-    probabilities = softmax(logits.astype(np.float64))
+def top_labels(labels: Sequence[str] | None, scores: np.ndarray, logits: bool = True, k: int = 3
+               ) -> list[list[tuple[str, float]]]:
+    """For each row: the k most probable classes as (label, probability); `scores` are logits,
+    or probabilities already (`logits=False`)."""
+    labels = labels or [f"class {i}" for i in range(scores.shape[-1])]
+    probabilities = softmax(scores.astype(np.float64)) if logits else scores.astype(np.float64)
     return [[(labels[j], float(row[j])) for j in np.argsort(-row)[:k]] for row in probabilities]
 
 
@@ -451,8 +454,10 @@ def summarize(info: ModelInfo, outputs: Mapping[str, np.ndarray], min_score: flo
             vectors = values.astype(np.float64)
             summary.setdefault("embeddings", {})[name] = {
                 "norms": np.linalg.norm(vectors, axis=-1).tolist(), "cosine": cosine_matrix(vectors).tolist()}
-        elif kind == CLASS_SCORES:
-            summary.setdefault("labels", {})[name] = top_labels(info.labels, values)
+        elif kind == CLASS_SCORES and CLASS_PROBABILITIES in kinds.values():
+            continue  # the model's own probabilities are shown instead
+        elif kind in (CLASS_SCORES, CLASS_PROBABILITIES):  # probabilities are not softmaxed again
+            summary.setdefault("labels", {})[name] = top_labels(info.labels, values, kind == CLASS_SCORES)
         elif kind == TENSOR:
             numeric = values.size and values.dtype != object
             summary.setdefault("tensors", {})[name] = {

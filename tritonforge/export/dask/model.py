@@ -58,7 +58,12 @@ def new_classifier(model_dir, classes: int = 2, pooling: str = "first") -> Knowl
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    bert = BertModel.from_pretrained(str(model_dir), add_pooling_layer=False, attn_implementation="eager")
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the unused pooler's "unexpected keys" report is expected
+    try:
+        bert = BertModel.from_pretrained(str(model_dir), add_pooling_layer=False, attn_implementation="eager")
+    finally:
+        hf_logging.set_verbosity(verbosity)
     return KnowledgeClassifier(bert, classes, pooling).eval()
 
 

@@ -100,15 +100,19 @@ def train(model: KnowledgeClassifier, injector, texts: Sequence[str], labels: np
     return model.eval()
 
 
-def save_trained(model: KnowledgeClassifier, model_dir: Path, knowledge_file: Path, out: Path,
-                 recipe: TrainRecipe, record: dict[str, Any]) -> Path:
+def save_trained(model: KnowledgeClassifier, model_dir: Path, injector, table: dict[str, list[str]],
+                 out: Path, recipe: TrainRecipe, record: dict[str, Any]) -> Path:
     """Write the self-contained output folder (see the module doc); returns it."""
+    from tritonforge.serving.ensembles.knowledge_injection import write_knowledge
+
     out.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out / CHECKPOINT_FILE)
     model.bert.config.to_json_file(str(out / "config.json"))
     for name in TOKENIZER_FILES:
         if (Path(model_dir) / name).is_file():
             shutil.copy2(Path(model_dir) / name, out / name)
-    shutil.copy2(knowledge_file, out / "knowledge.json")
-    (out / RECIPE_FILE).write_text(json.dumps({"recipe": asdict(recipe), **record}, indent=2) + "\n")
+    write_knowledge(out, table, injector.max_length, injector.max_triples, injector.lengths)
+    (out / RECIPE_FILE).write_text(json.dumps({"recipe": asdict(recipe), "pooling": model.pooling,
+                                               "classes": int(model.classifier[-1].out_features),
+                                               **record}, indent=2) + "\n")
     return out
