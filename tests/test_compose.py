@@ -112,7 +112,7 @@ def test_image_installs_what_the_companion_models_import_with_the_project_pins()
     from importlib.metadata import packages_distributions
 
     companions = sorted(p for p in ENSEMBLES.glob("*.py") if p.name not in LOCAL_ONLY)
-    assert [p.name for p in companions] == ["image_decode.py", "text_tokenizer.py"]
+    assert [p.name for p in companions] == ["image_decode.py", "knowledge_injection.py", "text_tokenizer.py"]
     imported = set().union(*(third_party_imports(p) for p in companions))
     assert imported == {"numpy", "tokenizers", "PIL"}  # never tritonforge: copied alone into Triton
     distributions = {packages_distributions()[name][0].lower() for name in imported}

@@ -14,6 +14,7 @@ from tritonforge.errors import TritonForgeError
 from tritonforge.export.dask import DaskOptions
 from tritonforge.export.dask.loading import load_classifier
 from tritonforge.export.dask.model import MASK_BIAS
+from tritonforge.export.pipeline import export_model
 from tritonforge.serving.repository import ModelRepository
 from tritonforge.verify.runner import verify_model
 
@@ -110,3 +111,35 @@ def test_pivots_command_writes_the_polarity_ranking(tmp_path):
             if not line.startswith("#")]
     assert {(word, float(score)) for word, score in rows} == {("great", 1.0), ("awful", -1.0)}
 
+
+
+def test_w8a8_quantizes_the_encoder_keeps_the_head_float_and_verify_reloads_it(tmp_path, dask_checkpoint,
+                                                                                monkeypatch):
+    from tritonforge.export.dask.quantized import REFERENCE_FILE
+
+    result = export_model("dask", DaskOptions(checkpoint=str(dask_checkpoint), bits=8, max_length=64,
+                                              calib_size=64), tmp_path)
+    manifest = result.manifest
+    assert manifest["parity"]["passed"] and manifest["precision"] == "w8a8"
+    assert manifest["quantization"]["recipe"]["method"] == "os"  # Gamma Migration + Token-Wise Clipping
+    assert manifest["quantization"]["calibration"]["texts"] == 64
+    assert 0.0 <= manifest["quality"]["label_agreement_vs_fp"] <= 1.0
+    graph = onnx.load(str(result.folder / "model.onnx")).graph
+    ops = [node.op_type for node in graph.node]
+    assert ops.count("QuantizeLinear") > 6 * 7  # every activation slot of the 6 layers
+    head = {i.name for i in graph.initializer if "classifier" in i.name}
+    assert head and all(i.data_type == onnx.TensorProto.FLOAT for i in graph.initializer if i.name in head)
+    assert (result.folder / REFERENCE_FILE).is_file()
+    # verify rebuilds the fake-quantized reference from reference.pt: no calibration again.
+    import tritonforge.export.dask.quantized as quantized
+
+    def no_calibration(*_args, **_kwargs):
+        raise AssertionError("verify calibrated again")
+
+    monkeypatch.setattr(quantized, "quantize_classifier", no_calibration)
+    assert verify_model(tmp_path, "dask_w8a8", iterations=2, samples=32).parity.passed
+
+
+def test_bits_other_than_32_8_6_are_refused():
+    with pytest.raises(TritonForgeError, match="--bits 4 is not offered for DASK"):
+        DaskOptions(bits=4)

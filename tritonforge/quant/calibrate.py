@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -309,3 +310,42 @@ def train_lsq_plus(model: Quantizable, quantizers: Mapping[str, ActQuantizer],
                 advance()
     for parameter in learnable:
         parameter.requires_grad_(False)
+
+
+# -- a calibrated model, saved and loaded ---------------------------------------------------
+
+
+def save_calibration(result: CalibrationResult, record: Mapping[str, Any], path: Path) -> None:
+    """What rebuilds `result` without calibrating again: the model's float state (norms,
+    biases, the quantizers' ranges), its k-bit weights as integers and scales, the choices
+    made, and `record` (e.g. which texts it was calibrated on)."""
+    tables = {f"{name}.weight" for name in result.model.weight_tables()}  # saved as integers below
+    state = {k: v for k, v in result.model.state_dict().items() if k not in tables}
+    torch.save({"state": state,
+                "weights": {name: {"values": w.values, "scale": w.scale, "bits": w.bits}
+                            for name, w in result.weights.items()},
+                "alphas": result.alphas, "thresholds": result.thresholds,
+                "calibration": dict(record), "calibration_error": result.calibration_error}, path)
+
+
+def load_calibration(model: Quantizable, recipe: QuantRecipe, path: Path
+                     ) -> tuple[CalibrationResult, dict[str, Any]]:
+    """`model` (a fresh FP copy with empty slots) made the saved calibrated model again, and
+    the saved record; the file is loaded weights_only."""
+    if not Path(path).is_file():
+        raise TritonForgeError(f"{path} is missing: the quantized reference was not saved with this "
+                               "version; export the model again")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    quantizers = attach_quantizers(model, recipe.abits)
+    weights = {name: QuantizedWeight(w["values"], w["scale"], int(w["bits"]))
+               for name, w in saved["weights"].items()}
+    state = dict(saved["state"])
+    for name, weight in weights.items():
+        state[f"{name}.weight"] = weight.dequantize()
+    model.load_state_dict(state, strict=True)
+    load_quantized_weights(model, weights)
+    set_mode(quantizers, "quantize")
+    model.set_exact(True)
+    result = CalibrationResult(model, recipe, weights, quantizers, dict(saved["alphas"]),
+                               dict(saved["thresholds"]), saved["calibration_error"])
+    return result, dict(saved["calibration"])

@@ -26,13 +26,11 @@ from tritonforge.quant.calibrate import (
     CalibrationResult,
     QuantRecipe,
     Stage,
-    attach_quantizers,
     calibrate,
-    load_quantized_weights,
-    set_mode,
+    load_calibration,
+    save_calibration,
 )
 from tritonforge.quant.qdq import dequantize_weights, qdq_module
-from tritonforge.quant.quantizers import QuantizedWeight
 from tritonforge.verify.metrics import nearest_neighbour_agreement, row_cosines
 
 REFERENCE_FILE = "reference.pt"
@@ -113,39 +111,14 @@ def recipe_record(model: FakeQuantEncoder) -> dict[str, Any]:
 
 
 def save_reference(model: FakeQuantEncoder, folder: Path) -> None:
-    result = model.quantized
-    tables = {f"{name}.weight" for name in result.model.weight_tables()}  # saved as int8 below
-    state = {k: v for k, v in result.model.state_dict().items() if k not in tables}
-    torch.save({"state": state,
-                "weights": {name: {"values": w.values, "scale": w.scale, "bits": w.bits}
-                            for name, w in result.weights.items()},
-                "alphas": result.alphas, "thresholds": result.thresholds,
-                "calibration": model.calibration,
-                "calibration_error": result.calibration_error}, folder / REFERENCE_FILE)
+    save_calibration(model.quantized, model.calibration, folder / REFERENCE_FILE)
 
 
 def load_reference(fp: SentenceEncoder, recipe: QuantRecipe, folder: Path) -> FakeQuantEncoder:
     """Rebuild the exported quantized reference from `reference.pt` (loaded weights_only)."""
     require_encoder(fp)
-    path = folder / REFERENCE_FILE
-    if not path.is_file():
-        raise TritonForgeError(f"{path} is missing: the quantized reference was not saved with this "
-                               "version; export the model again")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    model = slotted_copy(fp)
-    quantizers = attach_quantizers(model, recipe.abits)
-    weights = {name: QuantizedWeight(w["values"], w["scale"], int(w["bits"]))
-               for name, w in saved["weights"].items()}
-    state = dict(saved["state"])
-    for name, weight in weights.items():
-        state[f"{name}.weight"] = weight.dequantize()
-    model.load_state_dict(state, strict=True)
-    load_quantized_weights(model, weights)
-    set_mode(quantizers, "quantize")
-    model.set_exact(True)
-    result = CalibrationResult(model, recipe, weights, quantizers, dict(saved["alphas"]),
-                               dict(saved["thresholds"]), saved["calibration_error"])
-    return FakeQuantEncoder(result, fp, saved["calibration"])
+    result, calibration = load_calibration(slotted_copy(fp), recipe, folder / REFERENCE_FILE)
+    return FakeQuantEncoder(result, fp, calibration)
 
 
 # -- ONNX ------------------------------------------------------------------------------------

@@ -109,13 +109,19 @@ class SlottedBert(nn.Module):
         self.out_quant = nn.ModuleList(nn.Identity() for _ in self.layers)
         self.sample_mask = SampleMask()  # observers read which tokens are real from here
 
-    def forward(self, input_ids, attention_mask, token_type_ids) -> BaseModelOutput:
+    def forward(self, input_ids, attention_mask, token_type_ids, position_ids=None,
+                attention_bias=None) -> BaseModelOutput:
+        """`attention_mask` marks the real tokens (the observers read only those). A model that
+        says itself who attends to whom (DASK's visible matrix) passes an additive
+        `attention_bias` [B, 1, L, L] and its own `position_ids` (soft positions)."""
         self.sample_mask.mask = attention_mask.bool()
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+        positions = position_ids if position_ids is not None else \
+            torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
         x = self.word(input_ids) + self.token_type(token_type_ids) + self.position(positions)
         x = self.embed_quant(self.embed_norm(x))
         # Additive mask: 0 where attending, a large negative where padding (see MASK_FILL).
-        mask = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
+        mask = attention_bias if attention_bias is not None else \
+            (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
         in_quant = self.embed_quant
         for layer, out_quant in zip(self.layers, self.out_quant, strict=True):
             x = layer(x, mask, in_quant, out_quant)

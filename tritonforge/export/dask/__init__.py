@@ -16,6 +16,7 @@ with `--model` naming the BERT it was trained from.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from tritonforge.verify.metrics import max_abs_diff, top1_agreement
 
 LABELS = ("negative", "positive")
 LOGITS_ABS = 1e-4
+QUANT_PARITY_FLOOR = 0.99  # a QDQ graph against its fake-quantized PyTorch reference
 PARITY_TEXTS = 322  # per domain: the technology test split's size
 
 
@@ -52,9 +54,23 @@ class DaskOptions:
     max_length: int = option(256, help="Tokens of a sentence tree, knowledge included; longer texts are "
                                        "cut by whole word-plus-knowledge groups.")
     max_triples: int = option(2, help="Knowledge branches per pivot word.")
+    bits: int = option(32, help="32, or 8 / 6: Outlier Suppression (Gamma Migration + Token-Wise "
+                                "Clipping) W8A8 / W6A6 on the encoder, calibrated on injected "
+                                "source-domain text; the head stays float.")
+    calib_size: int = option(256, help="Calibration texts (injected source-domain tweets).")
+    method: str = option("os", help="Quantization: os (Gamma Migration + Token-Wise Clipping + LSQ+), "
+                                    "os+ (channel-wise shifting and scaling + LSQ+), minmax or percentile.")
+    lsq_epochs: int = option(3, help="LSQ+ epochs of os / os+ over the calibration texts (0: coarse "
+                                     "clipping only).")
     threads: int = option(2, cli=False)
 
     def __post_init__(self):
+        if self.bits not in (32, 8, 6):
+            raise TritonForgeError(f"--bits {self.bits} is not offered for DASK: choose 32, 8 or 6")
+        if self.calib_size < 1:
+            raise TritonForgeError(f"--calib-size {self.calib_size} must be at least 1")
+        if self.bits != 32:
+            recipe(self)  # validates the method
         if not 8 <= self.max_length <= 512:
             raise TritonForgeError(f"--max-length {self.max_length} must be from 8 to 512 tokens")
         if self.max_triples < 0:
@@ -69,7 +85,7 @@ class DaskFamily(Family):
     options_type = DaskOptions
 
     def default_name(self, options: DaskOptions) -> str:
-        return "dask_fp32"
+        return "dask_fp32" if options.bits == 32 else f"dask_w{options.bits}a{options.bits}"
 
     def load(self, options: DaskOptions, stage=None):
         import torch
@@ -77,7 +93,34 @@ class DaskFamily(Family):
         from tritonforge.export.dask.loading import load_classifier
 
         torch.set_num_threads(options.threads)
-        return load_classifier(options, stage)
+        return self._quantized(load_classifier(options, stage), options, stage)
+
+    def load_version(self, options: DaskOptions, folder: Path, stage=None):
+        """A version's reference without training or calibrating again: the classifier trained
+        by the export itself is kept in the version folder, a quantized one's calibration too."""
+        import torch
+
+        from tritonforge.export.dask.loading import load_classifier, load_trained
+        from tritonforge.export.dask.quantized import load_reference
+
+        torch.set_num_threads(options.threads)
+        fp = load_trained(folder, options) if options.checkpoint is None else load_classifier(options)
+        return fp if options.bits == 32 else load_reference(fp, recipe(options), folder)
+
+    def _quantized(self, fp, options: DaskOptions, stage=None):
+        if options.bits == 32:
+            return fp
+        from tritonforge.export.dask.data import domain_texts
+        from tritonforge.export.dask.loading import SOURCE_DOMAIN
+        from tritonforge.export.dask.quantized import quantize_classifier
+
+        texts, _labels = domain_texts(SOURCE_DOMAIN, "train", balanced=False)
+        texts = texts[-options.calib_size:]  # the end of the split: the training used its start
+        record = {"texts": len(texts), "source": f"{SOURCE_DOMAIN} training tweets (the last of the split)"}
+        return quantize_classifier(fp, recipe(options), texts, record, stage)
+
+    def latency_baseline(self, model):
+        return model.fp[0] if hasattr(model, "quantized") else model
 
     def source(self, model) -> dict[str, Any]:
         return dict(model.record)
@@ -123,10 +166,22 @@ class DaskFamily(Family):
         axes = {"input_ids": {0: "batch", 1: "length"}, "position_ids": {0: "batch", 1: "length"},
                 "visible_matrix": {0: "batch", 1: "length", 2: "length"},
                 "logits": {0: "batch"}, "probabilities": {0: "batch"}}
-        torch_to_onnx(model, feed, path, io, axes, MIN_OPSET)
-        return ExportInfo(opset=check_onnx(path), precision="fp32",
-                          details={"attention_bias": "(1 - visible_matrix) x -1e4 in every layer",
-                                   "pooling": model.pooling})
+        details = {"attention_bias": "(1 - visible_matrix) x -1e4 in every layer", "pooling": model.pooling}
+        if options.bits == 32:
+            torch_to_onnx(model, feed, path, io, axes, MIN_OPSET)
+            return ExportInfo(opset=check_onnx(path), precision="fp32", details=details)
+        from tritonforge.export.dask.quantized import trace_qdq
+
+        trace_qdq(model, path,
+                  lambda module, target: torch_to_onnx(module, feed, target, io, axes, MIN_OPSET))
+        result = model.quantized
+        return ExportInfo(opset=check_onnx(path), precision=f"w{options.bits}a{options.bits}",
+                          details=details,
+                          sections={"quantization": {
+                              "recipe": dataclasses.asdict(result.recipe), "calibration": model.calibration,
+                              "calibration_output_mse": result.calibration_error,
+                              "alphas": {k: round(v, 4) for k, v in result.alphas.items()},
+                              "head": "float (Linear, ReLU, Linear)"}})
 
     def write_side_files(self, model, version_dir: Path) -> None:
         """The tokenizer and the injection table: what `<name>_inject` and clients inject with."""
@@ -135,24 +190,47 @@ class DaskFamily(Family):
         model.tokenizer.save(str(version_dir / "tokenizer.json"))
         write_knowledge(version_dir, model.table, model.injector.max_length, model.injector.max_triples,
                         model.injector.lengths)
+        fp = model.fp[0] if hasattr(model, "quantized") else model
+        if getattr(fp, "trained_here", None):  # keep it: `verify` must not train again
+            from tritonforge.export.dask.train import save_trained
+
+            save_trained(fp, version_dir, fp.injector, fp.table, version_dir, *fp.trained_here)
+        if hasattr(model, "quantized"):
+            from tritonforge.export.dask.quantized import save_reference
+
+            save_reference(model, version_dir)
 
     def quality(self, model, options: DaskOptions, run) -> dict[str, Any] | None:
-        """Accuracy of the exported graph on each demo domain's labelled test split."""
+        """Accuracy of the exported graph on each demo domain's labelled test split; for a
+        quantized export also its label agreement with the FP classifier."""
         texts, labels = self.texts(None)
         if labels is None:
             return None
-        predicted = np.concatenate([
-            run(model.injector.inject(texts[i:i + 64]).arrays(("input_ids", "position_ids", "visible_matrix"))
-                )["logits"].argmax(1) for i in range(0, len(texts), 64)])
+        predicted = self._labels(run, model, texts)
         split = PARITY_TEXTS
-        return {"target_accuracy": float((predicted[:split] == labels[:split]).mean()),
-                "source_accuracy": float((predicted[split:] == labels[split:]).mean()),
-                "samples": int(len(labels))}
+        quality = {"target_accuracy": float((predicted[:split] == labels[:split]).mean()),
+                   "source_accuracy": float((predicted[split:] == labels[split:]).mean()),
+                   "samples": int(len(labels))}
+        if hasattr(model, "quantized"):
+            fp = model.fp[0]
+            fp_labels = self._labels(lambda feed: self.reference_outputs(fp, feed, self.io(fp, options)),
+                                     model, texts)
+            quality["label_agreement_vs_fp"] = float((predicted == fp_labels).mean())
+        return quality
+
+    @staticmethod
+    def _labels(run, model, texts: list[str], batch: int = 64) -> np.ndarray:
+        return np.concatenate([run(model.injector.inject(texts[i:i + batch]).arrays(
+            ("input_ids", "position_ids", "visible_matrix")))["logits"].argmax(1)
+            for i in range(0, len(texts), batch)])
 
     def compare(self, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray],
                 options: DaskOptions, inputs: Mapping[str, np.ndarray] | None = None) -> Parity:
         diff = max_abs_diff(reference["logits"], candidate["logits"])
         agreement = top1_agreement(reference["logits"], candidate["logits"])
+        if options.bits < 32:  # against its fake-quantized PyTorch twin: integer kernels round apart
+            return Parity((Check("label_agreement", agreement, QUANT_PARITY_FLOOR, True),),
+                          {"samples": int(len(reference["logits"])), "logits_max_abs_diff": diff})
         return Parity((Check("label_agreement", agreement, 1.0, True),
                        Check("logits_max_abs_diff", diff, LOGITS_ABS, False)),
                       {"samples": int(len(reference["logits"])),
@@ -176,3 +254,12 @@ class DaskFamily(Family):
 
         return dask_commands()
 
+
+
+def recipe(options: DaskOptions):
+    """The quantization recipe of a quantized export (default, the paper's: Gamma Migration,
+    Token-Wise Clipping and LSQ+, weights and activations at the same width)."""
+    from tritonforge.quant.calibrate import QuantRecipe
+
+    lsq = options.lsq_epochs if options.method in ("os", "os+") else 0
+    return QuantRecipe(method=options.method, wbits=options.bits, abits=options.bits, lsq_epochs=lsq)

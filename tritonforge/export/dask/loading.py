@@ -175,4 +175,8 @@ def train_default(options, stage=None) -> KnowledgeClassifier:
     with tempfile.TemporaryDirectory() as scratch:  # through the folder format, as a user's would be
         save_trained(model, embedded_model_dir(), model.injector, model.table, Path(scratch), recipe,
                      model.record)
-        return load_trained(Path(scratch), options)
+        loaded = load_trained(Path(scratch), options)
+    loaded.record = {**model.record, "weights": "trained by this export (`dask train` defaults), kept "
+                                                "in the version folder"}
+    loaded.trained_here = (recipe, model.record)  # the export keeps it beside model.onnx
+    return loaded

@@ -109,8 +109,9 @@ def save_trained(model: KnowledgeClassifier, model_dir: Path, injector, table: d
     torch.save(model.state_dict(), out / CHECKPOINT_FILE)
     model.bert.config.to_json_file(str(out / "config.json"))
     for name in TOKENIZER_FILES:
-        if (Path(model_dir) / name).is_file():
-            shutil.copy2(Path(model_dir) / name, out / name)
+        source = Path(model_dir) / name
+        if source.is_file() and source.resolve() != (out / name).resolve():
+            shutil.copy2(source, out / name)
     write_knowledge(out, table, injector.max_length, injector.max_triples, injector.lengths)
     (out / RECIPE_FILE).write_text(json.dumps({"recipe": asdict(recipe), "pooling": model.pooling,
                                                "classes": int(model.classifier[-1].out_features),

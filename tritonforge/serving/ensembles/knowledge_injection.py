@@ -440,6 +440,7 @@ def write_knowledge(folder: str | os.PathLike, table: Mapping[str, Sequence[str]
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             json.dump(settings, out, ensure_ascii=False, indent=1)
+        os.chmod(temporary, 0o644)  # mkstemp makes it owner-only; a server may run as another user
         os.replace(temporary, path)
     except BaseException:
         os.unlink(temporary)
