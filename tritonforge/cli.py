@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import ipaddress
 import json
 import signal
+import socket
 import sys
 import typing
 from collections.abc import Callable
@@ -28,7 +30,7 @@ from rich.progress import (
 from rich.table import Table
 from typer.core import TyperGroup
 
-from tritonforge.errors import TritonForgeError
+from tritonforge.errors import ServerUnavailable, TritonForgeError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Export research models to verified ONNX and serve them with Triton.")
@@ -44,21 +46,93 @@ RepoOption = Annotated[Path, typer.Option("--repo", help="Model repository folde
 DEFAULT_REPO = Path("model_repo")
 
 
+# Exit codes: 0 ok, 1 parity failed (or the server stopped on its own), 2 bad input,
+# 3 server or network trouble (no server answers), 130 interrupted.
+EXIT_PARITY, EXIT_BAD_INPUT, EXIT_SERVER = 1, 2, 3
+
+
+def fail(exc: TritonForgeError) -> typing.NoReturn:
+    """Print the error as one line and exit 3 for server trouble, else 2."""
+    errors.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+    raise typer.Exit(EXIT_SERVER if isinstance(exc, ServerUnavailable) else EXIT_BAD_INPUT)
+
+
 def friendly(command):
-    """Turn TritonForgeError into a one-line message (exit 2) and Ctrl-C into exit 130."""
+    """Turn TritonForgeError into a one-line message (exit 2, or 3 for server trouble) and
+    Ctrl-C into exit 130."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
         except TritonForgeError as exc:
-            errors.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
-            raise typer.Exit(2) from None
+            fail(exc)
         except KeyboardInterrupt:
             errors.print("[yellow]interrupted:[/] nothing was published; the repository is as it was")
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+# -- checks of option values, before anything loads or connects ---------------------------
+
+MAX_SEQ_LEN = 4096  # longer than any BERT's position table; the model's own bound is checked later
+MAX_PORT = 65535
+
+
+def require_at_least(option: str, value: float | None, minimum: float) -> None:
+    """Refuse `option value` below `minimum` (None: not given)."""
+    if value is not None and value < minimum:
+        raise TritonForgeError(f"{option} {value} is not allowed: it must be at least {minimum}")
+
+
+def require_positive(option: str, value: float | None) -> None:
+    if value is not None and value <= 0:
+        raise TritonForgeError(f"{option} {value} is not allowed: give a number of seconds above 0")
+
+
+def check_shape(seq_len: int | None, image_size: int | None, timesteps: int | None) -> None:
+    require_at_least("--seq-len", seq_len, 1)
+    if seq_len is not None and seq_len > MAX_SEQ_LEN:
+        raise TritonForgeError(f"--seq-len {seq_len} is too long: give at most {MAX_SEQ_LEN} "
+                               "(and no more than the model's max_sequence_length, usually 512)")
+    require_at_least("--image-size", image_size, 1)
+    require_at_least("--timesteps", timesteps, 1)
+
+
+def check_port(option: str, port: int) -> None:
+    """A port to listen on: 1..65535, or 0 for any free one."""
+    if not 0 <= port <= MAX_PORT:
+        raise TritonForgeError(f"{option} {port} is not a port: give 1..{MAX_PORT}, or 0 for any free port")
+
+
+def check_host(option: str, host: str) -> None:
+    """An IP address, or a name this machine resolves."""
+    try:
+        ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+        return
+    except ValueError:
+        pass
+    # Digits and dots only (999.1.1.1) is a bad address, never a name to look up.
+    if host and not set(host) <= set("0123456789."):
+        try:
+            socket.getaddrinfo(host, None)
+            return
+        except (socket.gaierror, UnicodeError):
+            pass
+    raise TritonForgeError(f"{option} {host!r} is not an IP address or a name this machine resolves: "
+                           "give e.g. 127.0.0.1, 0.0.0.0 or localhost")
+
+
+def check_url(option: str, url: str) -> None:
+    """A server address host:port (port 1..65535), checked before connecting."""
+    host, colon, port = url.rpartition(":")
+    if not colon or not host or not port.isdigit():
+        raise TritonForgeError(f"{option} {url!r} is not host:port: give e.g. 127.0.0.1:8001")
+    if not 1 <= int(port) <= MAX_PORT:
+        raise TritonForgeError(f"{option} {url!r} has port {port}, outside 1..{MAX_PORT}: "
+                               "give e.g. 127.0.0.1:8001")
+    check_host(f"{option} {url!r}: host", host)
 
 
 class Stages:
@@ -157,7 +231,10 @@ EXPORT_PARAMETERS = [
 def export_command(family) -> Callable:
     def run(options, name, repo, max_batch, version, force) -> None:
         from tritonforge.export.pipeline import export_model
-        from tritonforge.serving.repository import ServingOptions
+        from tritonforge.serving.repository import ServingOptions, validate_name
+
+        if name is not None:
+            validate_name(name)  # "" too: it would otherwise mean the default name
 
         with progress_bar() as progress:
             stages = Stages(progress)
@@ -298,8 +375,16 @@ def verify(
              "too and time it beside PyTorch and ONNX Runtime.")] = None,
 ):
     """Parity and latency of an exported version against its PyTorch reference."""
+    from tritonforge.serving.repository import ModelRepository
     from tritonforge.verify.runner import verify_model
 
+    for option, value in (("--batch-size", batch_size), ("--threads", threads),
+                          ("--iterations", iterations), ("--samples", samples)):
+        require_at_least(option, value, 1)
+    check_shape(seq_len, image_size, timesteps)
+    if triton is not None:
+        check_url("--triton", triton)
+    ModelRepository(repo).check_exported(name, version)
     with progress_bar() as progress:
         stages = Stages(progress)
         report = verify_model(repo, name, version, batch_size, shape_options(seq_len, image_size, timesteps),
@@ -312,10 +397,10 @@ def verify(
         console.print(f"report written to {json_path}")
     if not report.parity.passed:
         errors.print("[bold red]parity FAILED[/]: the ONNX model does not match its reference")
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_PARITY)
     if not report.passed:
         errors.print(f"[bold red]parity FAILED[/]: Triton at {triton} does not match the reference")
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_PARITY)
 
 
 def print_report(report) -> None:
@@ -348,6 +433,10 @@ def list_models(repo: RepoOption = DEFAULT_REPO):
     from tritonforge.serving.repository import ModelRepository
 
     repository = ModelRepository(repo)
+    repository.check_is_repository()
+    if not repository.models():
+        console.print(f"no models in {repo}: export one with `tritonforge export bert --repo {repo}`")
+        return
     table = new_table(f"model repository {repo}", "model", "versions", "family", "precision", "parity",
                       "size MB", "created")
     for model in repository.models():
@@ -403,6 +492,18 @@ def serve(
 
     from tritonforge.serving.local import LocalTriton
 
+    try:
+        check_host("--host", host)
+        for option, port in (("--http-port", http_port), ("--grpc-port", grpc_port),
+                             ("--metrics-port", metrics_port)):
+            check_port(option, port)
+        require_at_least("--threads", threads, 1)
+        require_positive("--ready-timeout", ready_timeout)
+        if log is not None and not log.parent.is_dir():
+            raise TritonForgeError(f"--log {log}: the folder {log.parent} does not exist; create it "
+                                   "first or give a log file in an existing folder")
+    except TritonForgeError as exc:
+        fail(exc)
     server = LocalTriton(repo, host, http_port, grpc_port, metrics_port,
                          log, threads, nobatch_twins, ready_timeout)
     try:
@@ -410,8 +511,7 @@ def serve(
             with errors.status("starting tritonserver") as status:
                 server.start(on_step=lambda message: status.update(message))
         except TritonForgeError as exc:
-            errors.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
-            raise typer.Exit(2) from None
+            fail(exc)
         print_served(server)
         console.print("serving; Ctrl-C or SIGTERM stops the server", highlight=False)
         while server.is_running():
@@ -419,7 +519,7 @@ def serve(
         errors.print(f"[bold red]error:[/] tritonserver exited on its own (code "
                      f"{server.process.returncode}); its log {server.log_file} ends with:\n"
                      f"{server.log_tail()}", soft_wrap=True, highlight=False, markup=False)
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_PARITY)
     except KeyboardInterrupt:
         errors.print("stopping tritonserver")
     finally:
@@ -485,6 +585,8 @@ def query(
     if len(given) + bool(input_json) + bool(stream) != 1:
         raise TritonForgeError("give exactly one kind of input: --text, --image, --npy, --input-json "
                                "or --stream")
+    check_url("--url", url)
+    check_shape(seq_len, None, None)
     client = connect(url)
     info = model_info(client, name, url)
     if info.sequence and not stream:
@@ -588,6 +690,10 @@ def bench(
     from tritonforge.serving.local import NOBATCH_SUFFIX
 
     levels = parse_levels(concurrency)
+    check_url("--url", url)
+    check_shape(seq_len, None, None)
+    require_at_least("--requests", requests, 1)
+    require_positive("--duration", duration)
     if requests is None and duration is None:
         requests = 2000
     client = connect(url)
@@ -637,6 +743,22 @@ def bench(
         plot_latency_throughput(results, plot, f"{name}: latency vs throughput ({url})")
         console.print(f"plot written to {plot}")
 
+
+
+def print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        console.print(f"tritonforge {version('tritonforge')}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    _version: Annotated[bool, typer.Option("--version", callback=print_version, is_eager=True,
+                                           help="Print the version and exit.")] = False,
+) -> None:
+    """Export research models to verified ONNX and serve them with Triton."""
 
 
 def _terminate(signum, _frame):

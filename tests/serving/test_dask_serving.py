@@ -73,3 +73,11 @@ def test_verify_through_triton_on_labelled_tweets(dask_server, dask_repo):
     report = verify_model(dask_repo, "dask_fp32", iterations=2, samples=64, triton_url=dask_server.grpc_url)
     assert report.parity.passed and report.triton_parity.passed
     assert report.triton_parity.details["samples"] == 64
+
+
+def test_bench_sends_real_sentences_through_the_injection_ensemble(dask_server, tmp_path):
+    result = runner.invoke(app, ["bench", "dask_fp32_text", "--url", dask_server.grpc_url, "--concurrency",
+                                 "1,4", "--requests", "16", "--json", str(tmp_path / "bench.json")])
+    assert result.exit_code == 0, result.output
+    levels = json.loads((tmp_path / "bench.json").read_text())["levels"]
+    assert [(r["concurrency"], r["ok"], r["errors"]) for r in levels] == [(1, 16, 0), (4, 16, 0)]

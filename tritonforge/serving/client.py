@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from tritonforge.errors import TritonForgeError
+from tritonforge.errors import ServerUnavailable, TritonForgeError
 from tritonforge.modalities import Modality, manifest_io, modality_from_json
 from tritonforge.spec import (
     CLASS_PROBABILITIES,
@@ -41,7 +41,7 @@ def server_error(exc: Exception, url: str, name: str | None = None) -> TritonFor
     status = str(getattr(exc, "status", lambda: "")() or "")
     if "UNAVAILABLE" in status or "failed to connect" in message.lower() \
             or "connection refused" in message.lower():
-        return TritonForgeError(
+        return ServerUnavailable(
             f"no Triton server answers at {url} ({message.splitlines()[0][:200]}): start one with "
             "`tritonforge serve` (or `docker compose up`), or pass --url / --triton")
     what = f"model {name!r}: " if name else ""
@@ -56,7 +56,7 @@ def connect(url: str = DEFAULT_URL):
     try:
         client = grpcclient.InferenceServerClient(url)
         if not client.is_server_live():
-            raise TritonForgeError(f"the Triton server at {url} is not live: see its log")
+            raise ServerUnavailable(f"the Triton server at {url} is not live: see its log")
     except InferenceServerException as exc:
         raise server_error(exc, url) from exc
     return client

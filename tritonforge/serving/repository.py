@@ -216,10 +216,36 @@ def io_signature(config: mc.ModelConfig) -> list[tuple]:
 # -- the repository ------------------------------------------------------------------------
 
 
+def _umask() -> int:
+    """The process umask (reading it means setting it; it is put back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def publish_modes(root: Path) -> None:
+    """Give `root` and everything under it the modes a plain `mkdir`/`open` would have given:
+    folders 0o777 and files 0o666 (0o777 when executable) less the umask. Staging folders from
+    `mkdtemp` (0700) and files from `mkstemp` (0600) would otherwise be published private, and
+    a Triton running as another user could not read them."""
+    mask = _umask()
+    folder_mode, file_mode = 0o777 & ~mask, 0o666 & ~mask
+    paths = [root] if root.is_file() else [root, *root.rglob("*")]
+    for path in paths:
+        if path.is_symlink():
+            continue
+        if path.is_dir():
+            path.chmod(folder_mode)
+        else:
+            executable = path.stat().st_mode & 0o100
+            path.chmod(folder_mode if executable else file_mode)
+
+
 def _write_atomic(path: Path, text: str) -> None:
     """Write beside the target and rename over it: readers see the old file or the new one."""
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        publish_modes(Path(temp))
         with os.fdopen(handle, "w") as out:
             out.write(text)
             out.flush()
@@ -241,6 +267,32 @@ class ModelRepository:
             return []
         return sorted(p.name for p in self.root.iterdir()
                       if p.is_dir() and not p.name.startswith(".") and (p / CONFIG_FILE).is_file())
+
+    def check_is_repository(self) -> None:
+        """Refuse a path that is missing, a file, or a folder of something else (entries but no
+        model folder with a config.pbtxt). An empty folder is an empty repository."""
+        if not self.root.exists():
+            raise TritonForgeError(f"model repository {self.root} does not exist: export a model "
+                                   "into it first (`tritonforge export bert`), or pass --repo")
+        if not self.root.is_dir():
+            raise TritonForgeError(f"model repository {self.root} is a file, not a folder: pass "
+                                   "the repository folder with --repo")
+        visible = [p for p in self.root.iterdir() if not p.name.startswith(".")]
+        if visible and not self.models():
+            raise TritonForgeError(
+                f"{self.root} is not a model repository: none of its {len(visible)} entries is a "
+                f"model folder with a {CONFIG_FILE}; pass the repository folder with --repo")
+
+    def check_exported(self, name: str, version: int | None = None) -> None:
+        """Refuse a companion (an ensemble or python step served beside an export, whose
+        manifest says `companion_of`): it has no ONNX model of its own to verify."""
+        manifest = self.read_manifest(name, version)
+        owner = manifest.get("companion_of")
+        if owner:
+            raise TritonForgeError(
+                f"{name!r} is a companion model ({manifest.get('kind') or 'ensemble'}) of the "
+                f"export {owner.get('name')!r}, with no ONNX model of its own: verify "
+                f"{owner.get('name')!r} instead (`tritonforge verify {owner.get('name')}`)")
 
     def versions(self, name: str) -> list[int]:
         folder = self.root / validate_name(name)
@@ -342,6 +394,7 @@ class ModelRepository:
             version_dir.mkdir()
             populate(version_dir, version)
             (staging / CONFIG_FILE).write_text(config_text(config))
+            publish_modes(staging)  # before the rename, so the files appear with their final modes
             if not model_dir.exists():
                 os.rename(staging, model_dir)  # the whole model appears at once
                 return version

@@ -64,6 +64,10 @@ TOLERANCES = {"fp32": (0.99999, 1e-4, 0.99), "fp16": (0.999, 0.05, 0.97), "quant
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
+# Options that only a quantized export (--bits 8, 6, 4) uses.
+QUANTIZATION_OPTIONS = ("method", "calib", "calib_size", "allow_fewer", "lsq_epochs")
+
+
 @dataclass(frozen=True)
 class BertOptions:
     """The export recipe; written verbatim into the manifest."""
@@ -99,10 +103,24 @@ class BertOptions:
             raise TritonForgeError(
                 f"--wbits/--abits quantize; they do not combine with --bits {self.bits}: "
                 "use --bits 8, 6 or 4 (or leave --wbits/--abits out)")
+        if not self.quantized:
+            self.refuse_quantization_options()
         if self.graph not in GRAPHS:
             raise TritonForgeError(f"--graph {self.graph!r} is unknown: choose one of {', '.join(GRAPHS)}")
         if self.quantized:
             self.recipe()  # validates bits and method
+
+    def refuse_quantization_options(self) -> None:
+        """Quantization options given with --bits 32 or 16 would be silently ignored."""
+        for name in QUANTIZATION_OPTIONS:
+            default = next(f.default for f in dataclasses.fields(self) if f.name == name)
+            value = getattr(self, name)
+            if value != default:
+                flag = "--" + name.replace("_", "-")
+                shown = flag if isinstance(value, bool) else f"{flag} {value}"
+                raise TritonForgeError(
+                    f"{shown} is a quantization option; --bits {self.bits} does not quantize: "
+                    f"use --bits 8, 6 or 4, or leave {flag} out")
 
     @property
     def quantized(self) -> bool:
