@@ -318,7 +318,7 @@ def test_the_triton_model_loads_its_version_folder(tmp_path):
 # ---------------------------------------------------------------- MiniLM's real tokenizer
 
 def test_minilm_trunk_is_the_plain_bert_encoding():
-    from tritonforge.export.bert.model import embedded_model_dir
+    from tritonforge.encoders.bert_checkpoint import embedded_model_dir
 
     tokenizer = Tokenizer.from_file(str(embedded_model_dir() / "tokenizer.json"))
     padding = tokenizer.padding

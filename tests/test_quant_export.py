@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 
 from tritonforge.cli import app
 from tritonforge.data import sentences
+from tritonforge.encoders.slotted_bert import SlottedBert
 from tritonforge.errors import TritonForgeError
 from tritonforge.export.bert import BertOptions, tokenize
 from tritonforge.export.bert.model import SentenceEncoder, embedded_model_dir, load_bert
-from tritonforge.export.bert.slotted import SlottedBert
 from tritonforge.export.pipeline import export_model
 from tritonforge.quant.calibrate import attach_quantizers, observe, shift_and_scale
 from tritonforge.quant.quantizable import grid_matmul

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from tritonforge.data import sentences
+from tritonforge.encoders.slotted_bert import SlottedBert
 from tritonforge.export.bert import tokenize
 from tritonforge.export.bert.model import SentenceEncoder, embedded_model_dir, load_bert
-from tritonforge.export.bert.slotted import SlottedBert
 from tritonforge.quant.migration import gamma_migrate
 from tritonforge.verify.metrics import row_cosines
 

@@ -1,3 +1,3 @@
 """The quantization core, model-agnostic: fake quantizers and observers, Outlier Suppression
 transforms, calibration and LSQ+, QDQ ONNX. Models plug in through `quantizable.Quantizable`;
-each family's wiring lives in its own folder (BERT's: `export/bert/slotted.py`)."""
+each family's wiring lives in its own folder (BERT's: `encoders/slotted_bert.py`)."""

@@ -4,7 +4,7 @@ The core (calibration, Gamma Migration and OS+, LSQ+, QDQ emission) never sees a
 architecture. A family writes its model out with a *slot* at every activation it quantizes
 and describes it through `Quantizable`: the slots, the weights to quantize, the Linears and
 which slot feeds each, and the LayerNorms whose outputs an equivalent transformation may
-rewrite. BERT's wiring is `tritonforge.export.bert.slotted.SlottedBert`.
+rewrite. BERT's wiring is `tritonforge.encoders.slotted_bert.SlottedBert`.
 """
 
 from __future__ import annotations

@@ -19,9 +19,9 @@ import torch
 
 from tritonforge.batching import batches
 from tritonforge.data import CALIBRATION, read_lines
+from tritonforge.encoders.slotted_bert import SlottedBert
 from tritonforge.errors import TritonForgeError
 from tritonforge.export.bert.model import SentenceEncoder, SequenceClassifier
-from tritonforge.export.bert.slotted import SlottedBert
 from tritonforge.quant.calibrate import (
     CalibrationResult,
     QuantRecipe,

@@ -63,7 +63,7 @@ def dask_commands() -> typer.Typer:
         import torch
         from rich.console import Console
 
-        from tritonforge.export.bert.model import embedded_model_dir, resolve_model_dir
+        from tritonforge.encoders.bert_checkpoint import embedded_model_dir, resolve_model_dir
         from tritonforge.export.dask.knowledge import read_labeled
         from tritonforge.export.dask.loading import train_classifier
         from tritonforge.export.dask.train import TrainRecipe, accuracy, save_trained

@@ -79,7 +79,7 @@ def read_tokenizer(folder: Path):
 
 def load_classifier(options, stage=None) -> KnowledgeClassifier:
     """The classifier an export's options name (see DaskOptions)."""
-    from tritonforge.export.bert.model import embedded_model_dir, resolve_model_dir
+    from tritonforge.encoders.bert_checkpoint import embedded_model_dir, resolve_model_dir
 
     if options.checkpoint is None:
         return train_default(options, stage)
@@ -165,7 +165,7 @@ def train_default(options, stage=None) -> KnowledgeClassifier:
     """`export dask` without --checkpoint: `dask train`'s default, trained now, in memory."""
     import tempfile
 
-    from tritonforge.export.bert.model import embedded_model_dir
+    from tritonforge.encoders.bert_checkpoint import embedded_model_dir
 
     recipe = TrainRecipe()
     steps = recipe.epochs * -(-recipe.train_size // recipe.batch_size)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tritonforge.export.bert.slotted import SlottedBert
+from tritonforge.encoders.slotted_bert import SlottedBert
 from tritonforge.export.dask.model import MASK_BIAS, KnowledgeClassifier
 from tritonforge.quant.calibrate import (
     CalibrationResult,
