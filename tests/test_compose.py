@@ -20,13 +20,27 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 SCHEMA = json.loads((Path(__file__).parent / "data" / "compose-spec.json").read_text())
-VARIABLE = re.compile(r"\$\{(\w+):-([^}]*)\}")
+VARIABLE = re.compile(r"\$\{(\w+):([-?])([^}]*)\}")
+ADMIN_KEY = "test-admin-key"
+
+
+class MissingVariable(Exception):
+    """A ${NAME:?message} variable that is unset: compose refuses to start."""
+
+
+def substitute(match: re.Match, env: dict[str, str]) -> str:
+    name, kind, text = match.groups()
+    if env.get(name):
+        return env[name]
+    if kind == "?":
+        raise MissingVariable(f"{name}: {text}")
+    return text
 
 
 def interpolate(value, env: dict[str, str]):
-    """Compose's ${NAME:-default} substitution, for the checks below."""
+    """Compose's ${NAME:-default} and ${NAME:?error} substitution, for the checks below."""
     if isinstance(value, str):
-        return VARIABLE.sub(lambda m: env.get(m.group(1)) or m.group(2), value)
+        return VARIABLE.sub(lambda m: substitute(m, env), value)
     if isinstance(value, list):
         return [interpolate(v, env) for v in value]
     if isinstance(value, dict):
@@ -34,8 +48,10 @@ def interpolate(value, env: dict[str, str]):
     return value
 
 
-def compose(env: dict[str, str] | None = None) -> dict:
-    return interpolate(yaml.safe_load(COMPOSE.read_text()), env or {})
+def compose(env: dict[str, str] | None = None, admin_key: str | None = ADMIN_KEY) -> dict:
+    """The file as compose resolves it under `env` (with TRITON_ADMIN_KEY set, unless None)."""
+    env = {**({"TRITON_ADMIN_KEY": admin_key} if admin_key else {}), **(env or {})}
+    return interpolate(yaml.safe_load(COMPOSE.read_text()), env)
 
 
 def schema_errors(document: dict) -> list[str]:
@@ -58,7 +74,8 @@ def test_triton_service_reserves_a_gpu_and_publishes_the_three_ports():
     triton = compose()["services"]["triton"]
     devices = triton["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
-    assert [p.split(":") for p in triton["ports"]] == [["8000", "8000"], ["8001", "8001"], ["8002", "8002"]]
+    assert [p.split(":")[-2:] for p in triton["ports"]] == [["8000", "8000"], ["8001", "8001"],
+                                                             ["8002", "8002"]]
     assert triton["volumes"] == ["./model_repo:/models:ro"]
     assert triton["shm_size"] == "1gb"
 
@@ -125,8 +142,55 @@ def test_image_installs_what_the_companion_models_import_with_the_project_pins()
                     reason="Debian's docker-compose is not installed (apt-get install docker-compose)")
 def test_docker_compose_config_accepts_the_file():
     result = subprocess.run(["docker-compose", "-f", str(COMPOSE), "config"], capture_output=True,
-                            text=True, env={"TRITON_TAG": "24.12", "PATH": "/usr/bin:/bin"}, timeout=60)
+                            text=True, env={"TRITON_TAG": "24.12", "TRITON_ADMIN_KEY": ADMIN_KEY,
+                                            "PATH": "/usr/bin:/bin"}, timeout=60)
     assert result.returncode == 0, result.stderr
     resolved = yaml.safe_load(result.stdout)["services"]["triton"]
     assert resolved["image"] == "tritonforge-triton:24.12"
     assert resolved["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+
+
+# -- security defaults ---------------------------------------------------------------------
+
+ADMIN_APIS = {"model-repository", "shared-memory", "statistics", "trace", "logging"}
+OPEN_APIS = {"health", "metadata", "inference", "model-config"}  # what clients of the ports use
+
+
+def restricted(command: list[str], option: str) -> tuple[set[str], str, str]:
+    """(APIs, header key, header value) of tritonserver's `--<option>=<apis>:<key>=<value>`."""
+    [value] = [arg.split("=", 1)[1] for arg in command if arg.startswith(f"--{option}=")]
+    apis, header = value.split(":", 1)
+    key, secret = header.split("=", 1)
+    return set(apis.split(",")), key, secret
+
+
+@pytest.mark.parametrize("option", ["http-restricted-api", "grpc-restricted-protocol"])
+def test_admin_apis_need_the_admin_key_on_http_and_grpc(option):
+    apis, key, secret = restricted(compose()["services"]["triton"]["command"], option)
+    assert apis == ADMIN_APIS and not apis & OPEN_APIS
+    assert key == "triton-admin-key" and secret == ADMIN_KEY
+
+
+def test_admin_key_comes_from_the_environment_without_a_default():
+    raw = yaml.safe_load(COMPOSE.read_text())["services"]["triton"]["command"]
+    keyed = [arg for arg in raw if "restricted" in arg]
+    assert len(keyed) == 2 and all(arg.endswith("=${TRITON_ADMIN_KEY:?set TRITON_ADMIN_KEY to the admin "
+                                                 "key for model control and shared memory}")
+                                   for arg in keyed)
+    with pytest.raises(MissingVariable, match="TRITON_ADMIN_KEY"):
+        compose(admin_key=None)
+
+
+def test_ports_bind_loopback_unless_triton_bind_says_otherwise():
+    default = compose()["services"]["triton"]["ports"]
+    public = compose({"TRITON_BIND": "0.0.0.0"})["services"]["triton"]["ports"]
+    assert default == ["127.0.0.1:8000:8000", "127.0.0.1:8001:8001", "127.0.0.1:8002:8002"]
+    assert public == ["0.0.0.0:8000:8000", "0.0.0.0:8001:8001", "0.0.0.0:8002:8002"]
+
+
+def test_image_runs_as_a_non_root_user_after_installing():
+    lines = [line.strip() for line in DOCKERFILE.read_text().splitlines()]
+    users = [i for i, line in enumerate(lines) if line.startswith("USER ")]
+    assert users and lines[users[-1]] == "USER triton-server"
+    assert users[-1] > max(i for i, line in enumerate(lines) if line.startswith("RUN "))
+    assert "id -u triton-server" in DOCKERFILE.read_text() and "useradd --uid 1000" in DOCKERFILE.read_text()

@@ -434,6 +434,7 @@ def list_models(repo: RepoOption = DEFAULT_REPO):
 
     repository = ModelRepository(repo)
     repository.check_is_repository()
+    repository.check_safe()
     if not repository.models():
         console.print(f"no models in {repo}: export one with `tritonforge export bert --repo {repo}`")
         return

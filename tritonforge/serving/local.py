@@ -175,6 +175,7 @@ def write_shadow_repository(repo: Path | str, target: Path, threads: int = 2,
                             nobatch_twins: bool = False) -> list[str]:
     """Write the shadow of `repo` into `target` (see the module doc); returns the model names."""
     repository = ModelRepository(repo)
+    repository.check_safe()  # the shadow links every file: nothing may point outside
     names = repository.models()
     if not names:
         raise TritonForgeError(

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -282,6 +283,58 @@ class ModelRepository:
             raise TritonForgeError(
                 f"{self.root} is not a model repository: none of its {len(visible)} entries is a "
                 f"model folder with a {CONFIG_FILE}; pass the repository folder with --repo")
+
+    def check_safe(self) -> None:
+        """Refuse a repository whose entries would make Triton (or `serve`'s shadow, which links
+        every file) read outside it, or whose model names are not plain folder names.
+
+        The rule, entry by entry (hidden top-level entries, e.g. staging folders, are skipped):
+        - a model folder (one with a config.pbtxt) must have a name `validate_name` accepts;
+        - a top-level symlink must resolve to a model folder, a folder with a config.pbtxt
+          (a model shared from another repository, as the serving tests do); a link to
+          anything else (a system folder, a dangling link) is refused;
+        - inside a model folder, at any depth, a symlink must resolve inside that model's
+          (resolved) folder or inside this repository, so a version file can never be
+          /etc/passwd or /proc/...; and every entry must be a plain file, folder or such a
+          link (no FIFO, socket or device, which would hang or leak when read).
+        A missing root is left to `check_is_repository`."""
+        if not self.root.is_dir():
+            return
+        root = self.root.resolve()
+        for entry in sorted(self.root.iterdir()):
+            if entry.name.startswith("."):
+                continue
+            if entry.is_symlink() and not (entry.is_dir() and (entry / CONFIG_FILE).is_file()):
+                raise TritonForgeError(
+                    f"{entry} is a link to {os.path.realpath(entry)}, which is not a model folder "
+                    f"(no {CONFIG_FILE}): remove the link, or link a model folder instead")
+            if not (entry.is_dir() and (entry / CONFIG_FILE).is_file()):
+                continue  # not a model: Triton fails to load it, and `ls` does not list it
+            try:
+                validate_name(entry.name)
+            except TritonForgeError as exc:
+                raise TritonForgeError(f"{entry}: {exc}; rename the folder") from None
+            self._check_model_entries(entry, (entry.resolve(), root))
+
+    @staticmethod
+    def _check_model_entries(model_dir: Path, anchors: tuple[Path, ...]) -> None:
+        """Every entry under `model_dir` is a plain file or folder, or a link inside `anchors`."""
+        for folder, dirs, files in os.walk(model_dir):  # does not descend into linked folders
+            for name in sorted(dirs + files):
+                path = Path(folder) / name
+                if path.is_symlink():
+                    target = Path(os.path.realpath(path))
+                    if not any(target.is_relative_to(anchor) for anchor in anchors):
+                        raise TritonForgeError(
+                            f"{path} is a link to {target}, outside the model folder and the "
+                            f"repository: replace the link with a copy of the file, or remove it")
+                    mode = target.stat().st_mode if target.exists() else None
+                else:
+                    mode = path.lstat().st_mode
+                if mode is None or not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                    raise TritonForgeError(
+                        f"{path} is not a plain file or folder (a dangling link, FIFO, socket or "
+                        "device): remove it from the repository")
 
     def check_exported(self, name: str, version: int | None = None) -> None:
         """Refuse a companion (an ensemble or python step served beside an export, whose
