@@ -334,6 +334,8 @@ class RootGroup(TyperGroup):
             return None
         group = typer.main.get_group(commands)  # a group even with one command
         group.name = name
+        for command in group.commands.values():  # errors and Ctrl-C as for every other command
+            command.callback = friendly(command.callback)
         return group
 
 

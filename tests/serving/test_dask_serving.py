@@ -58,7 +58,7 @@ def test_query_prints_labels_and_flags_a_text_cut_at_max_length(dask_server, tmp
     assert ranked[0][1] == pytest.approx(probabilities[0].max())  # not softmaxed a second time
     assert "logits" not in saved["summary"]["labels"]
     result = runner.invoke(app, ["query", "dask_fp32_text", "--url", dask_server.grpc_url, "--text", " "])
-    assert result.exit_code == 2 and "--text #0 is empty" in result.output
+    assert result.exit_code == 2 and "--text[0] is an empty string" in result.output
 
 
 def test_an_empty_text_sent_directly_is_refused_by_the_injection_step(dask_server):

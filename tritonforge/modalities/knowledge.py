@@ -13,13 +13,14 @@ import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
 
 from tritonforge.errors import TritonForgeError
-from tritonforge.modalities.base import Modality, preprocessing_companions, raw_bytes_array
+from tritonforge.modalities.base import Modality, preprocessing_companions
+from tritonforge.modalities.text import RawText
 from tritonforge.serving.ensembles.knowledge_injection import (
     DEFAULT_BUCKETS,
     KNOWLEDGE_FILE,
@@ -45,13 +46,10 @@ def cached_injector(folder: str, max_length: int) -> KnowledgeInjector:
 
 
 @dataclass(frozen=True)
-class TextKnowledge(Modality):
+class TextKnowledge(RawText, Modality):
     """Strings in; input_ids, position_ids (int64 [B, L]) and visible_matrix (uint8 [B, L, L])."""
 
     kind: ClassVar[str] = "text_knowledge"
-    suffix: ClassVar[str] = "_text"
-    raw_input: ClassVar[str] = "TEXT"
-    query_option: ClassVar[str] = "text"
 
     max_length: int = 256
     max_triples: int = 2
@@ -79,15 +77,6 @@ class TextKnowledge(Modality):
         ensemble.config.ensemble_scheduling.step[0].output_map[TRUNCATED] = TRUNCATED
         return step, ensemble
 
-    def read_raw(self, values: Sequence[str]) -> list[str]:
-        for index, text in enumerate(values):
-            if not str(text).strip():
-                raise TritonForgeError(f"--text #{index} is empty: give the text to classify")
-        return list(values)
-
-    def request(self, raw: Sequence[str]) -> dict[str, np.ndarray]:
-        return {self.raw_input: raw_bytes_array([t.encode("utf-8") for t in raw])}
-
     def encode(self, raw: Sequence[str], io: ModelIO, folder: Path | None,
                shape: Mapping[str, int | None] | None = None) -> dict[str, np.ndarray]:
         if folder is None:
@@ -99,11 +88,3 @@ class TextKnowledge(Modality):
         except InjectionError as exc:
             raise TritonForgeError(str(exc)) from None
         return injected.arrays(io.input_names)
-
-    def sample_raw(self, n: int | None = None, folder: Path | None = None) -> list[Any]:
-        from tritonforge.data import sentences
-
-        return sentences(n)
-
-    def describe_raw(self, item: Any, index: int) -> str:
-        return f"#{index} {str(item)[:60]}"

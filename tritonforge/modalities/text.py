@@ -40,14 +40,37 @@ def cached_tokenizer(path: str, max_length: int):
     return load_tokenizer(path, max_length)
 
 
-@dataclass(frozen=True)
-class Text(Modality):
-    """Strings in; token arrays (a subset of input_ids, attention_mask, token_type_ids) out."""
+class RawText:
+    """The client side of a modality whose raw input is text (`query --text`, an ensemble
+    taking TEXT): shared by `Text` and DASK's `TextKnowledge`."""
 
-    kind: ClassVar[str] = "text"
     suffix: ClassVar[str] = "_text"
     raw_input: ClassVar[str] = "TEXT"
     query_option: ClassVar[str] = "text"
+
+    def read_raw(self, values: Sequence[str]) -> list[str]:
+        problem = empty_text_error(list(values))
+        if problem:
+            raise TritonForgeError(problem.replace("TEXT", "--text"))
+        return list(values)
+
+    def request(self, raw: Sequence[str]) -> dict[str, np.ndarray]:
+        return {self.raw_input: raw_bytes_array([t.encode("utf-8") for t in raw])}
+
+    def sample_raw(self, n: int | None = None, folder: Path | None = None) -> list[Any]:
+        from tritonforge.data import sentences
+
+        return sentences(n)
+
+    def describe_raw(self, item: Any, index: int) -> str:
+        return f"#{index} {str(item)[:60]}"
+
+
+@dataclass(frozen=True)
+class Text(RawText, Modality):
+    """Strings in; token arrays (a subset of input_ids, attention_mask, token_type_ids) out."""
+
+    kind: ClassVar[str] = "text"
     shape_defaults: ClassVar[dict[str, int | None]] = {"seq_len": 128}
 
     max_length: int
@@ -85,15 +108,6 @@ class Text(Modality):
         return preprocessing_companions(name, io, serving, self, TOKENIZER_SUFFIX, TEXT_TOKENIZER_MODEL,
                                         parameters, {TOKENIZER_FILE: self.tokenizer})
 
-    def read_raw(self, values: Sequence[str]) -> list[str]:
-        problem = empty_text_error(list(values))
-        if problem:
-            raise TritonForgeError(problem.replace("TEXT", "--text"))
-        return list(values)
-
-    def request(self, raw: Sequence[str]) -> dict[str, np.ndarray]:
-        return {self.raw_input: raw_bytes_array([t.encode("utf-8") for t in raw])}
-
     def encode(self, raw: Sequence[str], io: ModelIO, folder: Path | None,
                shape: Mapping[str, int | None] | None = None) -> dict[str, np.ndarray]:
         seq_len = (shape or {}).get("seq_len")
@@ -111,11 +125,3 @@ class Text(Modality):
             raise TritonForgeError(f"{path} is missing: the tokenizer was not saved with this version; "
                                    "export the model again")
         return cached_tokenizer(str(path), min(seq_len or self.max_length, self.max_length))
-
-    def sample_raw(self, n: int | None = None, folder: Path | None = None) -> list[Any]:
-        from tritonforge.data import sentences
-
-        return sentences(n)
-
-    def describe_raw(self, item: Any, index: int) -> str:
-        return f"#{index} {str(item)[:60]}"

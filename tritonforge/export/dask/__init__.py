@@ -26,6 +26,7 @@ import numpy as np
 
 from tritonforge.errors import TritonForgeError
 from tritonforge.export.base import ExportInfo, Family, Shape, option, register
+from tritonforge.export.dask.model import inject_inputs
 from tritonforge.export.onnx import MIN_OPSET, check_onnx, torch_to_onnx
 from tritonforge.modalities import TextKnowledge
 from tritonforge.spec import CLASS_PROBABILITIES, CLASS_SCORES, Check, ModelIO, Parity, TensorSpec
@@ -158,7 +159,7 @@ class DaskFamily(Family):
     def sample_inputs(self, model, options: DaskOptions, n: int | None, shape: Shape | None = None
                       ) -> dict[str, np.ndarray]:
         texts, _labels = self.texts(n)
-        return model.injector.inject(texts).arrays(("input_ids", "position_ids", "visible_matrix"))
+        return inject_inputs(model.injector, texts)
 
     def export(self, model, path: Path, options: DaskOptions) -> ExportInfo:
         io = self.io(model, options)
@@ -212,17 +213,15 @@ class DaskFamily(Family):
                    "source_accuracy": float((predicted[split:] == labels[split:]).mean()),
                    "samples": int(len(labels))}
         if hasattr(model, "quantized"):
-            fp = model.fp[0]
-            fp_labels = self._labels(lambda feed: self.reference_outputs(fp, feed, self.io(fp, options)),
-                                     model, texts)
+            fp, io = model.fp[0], self.io(model.fp[0], options)
+            fp_labels = self._labels(lambda feed: self.reference_outputs(fp, feed, io), model, texts)
             quality["label_agreement_vs_fp"] = float((predicted == fp_labels).mean())
         return quality
 
     @staticmethod
     def _labels(run, model, texts: list[str], batch: int = 64) -> np.ndarray:
-        return np.concatenate([run(model.injector.inject(texts[i:i + batch]).arrays(
-            ("input_ids", "position_ids", "visible_matrix")))["logits"].argmax(1)
-            for i in range(0, len(texts), batch)])
+        return np.concatenate([run(inject_inputs(model.injector, texts[i:i + batch]))["logits"].argmax(1)
+                               for i in range(0, len(texts), batch)])
 
     def compare(self, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray],
                 options: DaskOptions, inputs: Mapping[str, np.ndarray] | None = None) -> Parity:

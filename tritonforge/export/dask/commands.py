@@ -29,10 +29,9 @@ def dask_commands() -> typer.Typer:
         from tritonforge.export.dask.knowledge import compute_pivots, read_labeled, read_texts, write_pivots
 
         console = Console()
-        with _friendly(console):
-            texts, labels = read_labeled(source_labeled)
-            found = compute_pivots(texts, labels, read_texts(target), min_occur, num_pivots)
-            write_pivots(found, out)
+        texts, labels = read_labeled(source_labeled)
+        found = compute_pivots(texts, labels, read_texts(target), min_occur, num_pivots)
+        write_pivots(found, out)
         table = Table(title=f"{len(found)} pivots (the first 10), written to {out}")
         table.add_column("word")
         table.add_column("polarity", justify="right")
@@ -70,54 +69,34 @@ def dask_commands() -> typer.Typer:
 
         console = Console()
         torch.set_num_threads(2)
-        with _friendly(console):
-            recipe = TrainRecipe(epochs=epochs, train_size=train_size, max_length=max_length,
-                                 pooling=pooling, seed=seed)
-            model_dir = resolve_model_dir(str(model)) if model else embedded_model_dir()
-            source = read_labeled(source_labeled) if source_labeled else None
-            if source is not None:
-                labels = [{"negative": 0, "positive": 1}.get(str(y), y) for y in source[1]]
-                if any(y not in (0, 1, "0", "1") for y in labels):
-                    from tritonforge.errors import TritonForgeError
+        recipe = TrainRecipe(epochs=epochs, train_size=train_size, max_length=max_length,
+                             pooling=pooling, seed=seed)
+        model_dir = resolve_model_dir(str(model)) if model else embedded_model_dir()
+        source = read_labeled(source_labeled) if source_labeled else None
+        if source is not None:
+            labels = [{"negative": 0, "positive": 1}.get(str(y), y) for y in source[1]]
+            if any(y not in (0, 1, "0", "1") for y in labels):
+                from tritonforge.errors import TritonForgeError
 
-                    raise TritonForgeError(f"--source-labeled {source_labeled}: training takes negative "
-                                           "and positive texts only (found neutral ones): drop them")
-                source = (source[0], [int(y) for y in labels])
+                raise TritonForgeError(f"--source-labeled {source_labeled}: training takes negative "
+                                       "and positive texts only (found neutral ones): drop them")
+            source = (source[0], [int(y) for y in labels])
 
-            def report(epoch: int, loss: float) -> None:
-                console.print(f"epoch {epoch}/{recipe.epochs}  cross-entropy {loss:.4f}")
+        def report(epoch: int, loss: float) -> None:
+            console.print(f"epoch {epoch}/{recipe.epochs}  cross-entropy {loss:.4f}")
 
-            trained = train_classifier(model_dir, recipe, max_triples, str(graph) if graph else None,
-                                       str(pivots) if pivots else None, source, on_epoch=report)
-            if source is None:
-                from tritonforge.export.dask.data import domain_texts
-                from tritonforge.export.dask.loading import SOURCE_DOMAIN, TARGET_DOMAIN
+        trained = train_classifier(model_dir, recipe, max_triples, str(graph) if graph else None,
+                                   str(pivots) if pivots else None, source, on_epoch=report)
+        if source is None:
+            from tritonforge.export.dask.data import domain_texts
+            from tritonforge.export.dask.loading import SOURCE_DOMAIN, TARGET_DOMAIN
 
-                for domain in (SOURCE_DOMAIN, TARGET_DOMAIN):
-                    texts, labels = domain_texts(domain, "test")
-                    score = accuracy(trained, trained.injector, texts, labels)
-                    console.print(f"{domain} test accuracy: {score:.4f} ({len(texts)} texts)")
-            save_trained(trained, model_dir, trained.injector, trained.table, out, recipe, trained.record)
+            for domain in (SOURCE_DOMAIN, TARGET_DOMAIN):
+                texts, labels = domain_texts(domain, "test")
+                score = accuracy(trained, trained.injector, texts, labels)
+                console.print(f"{domain} test accuracy: {score:.4f} ({len(texts)} texts)")
+        save_trained(trained, model_dir, trained.injector, trained.table, out, recipe, trained.record)
         console.print(f"classifier written to {out}: `tritonforge export dask --checkpoint {out}`")
 
     return commands
 
-
-class _friendly:
-    """Errors a person can act on, as one line and exit code 2."""
-
-    def __init__(self, console):
-        self.console = console
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, exc, _traceback):
-        from rich.markup import escape
-
-        from tritonforge.errors import TritonForgeError
-
-        if isinstance(exc, TritonForgeError):
-            self.console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
-            raise typer.Exit(2) from None
-        return False

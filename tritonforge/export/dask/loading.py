@@ -149,10 +149,9 @@ def train_classifier(model_dir: Path, recipe: TrainRecipe, max_triples: int = 2,
         source = domain_texts(SOURCE_DOMAIN, "train", limit=recipe.train_size)
         target = domain_texts(TARGET_DOMAIN, "train")[0]
         table, record = knowledge_table(graph, pivots, max_triples)
-    else:
+    else:  # the user's labelled text is both sides of the pivot rule (a pivot file wins)
         target = None
-        table, record = knowledge_table(graph, pivots, max_triples, source, source[0]) if not pivots \
-            else knowledge_table(graph, pivots, max_triples)
+        table, record = knowledge_table(graph, pivots, max_triples, source, source[0])
     model = attach(new_classifier(model_dir, pooling=recipe.pooling), read_tokenizer(model_dir), table,
                    recipe.max_length, max_triples, {"model": str(model_dir), **record})
     texts, labels = source[0][:recipe.train_size], source[1][:recipe.train_size]

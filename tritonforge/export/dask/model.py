@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 POOLING_MODES = ("first", "mean", "max", "last")
+INPUTS = ("input_ids", "position_ids", "visible_matrix")
 MASK_BIAS = -1e4
 
 
@@ -50,6 +51,11 @@ class KnowledgeClassifier(nn.Module):
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, visible_matrix: torch.Tensor):
         logits = self.classifier(self.pool(self.encode(input_ids, position_ids, visible_matrix)))
         return logits, logits.softmax(-1)
+
+
+def inject_inputs(injector, texts) -> dict:
+    """The classifier's input arrays for `texts`, injected as served."""
+    return injector.inject(list(texts)).arrays(INPUTS)
 
 
 def new_classifier(model_dir, classes: int = 2, pooling: str = "first") -> KnowledgeClassifier:

@@ -15,12 +15,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from tritonforge.encoders.slotted_bert import SlottedBert
-from tritonforge.export.dask.model import MASK_BIAS, KnowledgeClassifier
+from tritonforge.export.dask.model import MASK_BIAS, KnowledgeClassifier, inject_inputs
 from tritonforge.quant.calibrate import (
     CalibrationResult,
     QuantRecipe,
@@ -32,7 +31,6 @@ from tritonforge.quant.qdq import dequantize_weights, qdq_module
 
 REFERENCE_FILE = "reference.pt"
 CALIBRATION_BATCH = 32
-INPUTS = ("input_ids", "position_ids", "visible_matrix")
 
 
 def real_tokens(visible_matrix: torch.Tensor) -> torch.Tensor:
@@ -79,13 +77,9 @@ def slotted_copy(fp: KnowledgeClassifier) -> KnowledgeSlottedBert:
     return KnowledgeSlottedBert(copy.deepcopy(fp.bert)).eval()
 
 
-def calibration_inputs(fp: KnowledgeClassifier, texts: list[str]) -> dict[str, np.ndarray]:
-    return fp.injector.inject(texts).arrays(INPUTS)
-
-
 def quantize_classifier(fp: KnowledgeClassifier, recipe: QuantRecipe, texts: list[str],
                         record: Mapping[str, Any], stage=None) -> QuantKnowledgeClassifier:
-    result = calibrate(slotted_copy(fp), recipe, calibration_inputs(fp, texts), CALIBRATION_BATCH, stage)
+    result = calibrate(slotted_copy(fp), recipe, inject_inputs(fp.injector, texts), CALIBRATION_BATCH, stage)
     return QuantKnowledgeClassifier(result.model, fp, result, record)
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from tritonforge.errors import TritonForgeError
-from tritonforge.export.dask.model import POOLING_MODES, KnowledgeClassifier
+from tritonforge.export.dask.model import POOLING_MODES, KnowledgeClassifier, inject_inputs
 
 CHECKPOINT_FILE = "classifier.pt"
 RECIPE_FILE = "dask.json"
@@ -50,10 +50,7 @@ class TrainRecipe:
 
 
 def batch_tensors(injector, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-    injected = injector.inject(list(texts))
-    return {"input_ids": torch.from_numpy(injected.input_ids),
-            "position_ids": torch.from_numpy(injected.position_ids),
-            "visible_matrix": torch.from_numpy(injected.visible_matrix)}
+    return {name: torch.from_numpy(array) for name, array in inject_inputs(injector, texts).items()}
 
 
 @torch.inference_mode()

@@ -151,8 +151,7 @@ class SnnFamily(Family):
                          f"random (--random-init, seed {options.seed})")
         return graph.eval()
 
-    @staticmethod
-    def _load_preset(options: SnnOptions) -> SpikingClassifier:
+    def _load_preset(self, options: SnnOptions) -> SpikingClassifier:
         import torch
 
         if options.checkpoint:
@@ -162,7 +161,7 @@ class SnnFamily(Family):
             model = options.preset.network(options.steps_default).eval()
         # BatchNorm statistics from inputs other than the parity samples (another seed).
         probe = dataclasses.replace(options, streaming=False, seed=options.seed + 1)
-        inputs = SnnFamily().sample_inputs(ExportGraph(model), probe, ACTIVATION_SAMPLES)
+        inputs = self.sample_inputs(ExportGraph(model), probe, ACTIVATION_SAMPLES)
         return activate_random(model, torch.from_numpy(next(iter(inputs.values()))))
 
     def source(self, model: ExportGraph | StepGraph) -> dict[str, Any]:
@@ -198,12 +197,8 @@ class SnnFamily(Family):
             return ModelIO((TensorSpec("frames", "float32", (steps, *frame)),), (logits, spike_rates),
                            Tensors(layout=f"[T, {dims}]: T = {steps} frames of event counts (ON, OFF)",
                                    timesteps=steps), labels=labels)
-        preset = options.preset
-        image = Image(height=frame[1], width=frame[2], channels=frame[0],
-                      mean=preset.mean if preset else (0.0,), std=preset.std if preset else (1.0,),
-                      resize="stretch")
-        return ModelIO((TensorSpec("pixel_values", "float32", frame),), (logits, spike_rates), image,
-                       labels=labels)
+        return ModelIO((TensorSpec("pixel_values", "float32", frame),), (logits, spike_rates),
+                       image_modality(options), labels=labels)
 
     def sample_inputs(self, model: ExportGraph | StepGraph, options: SnnOptions, n: int | None,
                       shape: Shape | None = None) -> dict[str, np.ndarray]:
@@ -225,7 +220,7 @@ class SnnFamily(Family):
             recordings = photograph_events(n or PRESET_SAMPLES, steps, frame[-1], options.seed)
             return {"frame" if options.streaming else "frames": recordings}
         if options.preset:
-            modality = self.io(model, dataclasses.replace(options, streaming=False)).preprocessing
+            modality = image_modality(options)
             images = modality.encode(modality.sample_raw(n or PRESET_SAMPLES), None, None)["pixel_values"]
         else:
             images, _labels = digits("test")
@@ -279,7 +274,7 @@ class SnnFamily(Family):
         from tritonforge.runtime import ort_session
         from tritonforge.verify.parity import session_steps
 
-        frame_shape = tuple(io.inputs[0].dims)
+        frame_shape = options.frame_shape
         step = StepGraph(fold_batchnorm(copy.deepcopy(model.model)), frame_shape).eval()
         feed = {"frame": np.zeros((2, *frame_shape), np.float32),
                 STATE_INPUT: np.zeros((2, step.state_size), np.float32)}
@@ -349,3 +344,12 @@ class SnnFamily(Family):
         from tritonforge.export.snn.commands import snn_commands
 
         return snn_commands()
+
+
+def image_modality(options: SnnOptions) -> Image:
+    """How a static image reaches the network: the digits' 8 x 8 grayscale 0-1, or a preset's
+    size with the reference's normalisation (ResNet-19: CIFAR-10's mean and std)."""
+    channels, height, width = options.frame_shape
+    preset = options.preset
+    return Image(height=height, width=width, channels=channels, mean=preset.mean if preset else (0.0,),
+                 std=preset.std if preset else (1.0,), resize="stretch")

@@ -26,23 +26,23 @@ def snn_commands() -> typer.Typer:
         """Train the spiking VGG on scikit-learn's digits with the TET loss; `export snn
         --checkpoint FILE` takes the result."""
         from rich.console import Console
-        from rich.markup import escape
 
         from tritonforge.errors import TritonForgeError
         from tritonforge.export.snn.train import TrainRecipe, save_checkpoint, train
 
         console = Console()
+        if arch != "vgg":
+            raise TritonForgeError(
+                f"--arch {arch}: `snn train` trains the spiking VGG (--arch vgg) on the digits; "
+                "vggsnn and resnet19 need CIFAR10-DVS / CIFAR-10 and GPU hours: train them with the "
+                "TET reference and export its checkpoint with `export snn --arch ... --checkpoint`")
         try:
-            if arch != "vgg":
-                raise TritonForgeError(
-                    f"--arch {arch}: `snn train` trains the spiking VGG (--arch vgg) on the digits; "
-                    "vggsnn and resnet19 need CIFAR10-DVS / CIFAR-10 and GPU hours: train them with the "
-                    "TET reference and export its checkpoint with `export snn --arch ... --checkpoint`")
-            recipe = TrainRecipe(widths=tuple(int(w) for w in widths.split(",")), timesteps=timesteps,
-                                 epochs=epochs, lam=lam, phi=phi, seed=seed)
-        except (ValueError, TritonForgeError) as exc:
-            console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
-            raise typer.Exit(2) from None
+            layer_widths = tuple(int(w) for w in widths.split(","))
+        except ValueError:
+            raise TritonForgeError(f"--widths {widths!r} must be whole numbers separated by commas, "
+                                   "e.g. 16,32") from None
+        recipe = TrainRecipe(widths=layer_widths, timesteps=timesteps, epochs=epochs, lam=lam, phi=phi,
+                             seed=seed)
 
         def report(epoch: int, loss: float, accuracy: float) -> None:
             console.print(f"epoch {epoch:3d}/{recipe.epochs}  TET loss {loss:.4f}  "

@@ -82,7 +82,7 @@ class TritonPythonModel:
             shapes = tuple(feed[name].shape[1:] for name, _dims in self.inputs)
             groups.setdefault(shapes, []).append((index, feed))
         for members in groups.values():
-            for index, response in self._run_group(members):
+            for index, response, _state in self._run_group(members):
                 responses[index] = response
         return responses
 
@@ -105,10 +105,10 @@ class TritonPythonModel:
         return None
 
     def _run_group(self, members: list) -> list:
-        """(index, response) per member; the batch's state outputs, when the model has state,
-        come back per member in `self.last_states`."""
+        """(index, response, state) per member: `state` maps each state input to this member's
+        state output (None on an error, or when the model keeps no state)."""
         sizes = [len(next(iter(feed.values()))) for _index, feed in members]
-        names = [name for name in members[0][1]]
+        names = list(members[0][1])
         batch = {name: np.concatenate([feed[name] for _index, feed in members]) if len(members) > 1
                  else members[0][1][name] for name in names}
         state_outputs = [entry["output"] for entry in self.state]
@@ -118,16 +118,15 @@ class TritonPythonModel:
             shapes = ", ".join(f"{name} {list(members[0][1][name].shape)}" for name, _dims in self.inputs)
             message = (f"ONNX Runtime could not run model '{self.model_name}' on inputs {shapes}: "
                        f"{str(exc).splitlines()[0][:400]}")
-            self.last_states = {}
-            return [(index, invalid_argument(message)) for index, _feed in members]
-        results, start, self.last_states = [], 0, {}
+            return [(index, invalid_argument(message), None) for index, _feed in members]
+        results, start = [], 0
         for (index, _feed), size in zip(members, sizes, strict=True):
             tensors = [pb_utils.Tensor(name, np.ascontiguousarray(out[start:start + size]))
                        for name, out in zip(self.outputs, outputs, strict=False)]
-            results.append((index, pb_utils.InferenceResponse(output_tensors=tensors)))
-            self.last_states[index] = {entry["input"]: out[start:start + size]
-                                       for entry, out in zip(self.state, outputs[len(self.outputs):],
-                                                             strict=True)}
+            state = {entry["input"]: out[start:start + size]
+                     for entry, out in zip(self.state, outputs[len(self.outputs):], strict=True)}
+            results.append((index, pb_utils.InferenceResponse(output_tensors=tensors),
+                            state if self.state else None))
             start += size
         return results
 
@@ -162,13 +161,13 @@ class TritonPythonModel:
                 shapes = tuple(value.shape for value in feed.values())
                 groups.setdefault(shapes, []).append((index, feed))
             for group in groups.values():
-                for index, response in self._run_group(group):
+                for index, response, state in self._run_group(group):
                     responses[index] = response
                     sequence, end = ends[index]
-                    if end or index not in self.last_states:
+                    if end or state is None:
                         self.sequences.pop(sequence, None)  # END, or a failed frame: forget it
                     else:
-                        self.sequences[sequence] = (self.last_states[index], now)
+                        self.sequences[sequence] = (state, now)
         return responses
 
     def _sequence_feed(self, request, sequence) -> tuple[dict | None, str | None]:
