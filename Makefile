@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 REPO   ?= model_repo
 
-.PHONY: setup demo test gpu-check lint clean
+.PHONY: setup demo test gpu-check lint clean perf-analyzer
 
 setup: $(VENV)/.installed
 
@@ -31,6 +31,32 @@ test: setup
 # On a CUDA host: parity and latency with the CUDA and TensorRT execution providers and FP16.
 gpu-check: setup
 	$(BIN)/python -m pytest -q -m gpu tests/test_gpu.py
+
+# Triton's own load generator, for `bench --perf-analyzer`: the perf_analyzer binary of the
+# tritonclient 2.50 wheel (later wheels no longer ship it) with the two libraries it links,
+# Debian's libb64 and the CUDA runtime wheel's libcudart.so.12, all under $(VENV)/perf_analyzer;
+# $(BIN)/perf_analyzer is a wrapper that points LD_LIBRARY_PATH there. The venv's tritonclient
+# is left as it is. Needs no root: `apt-get download` only fetches the .deb.
+PA_DIR := $(VENV)/perf_analyzer
+
+perf-analyzer: $(BIN)/perf_analyzer
+
+$(BIN)/perf_analyzer: | $(VENV)/.installed
+	rm -rf $(PA_DIR) && mkdir -p $(PA_DIR)/bin $(PA_DIR)/lib $(PA_DIR)/download
+	$(BIN)/python -m pip download --quiet --no-deps --dest $(PA_DIR)/download \
+		tritonclient==2.50.0 nvidia-cuda-runtime-cu12==12.9.79
+	cd $(PA_DIR)/download && apt-get download libb64-0d || { \
+		echo "apt-get download libb64-0d failed: run apt-get update (or install libb64-0d)"; exit 1; }
+	cd $(PA_DIR)/download && for wheel in *.whl; do ../../bin/python -m zipfile -e $$wheel wheels; done
+	cp $(PA_DIR)/download/wheels/tritonclient-2.50.0.data/data/bin/perf_analyzer $(PA_DIR)/bin/
+	cp $(PA_DIR)/download/wheels/nvidia/cuda_runtime/lib/libcudart.so.12 $(PA_DIR)/lib/
+	dpkg -x $(PA_DIR)/download/libb64-0d_*.deb $(PA_DIR)/download/libb64
+	cp $(PA_DIR)/download/libb64/usr/lib/*/libb64.so.0d $(PA_DIR)/lib/
+	rm -rf $(PA_DIR)/download
+	chmod +x $(PA_DIR)/bin/perf_analyzer
+	printf '#!/bin/sh\nhere=$$(dirname "$$(readlink -f "$$0")")/../perf_analyzer\nLD_LIBRARY_PATH="$$here/lib$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH}" exec "$$here/bin/perf_analyzer" "$$@"\n' > $@.tmp
+	chmod +x $@.tmp && mv $@.tmp $@
+	$@ --version
 
 lint: setup
 	$(BIN)/ruff check tritonforge tests

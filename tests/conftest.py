@@ -41,6 +41,12 @@ def tiny_bert(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_bert_retrained(tmp_path_factory) -> Path:
+    """The tiny encoder with other weights (another seed): a new version that answers differently."""
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny_bert_retrained"), seed=1)
+
+
+@pytest.fixture(scope="session")
 def tiny_classifier(tmp_path_factory) -> Path:
     return save_tiny_bert(tmp_path_factory.mktemp("tiny_classifier"), classifier=True)
 

@@ -107,12 +107,13 @@ def test_brand_new_model_appears_whole_or_not_at_all(tmp_path):
 
 
 def export_in_background_until_staging(repo: Path, model: Path) -> subprocess.Popen:
-    """Start `tritonforge export bert` and return once its staging folder exists."""
+    """Start `tritonforge export bert` and return once its staging folder exists (beside `repo`)."""
     command = [sys.executable, "-m", "tritonforge.cli", "export", "bert", "--model", str(model),
                "--repo", str(repo)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not list(repo.glob(".staging-*")):
+    area = ModelRepository(repo).staging_area()
+    while not list(area.glob("staging-*")):
         assert process.poll() is None, "export finished before it could be interrupted"
         assert time.monotonic() < deadline
         time.sleep(0.01)
@@ -130,7 +131,7 @@ def test_export_killed_midway_leaves_versions_untouched(tmp_path, tiny_bert):
     # The next export cleans up after the killed one and takes version 2.
     result = export_model("bert", BertOptions(model=str(tiny_bert), graph="plain"), tmp_path)
     assert result.version == 2
-    assert not list(tmp_path.glob(".staging-*"))
+    assert not list(ModelRepository(tmp_path).staging_area().glob("staging-*"))
 
 
 def test_sigterm_unwinds_and_removes_the_staging_folder(tmp_path, tiny_bert):

@@ -489,10 +489,19 @@ def serve(
     nobatch_twins: Annotated[bool, typer.Option(
         help="Also serve each model without dynamic batching as <name>_nobatch (for bench).")] = False,
     ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for all models to load.")] = 300,
+    watch: Annotated[bool, typer.Option(
+        help="Load new versions, new models and changed configs from the repository while "
+             "serving, and unload removed models (after their requests in flight).")] = True,
+    poll: Annotated[float, typer.Option(help="Seconds between looks at the repository and the server.")
+                    ] = 1.0,
+    max_restarts: Annotated[int, typer.Option(
+        help="Restarts of a tritonserver that died (with back-off) before serve gives up (exit 3).")
+                            ] = 5,
+    user: Annotated[str | None, typer.Option(
+        help="Run tritonserver as this user (a name or uid; serve must run as root).")] = None,
 ):
-    """Run a real Triton Inference Server on this machine (no Docker) until Ctrl-C or SIGTERM."""
-    import time
-
+    """Run a real Triton Inference Server on this machine (no Docker) until Ctrl-C or SIGTERM:
+    it picks up new exports while serving, and is restarted if it dies."""
     from tritonforge.serving.local import LocalTriton
 
     try:
@@ -502,13 +511,15 @@ def serve(
             check_port(option, port)
         require_at_least("--threads", threads, 1)
         require_positive("--ready-timeout", ready_timeout)
+        require_positive("--poll", poll)
+        require_at_least("--max-restarts", max_restarts, 0)
         if log is not None and not log.parent.is_dir():
             raise TritonForgeError(f"--log {log}: the folder {log.parent} does not exist; create it "
                                    "first or give a log file in an existing folder")
     except TritonForgeError as exc:
         fail(exc)
     server = LocalTriton(repo, host, http_port, grpc_port, metrics_port,
-                         log, threads, nobatch_twins, ready_timeout)
+                         log, threads, nobatch_twins, ready_timeout, user=user)
     try:
         try:
             with errors.status("starting tritonserver") as status:
@@ -516,13 +527,14 @@ def serve(
         except TritonForgeError as exc:
             fail(exc)
         print_served(server)
-        console.print("serving; Ctrl-C or SIGTERM stops the server", highlight=False)
-        while server.is_running():
-            time.sleep(0.5)
-        errors.print(f"[bold red]error:[/] tritonserver exited on its own (code "
-                     f"{server.process.returncode}); its log {server.log_file} ends with:\n"
-                     f"{server.log_tail()}", soft_wrap=True, highlight=False, markup=False)
-        raise typer.Exit(EXIT_PARITY)
+        console.print(f"serving; {'watching ' + str(repo) + ' for new exports; ' if watch else ''}"
+                      "Ctrl-C or SIGTERM stops the server", highlight=False)
+        try:
+            server.supervise(lambda message: errors.print(message, soft_wrap=True, highlight=False,
+                                                          markup=False),
+                             max_restarts=max_restarts, poll_s=poll, watch=watch)
+        except TritonForgeError as exc:
+            fail(exc)
     except KeyboardInterrupt:
         errors.print("stopping tritonserver")
     finally:
@@ -679,6 +691,10 @@ def bench(
         "--repo", help="Repository with the model's export (a token model's tokenizer, a tensor "
                        "model's saved samples).")] = None,
     seq_len: SeqLenOption = None,
+    perf_analyzer: Annotated[bool, typer.Option(
+        "--perf-analyzer", help="Also measure each level with Triton's perf_analyzer (same inputs, "
+                                "about as many requests) and compare (`make perf-analyzer` installs it).")
+                             ] = False,
 ):
     """Asynchronous gRPC load: throughput and p50/p95/p99 per concurrency level, with and without
     dynamic batching (the latter when the server has <name>_nobatch: `serve --nobatch-twins`)."""
@@ -699,12 +715,20 @@ def bench(
     require_positive("--duration", duration)
     if requests is None and duration is None:
         requests = 2000
+    if perf_analyzer:
+        from tritonforge.serving.perf_analyzer import comparison, cross_check, find_perf_analyzer
+
+        analyzer_binary = find_perf_analyzer()  # first: a missing binary says how to install it
+    analyzer_rows: list[dict] = []
     client = connect(url)
     info = model_info(client, name, url)
     if info.sequence:
         if duration is not None:
             raise TritonForgeError("a streaming model is benched by --requests (frames per level), "
                                    "not --duration")
+        if perf_analyzer:
+            raise TritonForgeError(f"--perf-analyzer compares single requests; {name!r} is a streaming "
+                                   "model (sequence batcher): bench it without --perf-analyzer")
         sequences = stream_samples(info, repo)
         title = (f"bench {name} at {url}: 'conc' sequences streaming at once, one frame per request, "
                  "latency per frame in ms, req/s = frames/s")
@@ -722,7 +746,13 @@ def bench(
             models.append((name + NOBATCH_SUFFIX, "none"))
         with progress_bar() as progress:
             stages = Stages(progress)
-            results = run_bench(url, models, payloads, levels, requests, duration, stages)
+            if perf_analyzer:
+                results, analyzed = cross_check(
+                    url, [(m, model_info(client, m, url), b) for m, b in models], payloads, levels,
+                    requests, duration, stages, analyzer_binary)
+                analyzer_rows = comparison(results, analyzed)
+            else:
+                results = run_bench(url, models, payloads, levels, requests, duration, stages)
             stages.finish()
         title = (f"bench {name} at {url}: one real {kind} input per request, latency in ms "
                  f"({name}{NOBATCH_SUFFIX}: without dynamic batching)")
@@ -738,14 +768,101 @@ def bench(
     for r in results:
         if r.errors:
             errors.print(f"{r.model} c={r.concurrency}: first error: {r.first_error}", markup=False)
+    if analyzer_rows:
+        print_analyzer_comparison(analyzer_rows)
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(bench_report(url, results), indent=2) + "\n")
+        report = bench_report(url, results)
+        if analyzer_rows:
+            report["perf_analyzer"] = analyzer_rows
+        json_path.write_text(json.dumps(report, indent=2) + "\n")
         console.print(f"results written to {json_path}")
     if plot:
         plot_latency_throughput(results, plot, f"{name}: latency vs throughput ({url})")
         console.print(f"plot written to {plot}")
 
+
+def print_analyzer_comparison(rows: list[dict]) -> None:
+    """`bench --perf-analyzer`: per level, both tools' figures and their ratio."""
+    from tritonforge.serving.perf_analyzer import AGREEMENT
+
+    table = Table(title=f"bench and perf_analyzer (PA), same inputs: req/s, latency in ms; ratio = "
+                        f"PA / bench; agree: req/s and p50 within {AGREEMENT:.0%}")
+    table.add_column("model", no_wrap=True)
+    for column in ("conc", "by", "req/s", "p50", "p95", "p99", "agree"):
+        table.add_column(column, justify="right")
+    keys = ("throughput_rps", "p50_ms", "p95_ms", "p99_ms")
+    for row in rows:
+        table.add_row(row["model"], str(row["concurrency"]), "bench",
+                      *(f"{row['bench'][k]:.1f}" for k in keys))
+        table.add_row("", "", "PA", *(f"{row['perf_analyzer'][k]:.1f}" for k in keys))
+        table.add_row("", "", "ratio", *(f"{row['ratio'][k]:.2f}" for k in keys),
+                      "yes" if row["agree"] else "[red]no[/]", end_section=True)
+    console.print(table)
+
+
+@app.command()
+@friendly
+def soak(
+    name: Annotated[str, typer.Argument(help="An export served by Triton, e.g. bert_fp32.")],
+    url: UrlOption = "127.0.0.1:8001",
+    repo: RepoOption = DEFAULT_REPO,
+    requests: Annotated[int, typer.Option(help="Requests in all.")] = 10_000,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight.")] = 32,
+    min_cosine: Annotated[float, typer.Option(
+        help="An answer is right when its cosine with ONNX Runtime's is at least this.")] = 0.9999,
+    raw: Annotated[bool, typer.Option(
+        help="Also send raw inputs to the export's ensemble (<name>_text, ...), alternating.")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds before one request counts as failed.")] = 60,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="PNG plot of every request's latency over time.")
+                    ] = None,
+):
+    """Sustained load with every answer checked: requests alternate between the export's tensor
+    model and its raw-input ensemble, real inputs in turn, each answer compared with ONNX Runtime
+    run here on the export. Exits 1 when any request failed or answered wrong."""
+    from tritonforge.serving.repository import ModelRepository
+    from tritonforge.serving.soak import plot_soak, run_soak
+
+    check_url("--url", url)
+    require_at_least("--requests", requests, 1)
+    require_at_least("--concurrency", concurrency, 1)
+    require_positive("--timeout", timeout)
+    if not 0 < min_cosine <= 1:
+        raise TritonForgeError(f"--min-cosine {min_cosine} must be in (0, 1], e.g. 0.9999")
+    ModelRepository(repo).check_is_repository()
+    with progress_bar() as progress:
+        stages = Stages(progress)
+        report = run_soak(url, repo, name, requests, concurrency, min_cosine, raw_model=raw,
+                          stage=stages, timeout_s=timeout)
+        stages.finish()
+    table = Table(title=f"soak {name} at {url}: {requests} requests at concurrency {concurrency} in "
+                        f"{report.seconds:.1f} s; right = cosine with ONNX Runtime >= {min_cosine}")
+    table.add_column("model", no_wrap=True)
+    for column in ("n", "err", "wrong", "min cos", "req/s", "p50", "p95", "p99", "versions"):
+        table.add_column(column, justify="right")
+    for row in report.rows():
+        latency = row["latency_ms"]
+        table.add_row(row["model"], str(row["requests"]),
+                      f"[red]{row['errors']}[/]" if row["errors"] else "0",
+                      f"[red]{row['wrong']}[/]" if row["wrong"] else "0",
+                      "" if row["min_cosine"] is None else f"{row['min_cosine']:.6f}",
+                      f"{row['throughput_rps']:.1f}",
+                      *("" if latency[q] is None else f"{latency[q]:.1f}" for q in ("p50", "p95", "p99")),
+                      ", ".join(row["versions"]))
+    console.print(table)
+    for problem in report.first_problems():
+        errors.print(f"{problem.model} at {problem.start_s:.2f} s: {problem.status}"
+                     f"{': ' + problem.error if problem.error else f' (cosine {problem.cosine:.6f})'}",
+                     markup=False, highlight=False)
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+        console.print(f"report written to {json_path}")
+    if plot:
+        console.print(f"plot written to {plot_soak(report, plot)}")
+    if report.failed:
+        raise typer.Exit(EXIT_PARITY)
 
 
 def print_version(value: bool) -> None:

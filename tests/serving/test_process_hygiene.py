@@ -27,23 +27,28 @@ def wait_until_gone(pgid: int, timeout_s: float = 30.0) -> list[int]:
     return process_group_members(pgid)
 
 
-def start_serve(repo: Path, log: Path, sigint: object = signal.SIG_DFL) -> tuple[subprocess.Popen, int]:
+def start_serve(repo: Path, log: Path, sigint: object = signal.SIG_DFL, *options: str
+                ) -> tuple[subprocess.Popen, int]:
     """`tritonforge serve` in a subprocess; returns it and the tritonserver's pid (= its group).
     `sigint` is the SIGINT disposition it inherits (a background job in a shell without job
     control inherits SIG_IGN)."""
     command = [sys.executable, "-m", "tritonforge.cli", "serve", "--repo", str(repo), "--log", str(log),
-               "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]
+               "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", *options]
     cli = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                            env={**os.environ, "COLUMNS": "200"},
                            preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
     lines = []
     for line in cli.stdout:
         lines.append(line)
-        if "serving; Ctrl-C" in line:
+        if "Ctrl-C or SIGTERM stops the server" in line:
             break
     pids = re.findall(r"\(pid (\d+),", "".join(lines))
     assert pids, "".join(lines)
     return cli, int(pids[0])
+
+
+def grpc_url_of(log: Path) -> str:
+    return re.findall(r"Started GRPCInferenceService at (\S+?)\"", log.read_text())[-1]
 
 
 def test_sigterm_stops_serve_and_its_server(tiny_repo, tmp_path):
@@ -125,3 +130,159 @@ def test_scratch_folders_of_killed_servers_are_removed():
         assert not dead.exists() and alive.exists()
     finally:
         alive.rmdir()
+
+
+# -- supervision: a tritonserver that dies is restarted ---------------------------------------
+
+
+def server_pids(cli_pid: int) -> list[int]:
+    """The tritonserver processes the CLI started (its children named tritonserver)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == cli_pid and (entry / "comm").read_text().strip() == "tritonserver":
+                found.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def test_a_killed_server_is_restarted_and_clients_see_unavailable_only_meanwhile(tiny_repo, tmp_path):
+    import threading
+
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    log = tmp_path / "triton.log"
+    cli, first = start_serve(tiny_repo, log, signal.SIG_DFL, "--max-restarts", "3")
+    url = grpc_url_of(log)
+    outcomes: list[tuple[float, str]] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        client = grpcclient.InferenceServerClient(url)
+        text = grpcclient.InferInput("TEXT", [1, 1], "BYTES")
+        text.set_data_from_numpy(np.array([[b"a sentence under load"]], dtype=object))
+        while not stop.is_set():
+            sent = time.monotonic()
+            try:
+                client.infer("tiny_text", [text], client_timeout=10)
+                outcomes.append((sent, "ok"))
+            except Exception as exc:  # what a client sees during the gap
+                outcomes.append((sent, getattr(exc, "status", lambda: "")() or str(exc)))
+                time.sleep(0.05)
+        client.close()
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    try:
+        time.sleep(1.0)
+        killed_at = time.monotonic()
+        os.kill(first, signal.SIGKILL)
+        deadline = killed_at + 60
+        while time.monotonic() < deadline and not any(t > killed_at and s == "ok" for t, s in outcomes[-20:]):
+            time.sleep(0.2)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        worker.join()
+    assert cli.poll() is None, "serve gave up after one kill"
+    second = server_pids(cli.pid)
+    assert len(second) == 1 and second[0] != first
+    assert wait_until_gone(first, 10) == []  # the killed server's python stubs are gone too
+    after = [status for sent, status in outcomes if sent > killed_at]
+    assert "ok" in after, outcomes[-5:]
+    assert {status for status in after if status != "ok"} <= {"StatusCode.UNAVAILABLE"}
+    cli.send_signal(signal.SIGTERM)
+    output = cli.communicate(timeout=60)[0]
+    assert cli.returncode == 0, output
+    assert "was killed by SIGKILL" in output and "restarting it" in output and "is back" in output
+    assert wait_until_gone(second[0], 5) == []
+
+
+def test_serve_gives_up_after_its_restarts_and_exits_3_with_the_log_tail(tiny_repo, tmp_path):
+    log = tmp_path / "triton.log"
+    cli, first = start_serve(tiny_repo, log, signal.SIG_DFL, "--max-restarts", "0")
+    os.kill(first, signal.SIGKILL)
+    output = cli.communicate(timeout=60)[0]
+    assert cli.returncode == 3, output
+    assert "was killed by SIGKILL" in output and "gave up after 0 restarts" in output
+    assert "--max-restarts 0" in output and str(log) in output
+    assert wait_until_gone(first, 5) == [] and server_pids(cli.pid) == []
+
+
+def readable_by(uid: int, gid: int, paths: list[Path]) -> list[str]:
+    """The paths that user `uid` cannot read (folders: list), checked in a forked child."""
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child
+        os.close(read)
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+        refused = []
+        for path in paths:
+            try:
+                os.listdir(path) if path.is_dir() else open(path, "rb").close()
+            except OSError:
+                refused.append(str(path))
+        os.write(write, "\n".join(refused).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        refused = pipe.read()
+    os.waitpid(child, 0)
+    return [line for line in refused.splitlines() if line]
+
+
+PYTHON_HIDDEN = "the python stubs need this Python, which an unprivileged user cannot read here"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running the server as another user needs root")
+def test_a_repository_exported_by_root_is_served_by_an_unprivileged_user(tiny_bert, tmp_path):
+    """Exported by root under the usual umask, read by tritonserver running as nobody (as the
+    production image runs as triton-server): published files must not be private to root."""
+    import pwd
+    import shutil
+    import tempfile
+
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    from tritonforge.export.bert import BertOptions
+    from tritonforge.export.pipeline import export_model
+
+    nobody = pwd.getpwnam("nobody")
+    shared = Path(tempfile.mkdtemp(prefix="tritonforge-nobody-"))  # pytest's own folders are 0700
+    try:
+        shared.chmod(0o755)
+        previous = os.umask(0o022)
+        try:
+            export_model("bert", BertOptions(model=str(tiny_bert), graph="plain"), shared / "repo",
+                         name="tiny")
+        finally:
+            os.umask(previous)
+        published = [shared / "repo", *(shared / "repo").rglob("*")]
+        assert readable_by(nobody.pw_uid, nobody.pw_gid, published) == []
+        if readable_by(nobody.pw_uid, nobody.pw_gid, [Path(sys.base_prefix) / "lib"]):
+            pytest.skip(f"{PYTHON_HIDDEN} ({sys.base_prefix}); every published file was readable")
+        with LocalTriton(shared / "repo", log_file=tmp_path / "triton.log", user="nobody",
+                         **ANY_PORTS) as server:
+            assert os.stat(f"/proc/{server.process.pid}").st_uid == nobody.pw_uid
+            client = grpcclient.InferenceServerClient(server.grpc_url)
+            text = grpcclient.InferInput("TEXT", [1, 1], "BYTES")
+            text.set_data_from_numpy(np.array([[b"served by nobody"]], dtype=object))
+            embedding = client.infer("tiny_text", [text]).as_numpy("sentence_embedding")
+            client.close()
+        assert embedding.shape == (1, 32) and np.isfinite(embedding).all()
+    finally:
+        shutil.rmtree(shared)
+
+
+def test_an_unknown_user_is_refused_before_anything_starts(tiny_repo, tmp_path):
+    server = LocalTriton(tiny_repo, log_file=tmp_path / "triton.log", user="no-such-user-here",
+                         **ANY_PORTS)
+    with pytest.raises(TritonForgeError, match="--user 'no-such-user-here': no such user"):
+        server.start()
+    assert server.process is None

@@ -45,7 +45,9 @@ def export_model(family: str | Family, options: Any, repo: Path | str = "model_r
     """Export `options` of `family` as a new version of `name` in `repo` and return it.
 
     The version is published only if the ONNX graph passes the family's parity check on
-    real inputs; otherwise nothing is written.
+    real inputs; otherwise nothing is written. The model and its companions are built
+    together outside the repository and published by renames (`ModelRepository.write_version`),
+    so a kill, a full disk or a racing export never leaves a half-written model visible.
     """
     family = get_family(family) if isinstance(family, str) else family
     name = validate_name(name or family.default_name(options))
@@ -102,16 +104,13 @@ def export_model(family: str | Family, options: Any, repo: Path | str = "model_r
             "environment": environment(),
         }
         write_manifest(folder, manifest)
+        for companion in triton.companions:  # built by write_version once this returns
+            stage(f"writing {companion.name}")
 
-    number = repository.write_version(name, config, populate, version=version, force=force)
-    folder = repository.root / name / str(number)
-    for companion in triton.companions:
-        stage(f"writing {companion.name}")
-        repository.write_companion(companion, folder, number, {
-            "manifest_version": 1, "name": companion.name, "version": number, "family": family.name,
-            "companion_of": {"name": name, "version": number},
-            "kind": companion.config.platform or companion.config.backend})
-    return ExportResult(name, number, folder, result["manifest"])
+    number = repository.write_version(name, config, populate, version=version, force=force,
+                                      companions=triton.companions,
+                                      companion_fields={"family": family.name})
+    return ExportResult(name, number, repository.root / name / str(number), result["manifest"])
 
 
 def environment() -> dict[str, str]:

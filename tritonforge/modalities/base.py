@@ -93,8 +93,10 @@ class Modality:
                 raise TritonForgeError(f"--{key.replace('_', '-')} {value} must be at least 1")
         return {**self.shape_defaults, **given}
 
-    def limits(self) -> dict[str, int]:
-        """Bounds on one request, enforced by the client, the companion and the config."""
+    def limits(self) -> dict[str, Any]:
+        """Bounds on one request, enforced by the client, the companion and the config. Values
+        are JSON: `tritonforge serve` passes each to the ONNX Runtime wrapper as a config
+        parameter (see serving/ensembles/onnx_runtime.py for the ones it enforces)."""
         return {}
 
     def write_samples(self, folder: Path, inputs: Mapping[str, np.ndarray]) -> None:

@@ -101,7 +101,7 @@ class Image(Modality):
         if problems:
             raise TritonForgeError("image pre-processing: " + "; ".join(problems))
 
-    def limits(self) -> dict[str, int]:
+    def limits(self) -> dict[str, Any]:
         return {"max_pixels": self.max_pixels, "max_bytes": self.max_bytes}
 
     def decoding(self, image_size: int | None = None) -> Decoding:

@@ -13,7 +13,7 @@ import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
@@ -61,7 +61,7 @@ class TextKnowledge(RawText, Modality):
         if not 8 <= self.max_length <= 512:
             raise TritonForgeError(f"max_length {self.max_length} must be from 8 to 512 tokens")
 
-    def limits(self) -> dict[str, int]:
+    def limits(self) -> dict[str, Any]:
         return {"max_sequence_length": self.max_length}
 
     def companions(self, name: str, io: ModelIO, serving: ServingOptions) -> tuple[CompanionModel, ...]:

@@ -20,11 +20,13 @@ from tritonforge.errors import TritonForgeError
 from tritonforge.modalities.base import Modality, preprocessing_companions, raw_bytes_array
 from tritonforge.serving.ensembles.text_tokenizer import (
     DEFAULT_BUCKETS,
+    MAX_TEXT_BYTES,
     TOKEN_OUTPUTS,
     bucket_lengths,
     empty_text_error,
     encode,
     load_tokenizer,
+    text_size_error,
 )
 from tritonforge.serving.repository import CompanionModel, ServingOptions
 from tritonforge.spec import ModelIO
@@ -47,9 +49,11 @@ class RawText:
     suffix: ClassVar[str] = "_text"
     raw_input: ClassVar[str] = "TEXT"
     query_option: ClassVar[str] = "text"
+    max_text_bytes: ClassVar[int] = MAX_TEXT_BYTES  # Text declares its own in the manifest
 
     def read_raw(self, values: Sequence[str]) -> list[str]:
-        problem = empty_text_error(list(values))
+        problem = (text_size_error([v.encode("utf-8") for v in values], self.max_text_bytes)
+                   or empty_text_error(list(values)))
         if problem:
             raise TritonForgeError(problem.replace("TEXT", "--text"))
         return list(values)
@@ -80,17 +84,36 @@ class Text(RawText, Modality):
     truncation: bool = True
     inputs: tuple[str, ...] = TOKEN_OUTPUTS
     buckets: tuple[int, ...] = DEFAULT_BUCKETS
+    vocab_size: int | None = None  # rows of the embedding table: input_ids lie in 0..vocab_size-1
+    type_vocab_size: int | None = None  # segments: token_type_ids lie in 0..type_vocab_size-1
+    max_text_bytes: int = MAX_TEXT_BYTES  # one text's UTF-8 size; larger texts are refused
 
     def __post_init__(self):
         if self.max_length < 1:
             raise TritonForgeError(f"text max_length {self.max_length} must be at least 1")
+        for name in ("vocab_size", "type_vocab_size", "max_text_bytes"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise TritonForgeError(f"text {name} {value} must be at least 1")
         unknown = sorted(set(self.inputs) - set(TOKEN_OUTPUTS))
         if unknown:
             raise TritonForgeError(f"text inputs {unknown} are not token arrays the tokenizer makes "
                                    f"({', '.join(TOKEN_OUTPUTS)})")
 
-    def limits(self) -> dict[str, int]:
-        return {"max_sequence_length": self.max_length}
+    def limits(self) -> dict[str, Any]:
+        """max_sequence_length; value_ranges {input: [low, high, what]} (integers, inclusive);
+        max_text_bytes (the tokenizer's). An all-zero attention mask row is in range: the
+        exported graphs answer it with finite values (mean pooling: a zero embedding)."""
+        ranges = {"attention_mask": [0, 1, "attention mask values (1: token, 0: padding)"]}
+        if self.vocab_size:
+            ranges["input_ids"] = [0, self.vocab_size - 1, f"token ids below vocab_size {self.vocab_size}"]
+        if self.type_vocab_size:
+            ranges["token_type_ids"] = [0, self.type_vocab_size - 1,
+                                        f"token type ids below type_vocab_size {self.type_vocab_size}"]
+        return {"max_sequence_length": self.max_length,
+                "value_ranges": {name: ranges[name] for name in TOKEN_OUTPUTS
+                                 if name in self.inputs and name in ranges},
+                "max_text_bytes": self.max_text_bytes}
 
     def lengths(self, seq_len: int | None = None) -> tuple[int, ...]:
         """The padded lengths a request can get; with seq_len, exactly that one."""
@@ -104,7 +127,8 @@ class Text(RawText, Modality):
                                    f"{io.input_names}")
         parameters = {"tokenizer_file": TOKENIZER_FILE, "max_length": str(self.max_length),
                       "buckets": ",".join(map(str, self.lengths())),
-                      "pad_token_id": str(self.pad_token_id), "inputs": ",".join(self.inputs)}
+                      "pad_token_id": str(self.pad_token_id), "inputs": ",".join(self.inputs),
+                      "max_text_bytes": str(self.max_text_bytes)}
         return preprocessing_companions(name, io, serving, self, TOKENIZER_SUFFIX, TEXT_TOKENIZER_MODEL,
                                         parameters, {TOKENIZER_FILE: self.tokenizer})
 

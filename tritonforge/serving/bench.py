@@ -192,6 +192,13 @@ def plot_latency_throughput(results: Sequence[LevelResult], path: Path, title: s
     axes.set_title(title)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
+    return save_figure(figure, path)
+
+
+def save_figure(figure, path: Path) -> Path:
+    """Lay out, write as PNG (creating the folder) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)

@@ -23,6 +23,7 @@ it) and is told by the kernel to exit when the process that started it dies
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import os
 import shutil
@@ -39,7 +40,7 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from tritonforge.errors import TritonForgeError
+from tritonforge.errors import ServerUnavailable, TritonForgeError
 from tritonforge.modalities import manifest_io
 from tritonforge.processes import pid_alive
 from tritonforge.serving.ensembles import ONNX_RUNTIME_MODEL, PYTHON_MODEL_FILE
@@ -124,7 +125,7 @@ def is_onnx_model(config: mc.ModelConfig) -> bool:
     return config.platform == "onnxruntime_onnx" or config.backend == "onnxruntime"
 
 
-def shadow_config(config: mc.ModelConfig, threads: int, limits: dict[str, int] | None = None
+def shadow_config(config: mc.ModelConfig, threads: int, limits: dict[str, object] | None = None
                   ) -> mc.ModelConfig:
     """The ONNX model's config, served by the python backend on the CPU (see ensembles/onnx_runtime.py)."""
     shadow = mc.ModelConfig()
@@ -136,8 +137,8 @@ def shadow_config(config: mc.ModelConfig, threads: int, limits: dict[str, int] |
         group.kind = mc.ModelInstanceGroup.KIND_CPU
         group.ClearField("gpus")
     shadow.parameters["intra_op_threads"].string_value = str(threads)
-    for key, value in (limits or {}).items():  # e.g. max_sequence_length, enforced by the wrapper
-        shadow.parameters[key].string_value = str(value)
+    for key, value in (limits or {}).items():  # max_sequence_length, value_ranges, ...: see the wrapper
+        shadow.parameters[key].string_value = value if isinstance(value, str) else json.dumps(value)
     if shadow.sequence_batching.state:
         # The python backend never feeds implicit state back: the wrapper keeps it per sequence.
         shadow.parameters["sequence_state"].string_value = json.dumps(
@@ -171,6 +172,58 @@ def _link_version(source: Path, target: Path, model_py: Path | None) -> None:
         shutil.copy2(model_py, target / PYTHON_MODEL_FILE)
 
 
+@dataclass(frozen=True)
+class ShadowModel:
+    """One model of the shadow repository: the source model it serves and its served config."""
+
+    source: str
+    config: mc.ModelConfig
+    model_py: Path | None  # the ONNX Runtime wrapper, for an ONNX model
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+def shadow_models(repository: ModelRepository, names: list[str], threads: int = 2,
+                  nobatch_twins: bool = False) -> list[ShadowModel]:
+    """What the shadow serves for the source models `names` (each with its twin, if asked)."""
+    served = []
+    for name in names:
+        config = repository.read_config(name)
+        model_py = None
+        if is_onnx_model(config):
+            config = shadow_config(config, threads, _manifest_limits(repository, name))
+            model_py = ONNX_RUNTIME_MODEL
+        served.append(ShadowModel(name, config, model_py))
+    if nobatch_twins:  # a sequence model has no unbatched twin: its batcher keeps its state
+        everything = set(repository.models())
+        served += [ShadowModel(m.source, nobatch_twin(m.config, everything), m.model_py)
+                   for m in list(served) if not m.config.HasField("sequence_batching")]
+    return served
+
+
+def write_shadow_model(repository: ModelRepository, target: Path, model: ShadowModel) -> None:
+    """The shadow folder of one model, built beside `target/<name>` and swapped into place (a
+    server loading it meanwhile sees the old folder or the new one, never half of one)."""
+    folder = target / model.name
+    building = target / f".building-{model.name}"
+    shutil.rmtree(building, ignore_errors=True)
+    building.mkdir()
+    for version in repository.versions(model.source):
+        _link_version(repository.root / model.source / str(version), building / str(version),
+                      model.model_py)
+    (building / CONFIG_FILE).write_text(config_text(model.config))
+    if folder.exists():
+        retired = target / f".retired-{model.name}"
+        shutil.rmtree(retired, ignore_errors=True)
+        os.rename(folder, retired)
+        os.rename(building, folder)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.rename(building, folder)
+
+
 def write_shadow_repository(repo: Path | str, target: Path, threads: int = 2,
                             nobatch_twins: bool = False) -> list[str]:
     """Write the shadow of `repo` into `target` (see the module doc); returns the model names."""
@@ -182,28 +235,15 @@ def write_shadow_repository(repo: Path | str, target: Path, threads: int = 2,
             f"no models in {repository.root}: export one first (`tritonforge export bert`), "
             "or pass --repo")
     target.mkdir(parents=True, exist_ok=True)
-    served: list[tuple[str, mc.ModelConfig, Path | None]] = []  # (source model, config, model.py)
-    for name in names:
-        config = repository.read_config(name)
-        model_py = None
-        if is_onnx_model(config):
-            config = shadow_config(config, threads, _manifest_limits(repository, name))
-            model_py = ONNX_RUNTIME_MODEL
-        served.append((name, config, model_py))
-    if nobatch_twins:  # a sequence model has no unbatched twin: its batcher keeps its state
-        served += [(name, nobatch_twin(config, set(names)), model_py)
-                   for name, config, model_py in list(served) if not config.HasField("sequence_batching")]
-    for name, config, model_py in served:
-        folder = target / config.name
-        folder.mkdir()
-        for version in repository.versions(name):
-            _link_version(repository.root / name / str(version), folder / str(version), model_py)
-        (folder / CONFIG_FILE).write_text(config_text(config))
-    return sorted(config.name for _name, config, _model_py in served)
+    served = shadow_models(repository, names, threads, nobatch_twins)
+    for model in served:
+        write_shadow_model(repository, target, model)
+    return sorted(model.name for model in served)
 
 
-def _manifest_limits(repository: ModelRepository, name: str) -> dict[str, int]:
-    """The bounds the export's modality declares for one request (e.g. max_sequence_length)."""
+def _manifest_limits(repository: ModelRepository, name: str) -> dict[str, object]:
+    """The bounds the export's modality declares for one request (`Modality.limits`: the
+    longest sequence, the range of each integer input, which inputs are attention masks)."""
     try:
         manifest = repository.read_manifest(name)
     except NewerManifestError:
@@ -263,6 +303,39 @@ def remove_stale_scratch() -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+def remove_shared_memory(prefix: str) -> None:
+    """The python backend's shared-memory regions (/dev/shm/<prefix>*) of a server that was
+    killed: a server that exits cleanly removes its own."""
+    for region in Path("/dev/shm").glob(f"{prefix}*"):
+        region.unlink(missing_ok=True)
+
+
+def repository_snapshot(repository: ModelRepository) -> dict[str, tuple]:
+    """What `serve` watches in the source repository: per model, its config's digest and each
+    version's number and folder identity (a version replaced with --force is a new folder)."""
+    snapshot = {}
+    for name in repository.models():
+        folder = repository.root / name
+        try:
+            digest = hashlib.sha256((folder / CONFIG_FILE).read_bytes()).hexdigest()
+            versions = tuple((v, (folder / str(v)).stat().st_ino) for v in repository.versions(name))
+        except OSError:  # removed while we looked: the next poll sees the result
+            continue
+        snapshot[name] = (digest, versions)
+    return snapshot
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "is running"
+    if code < 0:
+        number = -code
+        name = signal.Signals(number).name if number in signal.Signals._value2member_map_ else "?"
+        why = " (the kernel's out-of-memory killer sends SIGKILL too)" if number == signal.SIGKILL else ""
+        return f"was killed by {name} (signal {number}){why}"
+    return f"exited with code {code}"
+
+
 @dataclass(frozen=True)
 class ServedModel:
     name: str
@@ -278,12 +351,17 @@ class LocalTriton:
 
         with LocalTriton("model_repo", http_port=0, grpc_port=0, metrics_port=0) as server:
             client = tritonclient.grpc.InferenceServerClient(server.grpc_url)
+
+    The server runs under explicit model control: `sync()` brings it up to date with the
+    source repository (new versions, new models, changed configs, removed models) without a
+    restart, and `supervise()` does that every poll while restarting a server that died.
+    `user` runs tritonserver as another (unprivileged) user when started as root.
     """
 
     def __init__(self, repo: Path | str = "model_repo", host: str = "127.0.0.1", http_port: int = 8000,
                  grpc_port: int = 8001, metrics_port: int = 8002, log_file: Path | str | None = None,
                  threads: int = 2, nobatch_twins: bool = False, ready_timeout_s: float = 300.0,
-                 log_verbose: int = 0):
+                 log_verbose: int = 0, user: str | None = None):
         self.repo = Path(repo)
         self.host, self.http_port = host, http_port
         self.grpc_port, self.metrics_port = grpc_port, metrics_port
@@ -291,9 +369,14 @@ class LocalTriton:
         self.log_file = Path(log_file) if log_file else Path(f"{self.repo.resolve()}.triton.log")
         self.threads, self.nobatch_twins = threads, nobatch_twins
         self.ready_timeout_s, self.log_verbose = ready_timeout_s, log_verbose
+        self.user = user
         self.process: subprocess.Popen | None = None
         self.models: list[ServedModel] = []
+        self.restarts = 0
         self._scratch: Path | None = None
+        self._launches = 0
+        self._served: dict[str, tuple] = {}  # the source snapshot the server was brought up to
+        self._seen: dict[str, tuple] = {}  # the last poll's snapshot (a change must settle)
 
     @property
     def grpc_url(self) -> str:
@@ -307,6 +390,10 @@ class LocalTriton:
     def metrics_url(self) -> str:
         return f"http://{self.host}:{self.metrics_port}/metrics"
 
+    @property
+    def shadow(self) -> Path:
+        return self._scratch / "models"
+
     def __enter__(self) -> LocalTriton:
         self.start()
         return self
@@ -314,20 +401,25 @@ class LocalTriton:
     def __exit__(self, *exc) -> None:
         self.stop()
 
+    def _shm_prefix(self) -> str:
+        return f"tritonforge{os.getpid()}_{self.grpc_port}_{self._launches}_"
+
     def command(self, binary: Path, shadow: Path, backends: Path) -> list[str]:
-        prefix = f"tritonforge{os.getpid()}_{self.grpc_port}_"
         return [
             str(binary), f"--model-repository={shadow}", f"--backend-directory={backends}",
             f"--cache-directory={backends.parent / 'caches'}",
-            "--model-control-mode=none",  # serve every model of the repository, loaded at start
+            # Every model of the repository is loaded at start; later changes are loaded by
+            # `sync` through the model-control API (the server is bound to this host only).
+            "--model-control-mode=explicit", "--load-model=*",
             "--disable-auto-complete-config",  # strict: the config is used as written
             "--exit-on-error=true", "--strict-readiness=true", "--exit-timeout-secs=10",
             f"--http-address={self.host}", f"--http-port={self.http_port}",
             f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
             f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false",
-            # Unique shared-memory names, so several local servers can run side by side.
-            f"--backend-config=python,shm-region-prefix-name={prefix}",
+            # Unique shared-memory names, so several local servers (and a restarted one, while
+            # the regions of the one that died are removed) can run side by side.
+            f"--backend-config=python,shm-region-prefix-name={self._shm_prefix()}",
             "--backend-config=python,shm-default-byte-size=16777216",
             "--backend-config=python,shm-growth-byte-size=16777216",
             f"--log-verbose={self.log_verbose}",
@@ -343,26 +435,40 @@ class LocalTriton:
         for port, option in ((self.http_port, "--http-port"), (self.grpc_port, "--grpc-port"),
                              (self.metrics_port, "--metrics-port")):
             check_port_free(self.host, port, option)
-        distribution = TritonDistribution.find()
+        if self.user is not None:
+            _user_ids(self.user)  # an unknown user is refused before anything starts
         remove_stale_scratch()
-        self._scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
         try:
-            on_step("writing the shadow repository")
-            shadow = self._scratch / "models"
-            write_shadow_repository(self.repo, shadow, self.threads, self.nobatch_twins)
-            binary = distribution.install(self._scratch / "tritonserver")
-            self.log_file.parent.mkdir(parents=True, exist_ok=True)
-            on_step("starting tritonserver and loading the models")
-            with open(self.log_file, "wb") as log:
-                self.process = subprocess.Popen(
-                    self.command(binary, shadow, binary.parent.parent / "backends"),
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    env=distribution.environment(), start_new_session=True,
-                    preexec_fn=_die_with_parent)
-            self._wait_ready()
+            self._launch(on_step, append_log=False)
         except BaseException:
             self.stop()
             raise
+
+    def _launch(self, on_step: Callable[[str], None], append_log: bool) -> None:
+        """Write a fresh shadow of the source repository and start tritonserver on it."""
+        distribution = TritonDistribution.find()
+        if self._scratch is None:
+            self._scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
+            if self.user is not None:  # mkdtemp's 0700 would hide the shadow from that user
+                self._scratch.chmod(0o755)
+        for item in self._scratch.iterdir():
+            shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
+        on_step("writing the shadow repository")
+        snapshot = repository_snapshot(ModelRepository(self.repo))
+        write_shadow_repository(self.repo, self.shadow, self.threads, self.nobatch_twins)
+        binary = distribution.install(self._scratch / "tritonserver")
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        on_step("starting tritonserver and loading the models")
+        self._launches += 1
+        ids = _user_ids(self.user) if self.user is not None else {}
+        with open(self.log_file, "ab" if append_log else "wb") as log:
+            self.process = subprocess.Popen(
+                self.command(binary, self.shadow, binary.parent.parent / "backends"),
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=distribution.environment(), start_new_session=True,
+                preexec_fn=_die_with_parent, **ids)
+        self._wait_ready()
+        self._served = self._seen = snapshot
 
     def _wait_ready(self) -> None:
         import tritonclient.grpc as grpcclient
@@ -373,8 +479,8 @@ class LocalTriton:
         try:
             while True:
                 if self.process.poll() is not None:
-                    raise TritonForgeError(
-                        f"tritonserver exited with code {self.process.returncode} while starting; "
+                    raise ServerUnavailable(
+                        f"tritonserver {describe_exit(self.process.returncode)} while starting; "
                         f"its log ({self.log_file}) ends with:\n{self.log_tail()}")
                 try:
                     if client.is_server_ready():
@@ -382,15 +488,18 @@ class LocalTriton:
                 except InferenceServerException:
                     pass
                 if time.monotonic() > deadline:
-                    raise TritonForgeError(
+                    raise ServerUnavailable(
                         f"tritonserver was not ready after {self.ready_timeout_s:.0f} s; its log "
                         f"({self.log_file}) ends with:\n{self.log_tail()}")
                 time.sleep(0.25)
-            index = client.get_model_repository_index(as_json=True).get("models", [])
-            self.models = [ServedModel(m["name"], m.get("version", ""), m.get("state", ""),
-                                       m.get("reason", "")) for m in index]
+            self._read_index(client)
         finally:
             client.close()
+
+    def _read_index(self, client) -> None:
+        index = client.get_model_repository_index(as_json=True).get("models", [])
+        self.models = [ServedModel(m["name"], m.get("version", ""), m.get("state", ""),
+                                   m.get("reason", "")) for m in index]
 
     def log_tail(self, lines: int = 8) -> str:
         """Triton's error lines (model load failures say why there), then the last lines."""
@@ -404,20 +513,128 @@ class LocalTriton:
     def is_running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    # -- live updates ----------------------------------------------------------------------
+
+    def sync(self, on_event: Callable[[str], None] | None = None) -> list[str]:
+        """Load what changed in the source repository since the server last looked: new and
+        changed models (new versions, a new config) are (re)loaded, and Triton keeps serving
+        the loaded versions until the new ones are ready; removed models are unloaded, and
+        Triton finishes their requests in flight first. A change is acted on once it has held
+        for two calls, so an export that is still publishing its companions is taken whole.
+        Returns what was done, one line each (also given to `on_event`)."""
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        on_event = on_event or (lambda _message: None)
+        repository = ModelRepository(self.repo)
+        snapshot = repository_snapshot(repository)
+        settled, self._seen = snapshot == self._seen, snapshot
+        if not settled or snapshot == self._served:
+            return []
+        changed = sorted(name for name in snapshot if self._served.get(name) != snapshot[name])
+        removed = sorted(name for name in self._served if name not in snapshot)
+        done: list[str] = []
+
+        def report(message: str) -> None:
+            done.append(message)
+            on_event(message)
+
+        try:
+            repository.check_safe()
+            updated = shadow_models(repository, changed, self.threads, self.nobatch_twins)
+        except TritonForgeError as exc:
+            report(f"not loading the changes to {', '.join(changed)}: {exc}")
+            self._served = snapshot  # reported once; the next change is looked at again
+            return done
+        client = grpcclient.InferenceServerClient(self.grpc_url)
+        try:
+            for model in sorted(updated, key=lambda m: m.config.platform == "ensemble"):
+                write_shadow_model(repository, self.shadow, model)
+                try:
+                    client.load_model(model.name)
+                    versions = [str(v) for v in repository.versions(model.source)]
+                    report(f"loaded {model.name} (versions on disk: {', '.join(versions)})")
+                except InferenceServerException as exc:
+                    report(f"could not load {model.name}: {exc.message()}; the versions "
+                           "loaded before keep serving")
+            gone = [f"{name}{suffix}" for name in removed for suffix in ("", NOBATCH_SUFFIX)
+                    if (self.shadow / f"{name}{suffix}").is_dir()]
+            ensembles = {name for name in gone
+                         if 'platform: "ensemble"' in (self.shadow / name / CONFIG_FILE).read_text()}
+            for name in sorted(gone, key=lambda n: n not in ensembles):  # ensembles first
+                try:
+                    client.unload_model(name)  # returns once its requests in flight are done
+                    report(f"unloaded {name} (removed from {self.repo})")
+                except InferenceServerException as exc:
+                    report(f"could not unload {name}: {exc.message()}")
+                shutil.rmtree(self.shadow / name, ignore_errors=True)
+            self._read_index(client)
+        except InferenceServerException as exc:  # the server went away: `supervise` restarts it
+            report(f"tritonserver did not answer while loading ({exc.message()}); trying again")
+            return done
+        finally:
+            client.close()
+        self._served = snapshot
+        return done
+
+    # -- supervision -----------------------------------------------------------------------
+
+    def supervise(self, on_event: Callable[[str], None] | None = None, max_restarts: int = 5,
+                  poll_s: float = 1.0, watch: bool = True, stable_s: float = 60.0) -> None:
+        """Run until interrupted: every `poll_s`, `sync` the repository (when `watch`) and check
+        that tritonserver lives. A server that died is restarted at once and then with back-off
+        (1, 2, 4 ... 30 s between tries), its log tail reported; after `max_restarts` restarts
+        without `stable_s` of healthy serving in between, raises ServerUnavailable. Clients get
+        UNAVAILABLE while no server listens. Call from the thread that started the server."""
+        on_event = on_event or (lambda _message: None)
+        failures, up_since = 0, time.monotonic()
+        while True:
+            if self.is_running():
+                if failures and time.monotonic() - up_since > stable_s:
+                    failures = 0
+                if watch:
+                    self.sync(on_event)
+                time.sleep(poll_s)
+                continue
+            why = (f"tritonserver {describe_exit(self.process.returncode if self.process else None)}; "
+                   f"its log ({self.log_file}) ends with:\n{self.log_tail()}")
+            self._reap()
+            if failures >= max_restarts:
+                raise ServerUnavailable(f"{why}\ngave up after {failures} restarts in a row "
+                                        f"(--max-restarts {max_restarts})")
+            delay = 0.0 if failures == 0 else min(2.0 ** (failures - 1), 30.0)
+            failures += 1
+            on_event(f"{why}\nrestarting it{f' in {delay:g} s' if delay else ''} "
+                     f"(restart {failures} of at most {max_restarts})")
+            time.sleep(delay)
+            try:
+                self._launch(on_event, append_log=True)
+                self.restarts += 1
+                up_since = time.monotonic()
+                on_event(f"tritonserver is back (pid {self.process.pid}); models: "
+                         f"{', '.join(m.name for m in self.models)}")
+            except TritonForgeError as exc:
+                on_event(f"restart failed: {exc}")
+
+    def _reap(self) -> None:
+        """What a dead server leaves: its stubs (same process group) and shared memory."""
+        process, self.process = self.process, None
+        if process is not None:
+            self._kill_group(process.pid)
+            process.wait()
+        remove_shared_memory(self._shm_prefix())
+
     def stop(self, timeout_s: float = 15.0) -> None:
         """SIGTERM (Triton unloads its models and ends the stubs), then SIGKILL the group."""
-        process, self.process = self.process, None
+        process = self.process
         try:
-            if process is not None:
-                pgid = process.pid  # start_new_session: the server leads its own group
-                if process.poll() is None:
-                    process.send_signal(signal.SIGTERM)
-                    try:
-                        process.wait(timeout_s)
-                    except subprocess.TimeoutExpired:
-                        pass
-                self._kill_group(pgid)
-                process.wait()
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout_s)
+                except subprocess.TimeoutExpired:
+                    pass
+            self._reap()
         finally:
             if self._scratch is not None:
                 shutil.rmtree(self._scratch, ignore_errors=True)
@@ -432,3 +649,18 @@ class LocalTriton:
         deadline = time.monotonic() + timeout_s
         while process_group_members(pgid) and time.monotonic() < deadline:
             time.sleep(0.05)
+
+
+def _user_ids(user: str) -> dict[str, int]:
+    """Popen's user/group arguments for running the server as `user` (a name or uid)."""
+    import pwd
+
+    try:
+        entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    except KeyError:
+        raise TritonForgeError(f"--user {user!r}: no such user on this machine; give an existing "
+                               "user name or uid (e.g. nobody)") from None
+    if entry.pw_uid != os.getuid() and os.geteuid() != 0:
+        raise TritonForgeError(f"--user {user!r}: only root can run the server as another user; "
+                               "leave --user out")
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}

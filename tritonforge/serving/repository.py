@@ -6,20 +6,41 @@ Layout (what Triton reads, plus our manifest beside the model):
     <repo>/<name>/<version>/model.onnx
     <repo>/<name>/<version>/tritonforge.json
 
-A version is built in a hidden staging folder inside the repository and renamed into place,
-so an interrupted export leaves the repository as it was. Existing versions are never
-replaced unless asked (`force`).
+and, beside the repository, where versions are built (`ModelRepository.staging_area`):
+
+    <parent>/.<repo name>.staging/staging-<pid>-<random>/owner.json   who builds what
+    <parent>/.<repo name>.staging/staging-<pid>-<random>/models/<name>/...
+
+Triton's poll mode takes every sub-folder of the repository for a model, hidden ones too, so
+nothing is built inside it; only when the parent is on another filesystem or read-only does
+staging fall back to `<repo>/.tritonforge-staging/`.
+
+What a reader (a Triton polling the repository) can see, whatever happens to a writer
+(SIGKILL at any point, a full disk, another export racing for the same name):
+- a new model appears whole: one rename of a folder holding its config.pbtxt and version;
+- a new version appears by one rename, then the config is replaced by another (os.replace);
+- a published version folder is never modified; only `force` replaces one (moved aside, the
+  new one renamed in; if the writer dies in between, the next writer puts the old one back);
+- an export's companions (tokenizer step, ensemble) are built with its model and published
+  after it, so no companion ever calls a missing model;
+- a full disk while building raises a TritonForgeError and publishes nothing.
+A version number is chosen, and versions are published, under an flock on the repository
+folder; each writer's staging folder records the number it builds (flocked while it lives),
+so racing exports take N and N+1, and the folders of dead writers are removed by the next.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +57,14 @@ from tritonforge.spec import ModelIO, TensorSpec
 CONFIG_FILE = "config.pbtxt"
 MANIFEST_FILE = "tritonforge.json"
 MODEL_FILE = "model.onnx"
-STAGING_PREFIX = ".staging-"
+STAGING_PREFIX = "staging-"  # <staging area>/staging-<pid>-<random>/
+LEGACY_STAGING_PREFIX = ".staging-"  # inside the repository, by tritonforge before the staging area
+INSIDE_STAGING = ".tritonforge-staging"  # the staging area when none can sit beside the repository
+OWNER_FILE = "owner.json"  # in a staging folder: who builds what; flocked while the writer lives
+STAGED_MODELS = "models"  # in a staging folder: the model folders being built
+REPLACED = "replaced"  # in a staging folder: versions moved aside to be replaced (force)
+LOCK_FILE = ".tritonforge.lock"  # the write lock where folders cannot be flocked (NFS)
+FULL_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 # The manifest format this tritonforge writes; it reads this one and every older one.
 MANIFEST_VERSION = 2
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -403,36 +431,105 @@ class ModelRepository:
                 f"cannot write the model repository {self.root}: {exc.strerror or exc}; "
                 "choose another folder with --repo or fix its permissions") from exc
 
-    def _remove_stale_staging(self) -> None:
-        """Staging folders left by an export that was killed (its process is gone)."""
-        for folder in self.root.glob(f"{STAGING_PREFIX}*"):
-            owner = folder.name[len(STAGING_PREFIX):].split("-")[0]
+    def _staging_areas(self) -> tuple[Path, Path]:
+        """(beside the repository, inside it): the two places a version may be built."""
+        root = self.root.resolve()
+        return root.parent / f".{root.name}.staging", root / INSIDE_STAGING
+
+    def staging_area(self) -> Path:
+        """The folder where versions are built before a rename publishes them (created if needed).
+
+        Triton's poll mode takes every sub-folder of the repository for a model, hidden ones
+        included (triton-inference-server/core, src/filesystem/implementations/local.h:
+        GetDirectorySubdirs drops only "." and ".."), so a staging folder inside the repository
+        is polled as a model that fails to load. Staging therefore sits beside the repository,
+        in `<parent>/.<repo name>.staging/`, when that folder is on the repository's filesystem
+        (os.rename is atomic only within one) and writable; otherwise (the repository is a mount
+        point, or its parent is read-only) in `<repo>/.tritonforge-staging/`."""
+        beside, inside = self._staging_areas()
+        root_device = self.root.stat().st_dev
+        try:
+            if beside.parent.stat().st_dev == root_device and beside.parent != inside.parent:
+                beside.mkdir(exist_ok=True)
+                if beside.stat().st_dev == root_device and os.access(beside, os.W_OK | os.X_OK):
+                    return beside
+        except OSError:
+            pass
+        inside.mkdir(exist_ok=True)
+        return inside
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the repository's write lock, taken to choose a version number and to publish.
+
+        It is an flock on the repository folder itself: the same lock however the repository
+        is reached and wherever staging sits, nothing written for it, and the kernel drops it
+        when the holder dies, even by SIGKILL. NFS emulates flock with POSIX locks, which need
+        a file open for writing: there a hidden lock file in the repository root is locked
+        instead (Triton reads only the root's sub-folders, never its files)."""
+        handle = os.open(self.root, os.O_RDONLY)
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            except OSError:
+                os.close(handle)
+                handle = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(handle)
+
+    def _remove_stale_staging(self) -> list[dict[str, Any]]:
+        """Remove the staging folders of writers that are gone (killed, or the machine went
+        down) and return the records of those still writing. Call it under the lock.
+
+        A writer killed while replacing a version (`force`) may have moved the old version
+        aside into its staging folder: it is put back before the folder is removed."""
+        writing = []
+        for staging in [p for area in self._staging_areas() if area.is_dir()
+                        for p in sorted(area.glob(f"{STAGING_PREFIX}*"))]:
+            alive, record = _staging_owner(staging)
+            if alive:
+                writing.append(record)
+                continue
+            version = record.get("version")
+            for model in record.get("models", ()):
+                old = staging / REPLACED / str(model)
+                if isinstance(version, int) and _NAME.match(str(model)) and old.is_dir() \
+                        and not (self.root / model / str(version)).exists():
+                    os.rename(old, self.root / model / str(version))
+            shutil.rmtree(staging, ignore_errors=True)
+        for staging in self.root.glob(f"{LEGACY_STAGING_PREFIX}*"):  # an older tritonforge's
+            owner = staging.name[len(LEGACY_STAGING_PREFIX):].split("-")[0]
             if owner.isdigit() and not pid_alive(int(owner)):
-                shutil.rmtree(folder, ignore_errors=True)
+                shutil.rmtree(staging, ignore_errors=True)
+        return writing
 
-    def write_version(self, name: str, config: mc.ModelConfig,
-                      populate: Callable[[Path, int], None], version: int | None = None,
-                      force: bool = False) -> int:
-        """Build a new version with `populate(folder, version)` and publish it atomically.
-
-        The next free version number is used unless `version` is given; an existing version
-        is replaced only with `force`. The config is rewritten after the version is in place;
-        a config whose inputs/outputs differ from the existing one needs `force`.
-        """
-        validate_name(name)
-        if config.name != name:
-            raise ValueError(f"config is for {config.name!r}, not {name!r}")
-        self._ensure_writable()
-        self._remove_stale_staging()
+    def _choose_version(self, name: str, config: mc.ModelConfig, version: int | None,
+                        force: bool, writing: list[dict[str, Any]]) -> int:
+        """The version to build: `version`, or the next number neither published nor being
+        built by another export (so two exports racing for a name both publish, as N and N+1)."""
         model_dir = self.root / name
         existing = self.versions(name)
-        version = version if version is not None else (existing[-1] + 1 if existing else 1)
+        building = {r.get("version"): r.get("pid") for r in writing if name in r.get("models", ())}
+        if version is None:
+            version = max([0, *existing, *(v for v in building if isinstance(v, int))]) + 1
         if version < 1:
             raise TritonForgeError(f"version {version} is not allowed: versions start at 1")
         if version in existing and not force:
             raise TritonForgeError(
                 f"{model_dir / str(version)} already exists and may be served: "
                 "leave --version out to add the next version, or pass --force to replace it")
+        if version in building and not force:
+            raise TritonForgeError(
+                f"{model_dir / str(version)} is being written by another export (process "
+                f"{building[version]}): leave --version out to add the next version, or wait "
+                "for that export to finish")
+        self._check_config(name, config, force)
+        return version
+
+    def _check_config(self, name: str, config: mc.ModelConfig, force: bool) -> None:
+        model_dir = self.root / name
         if (model_dir / CONFIG_FILE).is_file() and not force:
             old = self.read_config(name)
             if io_signature(old) != io_signature(config):
@@ -441,47 +538,104 @@ class ModelRepository:
                     f"in {model_dir} (one config serves all versions): use another --name, "
                     "or --force to replace the config")
 
-        staging = Path(tempfile.mkdtemp(dir=self.root, prefix=f"{STAGING_PREFIX}{os.getpid()}-"))
+    def _open_staging(self, version: int, models: Sequence[str]) -> tuple[Path, int]:
+        """A new staging folder recorded as this process building `version` of `models`, and
+        the handle whose flock says so while this process lives. Call it under the lock, so
+        that no other writer sees the folder before its record."""
+        staging = Path(tempfile.mkdtemp(dir=self.staging_area(),
+                                        prefix=f"{STAGING_PREFIX}{os.getpid()}-"))
+        handle = os.open(staging / OWNER_FILE, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            version_dir = staging / str(version)
-            version_dir.mkdir()
-            populate(version_dir, version)
-            (staging / CONFIG_FILE).write_text(config_text(config))
-            publish_modes(staging)  # before the rename, so the files appear with their final modes
-            if not model_dir.exists():
-                os.rename(staging, model_dir)  # the whole model appears at once
-                return version
-            self._publish_version(staging, version_dir, model_dir / str(version))
-            os.replace(staging / CONFIG_FILE, model_dir / CONFIG_FILE)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            record = {"pid": os.getpid(), "version": version, "models": list(models)}
+            os.write(handle, json.dumps(record).encode())
+        except BaseException:
+            os.close(handle)
+            raise
+        return staging, handle
+
+    def write_version(self, name: str, config: mc.ModelConfig,
+                      populate: Callable[[Path, int], None], version: int | None = None,
+                      force: bool = False, companions: Sequence[CompanionModel] = (),
+                      companion_fields: Mapping[str, Any] | None = None) -> int:
+        """Build a new version with `populate(folder, version)` and publish it atomically.
+
+        The next free version number is used unless `version` is given; an existing version
+        is replaced only with `force`. The config is replaced after the version is in place;
+        a config whose inputs/outputs differ from the existing one needs `force`.
+
+        `companions` (an ensemble, its python steps) are built in the same staging folder as
+        the same version, their files taken from the model's version folder, each with a
+        manifest of `companion_fields` and `companion_of`; an existing companion version of
+        that number is replaced (a companion is derived from its model). Everything is built
+        before anything is published, then the model is published before its companions, in
+        their order (an ensemble last), so a reader never meets a companion whose model is
+        missing: a kill between them leaves the new version served by the previous companions.
+        """
+        validate_name(name)
+        models = [name, *(validate_name(companion.name) for companion in companions)]
+        if config.name != name or len(set(models)) != len(models):
+            raise ValueError(f"config is for {config.name!r}, not {name!r}, or a companion "
+                             f"repeats a name ({models})")
+        self._ensure_writable()
+        staging, handle = None, None
+        try:
+            try:
+                with self._locked():
+                    version = self._choose_version(name, config, version, force,
+                                                   self._remove_stale_staging())
+                    staging, handle = self._open_staging(version, models)
+                built = staging / STAGED_MODELS
+                folder = _stage_model(built, config, version)
+                populate(folder, version)
+                for companion in companions:
+                    manifest = {"manifest_version": 1, "name": companion.name, "version": version,
+                                **(companion_fields or {}),
+                                "companion_of": {"name": name, "version": version},
+                                "kind": companion.config.platform or companion.config.backend}
+                    _stage_companion(built, companion, folder, version, manifest)
+                publish_modes(built)  # before the rename, so files appear with their final modes
+                _sync_tree(built)
+            except OSError as exc:
+                if exc.errno not in FULL_DISK_ERRORS:
+                    raise
+                raise TritonForgeError(
+                    f"no space left to write {name} version {version} for the model repository "
+                    f"{self.root} ({exc.strerror}: {exc.filename or staging}): nothing was "
+                    "published and the repository is as it was; free space on that disk (or "
+                    "raise the file-size limit), then export again") from exc
+            with self._locked():
+                self._check_config(name, config, force)  # another export may have published
+                for model in models:
+                    self._publish(staging, model, version, force or model != name)
             return version
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+            if handle is not None:
+                os.close(handle)
 
-    def write_companion(self, companion: CompanionModel, model_folder: Path, version: int,
-                        manifest: Mapping[str, Any]) -> int:
-        """Publish `companion` as `version`, the number of the exported model it belongs to.
-
-        A companion is derived from its model (same tokenizer, same outputs), so its version
-        follows the model's and an existing one of that number is replaced.
-        """
-
-        def populate(folder: Path, _number: int) -> None:
-            for name, source in companion.files.items():
-                path = Path(source) if Path(source).is_absolute() else model_folder / source
-                if not path.is_file():
-                    raise TritonForgeError(
-                        f"{path} is missing, but {companion.name} needs it: export the model again")
-                shutil.copy2(path, folder / name)
-            write_manifest(folder, manifest)
-
-        return self.write_version(companion.name, companion.config, populate, version=version,
-                                  force=True)
+    def _publish(self, staging: Path, model: str, version: int, replace: bool) -> None:
+        """Make `version` of `model`, built in `staging`, visible by renames a poller can meet
+        at any moment: a new model's whole folder (config and version) at once; else the
+        version folder, then the config replaced atomically (one serves every version)."""
+        built, target = staging / STAGED_MODELS / model, self.root / model
+        if not target.exists():
+            os.rename(built, target)
+            return
+        self._publish_version(staging, built / str(version), target / str(version), replace)
+        os.replace(built / CONFIG_FILE, target / CONFIG_FILE)
 
     @staticmethod
-    def _publish_version(staging: Path, built: Path, target: Path) -> None:
-        old = staging / "replaced"
-        if target.exists():  # only reached with force
-            os.rename(target, old)
+    def _publish_version(staging: Path, built: Path, target: Path, replace: bool) -> None:
+        if target.exists() and not replace:  # the number was chosen under the lock
+            raise TritonForgeError(
+                f"{target} appeared while this export ran, written by something other than "
+                "tritonforge: nothing was published; run the export again")
+        old = staging / REPLACED / target.parent.name
+        if target.exists():
+            old.parent.mkdir(exist_ok=True)
+            os.rename(target, old)  # put back by the next writer if this one dies now
         try:
             os.rename(built, target)
         except OSError as exc:
@@ -490,6 +644,65 @@ class ModelRepository:
             raise TritonForgeError(
                 f"could not publish {target} ({exc.strerror or exc}); another export may have "
                 "written it meanwhile: run the export again") from exc
+
+
+def _stage_model(built: Path, config: mc.ModelConfig, version: int) -> Path:
+    """`built/<name>/config.pbtxt` and the empty `built/<name>/<version>/`, which it returns."""
+    folder = built / config.name / str(version)
+    folder.mkdir(parents=True)
+    (built / config.name / CONFIG_FILE).write_text(config_text(config))
+    return folder
+
+
+def _stage_companion(built: Path, companion: CompanionModel, model_folder: Path, version: int,
+                     manifest: Mapping[str, Any]) -> None:
+    folder = _stage_model(built, companion.config, version)
+    for name, source in companion.files.items():
+        path = Path(source) if Path(source).is_absolute() else model_folder / source
+        if not path.is_file():
+            raise TritonForgeError(
+                f"{path} is missing, but {companion.name} needs it: export the model again")
+        shutil.copy2(path, folder / name)
+    write_manifest(folder, manifest)
+
+
+def _staging_owner(staging: Path) -> tuple[bool, dict[str, Any]]:
+    """(whether the writer of `staging` still runs, its record: pid, version, models).
+
+    The writer holds an flock on its record until it ends, and the kernel drops the lock when
+    a process dies however it dies: a lock we can take means the folder is left over. Unlike
+    a pid, this survives pid reuse and pid namespaces (containers sharing the repository)."""
+    try:
+        handle = os.open(staging / OWNER_FILE, os.O_RDWR)
+    except FileNotFoundError:
+        return False, {}  # folder and record are made under the lock: killed in between
+    except OSError:
+        return True, {}  # another user's: leave it alone
+    try:
+        try:
+            record = json.loads(os.pread(handle, 1 << 16, 0))
+        except ValueError:
+            record = {}
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True, record if isinstance(record, dict) else {}
+        return False, record if isinstance(record, dict) else {}
+    finally:
+        os.close(handle)
+
+
+def _sync_tree(root: Path) -> None:
+    """fsync every file and folder under `root` before a rename publishes it: after a crash of
+    the machine a published model.onnx is never empty, and a full disk that the filesystem
+    reports only at fsync (delayed allocation, quotas) is reported while nothing is published."""
+    for folder, _dirs, files in os.walk(root):
+        for path in [*(os.path.join(folder, name) for name in files), folder]:
+            handle = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(handle)
+            finally:
+                os.close(handle)
 
 
 class NewerManifestError(TritonForgeError):

@@ -194,10 +194,11 @@ class BertFamily(Family):
         else:
             outputs = (TensorSpec("last_hidden_state", "float32", (-1, width)),
                        TensorSpec("sentence_embedding", "float32", (width,), EMBEDDING))
-        tokenizer = model.tokenizer
-        text = Text(max_length=max_sequence_length(model.model_dir, hf_config(model)),
+        tokenizer, config = model.tokenizer, hf_config(model)
+        text = Text(max_length=max_sequence_length(model.model_dir, config),
                     pad_token_id=int(tokenizer.pad_token_id),
-                    lowercase=bool(getattr(tokenizer, "do_lower_case", False)), inputs=INPUTS)
+                    lowercase=bool(getattr(tokenizer, "do_lower_case", False)), inputs=INPUTS,
+                    vocab_size=int(config.vocab_size), type_vocab_size=int(config.type_vocab_size))
         return ModelIO(tuple(TensorSpec(n, "int64", (-1,)) for n in INPUTS), outputs, text, labels)
 
     def sample_inputs(self, model, options: BertOptions, n: int | None, shape: Shape | None = None

@@ -8,8 +8,11 @@ This file runs inside Triton's Python stub: it imports only numpy, onnxruntime a
 `triton_python_backend_utils`, never tritonforge. Parameters come from the config:
   onnx_file            the graph beside this file in the version folder (default model.onnx)
   intra_op_threads     ONNX Runtime intra-op threads (0: ONNX Runtime's default)
-  max_sequence_length  longest dynamic axis accepted (0: no limit); longer inputs are refused
-                       with an error that says so, instead of failing inside the graph
+  max_sequence_length  longest dynamic axis accepted (0: no limit); longer inputs, and empty
+                       ones (0 positions), are refused instead of failing inside the graph
+  value_ranges         JSON {input: [low, high, what]}: an integer input's values must lie in
+                       low..high (token ids below the vocabulary size, token types, mask values);
+                       outside it ONNX Runtime would fail in a Gather or compute on nonsense
   sequence_state       a streaming model's implicit state, as JSON [{input, output, dims, dtype}]
                        (`tritonforge serve` moves it here from `sequence_batching`)
   sequence_idle_us     how long a silent sequence's state is kept
@@ -19,6 +22,11 @@ its implicit state; the python backend does not, so this wrapper keeps it per co
 zeros at START, the state output fed back as the next frame's state input, dropped at END or
 after `sequence_idle_us` without a frame. Frames of different sequences that Triton merges into
 one call run as one batch, their states stacked in the same order.
+
+Every refusal is INVALID_ARGUMENT and names the input, the offending value or row and the limit,
+and is checked before anything runs: non-finite floats, too long or empty, values out of range.
+Triton itself refuses wrong dtypes, ranks, dims and batches above
+max_batch_size before this model sees the request.
 """
 
 from __future__ import annotations
@@ -62,6 +70,7 @@ class TritonPythonModel:
         self.inputs = [(spec["name"], [int(d) for d in spec["dims"]]) for spec in config["input"]]
         self.outputs = [spec["name"] for spec in config["output"]]
         self.max_length = int(parameters.get("max_sequence_length", "0"))
+        self.value_ranges = json.loads(parameters.get("value_ranges", "{}"))
         self.state = json.loads(parameters.get("sequence_state", "[]"))
         self.idle_s = int(parameters.get("sequence_idle_us", "0")) / 1e6
         self.sequences: dict = {}  # correlation ID -> ({state input: [1, ...] array}, last frame time)
@@ -75,7 +84,7 @@ class TritonPythonModel:
         for index, request in enumerate(requests):
             feed = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy()
                     for name, _dims in self.inputs}
-            problem = self._too_long(feed)
+            problem = self._problem(feed)
             if problem:
                 responses[index] = invalid_argument(problem)
                 continue
@@ -86,13 +95,17 @@ class TritonPythonModel:
                 responses[index] = response
         return responses
 
-    def _too_long(self, feed: dict[str, np.ndarray]) -> str | None:
-        """What is wrong with a request's inputs (non-finite values, too long), or None."""
+    def _problem(self, feed: dict[str, np.ndarray]) -> str | None:
+        """What is wrong with a request's inputs (non-finite values, too long or empty, values
+        out of range), or None."""
         for name, value in feed.items():  # ONNX Runtime itself would compute on a NaN
             if value.dtype.kind == "f" and not np.isfinite(value).all():
                 position = [int(i) for i in np.argwhere(~np.isfinite(value))[0]]
                 return (f"input '{name}' holds {value[tuple(position)]} at index {position}: model "
                         f"'{self.model_name}' takes finite values only; replace NaN and infinity")
+        return self._length_problem(feed) or self._value_problem(feed)
+
+    def _length_problem(self, feed: dict[str, np.ndarray]) -> str | None:
         if not self.max_length:
             return None
         for name, dims in self.inputs:
@@ -101,7 +114,25 @@ class TritonPythonModel:
                 if declared == -1 and shape[axis] > self.max_length:
                     return (f"input '{name}' has {shape[axis]} positions on axis {axis} (shape "
                             f"{list(shape)}); model '{self.model_name}' accepts at most "
-                            f"{self.max_length}: truncate the input to {self.max_length} tokens")
+                            f"{self.max_length} (max_sequence_length): truncate the input to "
+                            f"{self.max_length} tokens")
+                if declared == -1 and shape[axis] == 0:
+                    return (f"input '{name}' has 0 positions on axis {axis} (shape {list(shape)}); "
+                            f"model '{self.model_name}' takes 1 to {self.max_length} "
+                            "(max_sequence_length): send at least one token")
+        return None
+
+    def _value_problem(self, feed: dict[str, np.ndarray]) -> str | None:
+        for name, (low, high, what) in self.value_ranges.items():
+            value = feed.get(name)
+            if value is None or value.size == 0:
+                continue
+            outside = (value < low) | (value > high)
+            if outside.any():
+                position = [int(i) for i in np.argwhere(outside)[0]]
+                return (f"input '{name}' holds {value[tuple(position)]} at index {position}: model "
+                        f"'{self.model_name}' takes {what}, {low} to {high}; "
+                        f"{int(outside.sum())} value(s) are outside")
         return None
 
     def _run_group(self, members: list) -> list:
@@ -177,7 +208,7 @@ class TritonPythonModel:
         if frames != {1}:
             return None, (f"model '{self.model_name}' takes one frame per request of a sequence, "
                           f"got a batch of {sorted(frames)}: send the frames one by one")
-        problem = self._too_long(feed)
+        problem = self._problem(feed)
         if problem:
             return None, problem
         if request.flags() & pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_START:

@@ -11,11 +11,14 @@ bucket (16, 32, 64, ... up to max_length) that holds its longest text. Requests 
 each on its own, not to the longest of all requests that reach one `execute` call: that lines
 them up for the batcher, but on a CPU the padding cost more than batching gained (measured on
 MiniLM at concurrency 16: 79 req/s padded together vs 131 req/s padded each). Texts longer
-than max_length are truncated, as sentence-transformers does; an empty (or whitespace-only)
-string is refused with an error.
+than max_length are truncated, as sentence-transformers does. Refused, each with
+INVALID_ARGUMENT and a message naming TEXT[i] and the limit, before anything is tokenized: a
+text above max_text_bytes (a tokenizer reads all of a text before truncating it), bytes that are
+not UTF-8, an empty (or whitespace-only) string. The number of texts is Triton's to check
+(max_batch_size, one text per row).
 
 Config parameters: tokenizer_file, max_length, buckets (comma-separated), pad_token_id, inputs
-(the token arrays the model takes, comma-separated: a subset of TOKEN_OUTPUTS).
+(the token arrays the model takes, comma-separated: a subset of TOKEN_OUTPUTS), max_text_bytes.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ except ImportError:  # imported by tritonforge's client for `encode`
 TEXT_INPUT = "TEXT"
 TOKEN_OUTPUTS = ("input_ids", "attention_mask", "token_type_ids")
 DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512)
+# 64 KiB of UTF-8 is some 10,000 words, far beyond 512 tokens: a client sending more is sending
+# a document whole, and the tokenizer would read all of it to keep its first max_length tokens.
+MAX_TEXT_BYTES = 64 * 1024
 
 
 def bucket_lengths(max_length: int, buckets: tuple[int, ...] = DEFAULT_BUCKETS) -> tuple[int, ...]:
@@ -55,6 +61,26 @@ def empty_text_error(texts: list[str]) -> str | None:
             return (f"TEXT[{index}] is an empty string ({text!r}): send at least one non-space "
                     "character per text")
     return None
+
+
+def text_size_error(items: list[bytes], max_bytes: int) -> str | None:
+    for index, item in enumerate(items):
+        if len(item) > max_bytes:
+            return (f"TEXT[{index}] is {len(item):,} bytes, above this model's limit of {max_bytes:,} "
+                    "(max_text_bytes): send a shorter text (only its first tokens are read anyway)")
+    return None
+
+
+def utf8_texts(items: list[bytes]) -> tuple[list[str], str | None]:
+    """The texts, or the problem with the first one that is not UTF-8."""
+    texts = []
+    for index, item in enumerate(items):
+        try:
+            texts.append(item.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            return [], (f"TEXT[{index}] is not valid UTF-8 (byte {exc.object[exc.start]:#04x} at offset "
+                        f"{exc.start}: {exc.reason}): send text encoded as UTF-8")
+    return texts, None
 
 
 def bucket_for(longest: int, lengths: tuple[int, ...]) -> int:
@@ -95,17 +121,18 @@ class TritonPythonModel:
         self.lengths = bucket_lengths(max_length, buckets or DEFAULT_BUCKETS)
         self.pad_token_id = int(parameters["pad_token_id"])
         self.names = tuple(parameters.get("inputs", ",".join(TOKEN_OUTPUTS)).split(","))
+        self.max_text_bytes = int(parameters.get("max_text_bytes", MAX_TEXT_BYTES))
 
     def execute(self, requests: list) -> list:
         return [self._tokenize(request) for request in requests]
 
     def _tokenize(self, request):
         raw = pb_utils.get_input_tensor_by_name(request, TEXT_INPUT).as_numpy().reshape(-1)
-        try:
-            texts = [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in raw]
-        except UnicodeDecodeError as exc:
-            return invalid_argument(f"TEXT is not valid UTF-8 ({exc}): send text encoded as UTF-8")
-        problem = empty_text_error(texts)
+        items = [t if isinstance(t, bytes) else str(t).encode("utf-8") for t in raw]
+        texts, problem = [], text_size_error(items, self.max_text_bytes)
+        if not problem:
+            texts, problem = utf8_texts(items)
+        problem = problem or empty_text_error(texts)
         if problem:
             return invalid_argument(problem)
         arrays = encode(self.tokenizer, texts, self.lengths, self.pad_token_id, self.names)

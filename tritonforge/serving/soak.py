@@ -1,0 +1,321 @@
+"""`soak`: sustained load where every answer is checked.
+
+N requests at concurrency C over asynchronous gRPC, alternating between an export's tensor model
+(inputs encoded here, as `query --repo` does) and its raw-input ensemble (`<name>_text`, ...)
+when the server has one, each request one real input (sentences of mixed lengths, photographs)
+in turn. Every response is compared with ONNX Runtime on the same export, run here on the same
+encoded input: a float output agrees when its cosine similarity with the reference is at least
+`min_cosine`, an integer output when it is equal.
+
+Which reference: a tensor-model response names the version that answered, and is compared with
+that version's model.onnx (read from the repository on first sight, so versions published
+during the soak are checked too). An ensemble response names the ensemble's version, but its
+steps run the latest loaded version of the model, which may be older or newer for a moment
+while a new version goes live; it is right when it agrees with any version in the repository.
+The version of each answer is kept, so a report says when responses switched to a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tritonforge.errors import TritonForgeError
+from tritonforge.modalities import manifest_io
+from tritonforge.serving.bench import save_figure
+from tritonforge.serving.client import ModelInfo, infer_inputs, model_info
+from tritonforge.serving.repository import MODEL_FILE, ModelRepository
+
+STATUS_OK, STATUS_ERROR, STATUS_WRONG = "ok", "error", "wrong"
+
+
+@dataclass(frozen=True)
+class SoakInput:
+    label: str
+    tensors: dict[str, np.ndarray]  # the tensor model's request
+    raw: dict[str, np.ndarray] | None  # the ensemble's request (None: no ensemble)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One request: when it was sent (seconds from the start), to which model, how it ended."""
+
+    start_s: float
+    latency_ms: float
+    model: str
+    status: str
+    version: str = ""
+    cosine: float = float("nan")  # the lowest over the compared outputs
+    error: str = ""
+
+
+class References:
+    """ONNX Runtime's answers per version of the export, computed on first use."""
+
+    def __init__(self, repo: Path | str, name: str, inputs: Sequence[SoakInput], outputs: Sequence[str],
+                 threads: int = 1):
+        self.repository, self.name = ModelRepository(repo), name
+        self.inputs, self.outputs, self.threads = inputs, list(outputs), threads
+        self._answers: dict[int, list[dict[str, np.ndarray]]] = {}
+
+    def answers(self, version: int) -> list[dict[str, np.ndarray]]:
+        if version not in self._answers:
+            from tritonforge.runtime import ort_session, run_session
+
+            _number, folder = self.repository.resolve(self.name, version)
+            session = ort_session(folder / MODEL_FILE, threads=self.threads)
+            self._answers[version] = [
+                {k: v for k, v in run_session(session, item.tensors).items() if k in self.outputs}
+                for item in self.inputs]
+        return self._answers[version]
+
+    @property
+    def known(self) -> set[int]:
+        return set(self._answers)
+
+    def versions(self) -> list[int]:
+        return self.repository.versions(self.name)
+
+
+def agreement(got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray]) -> float:
+    """The lowest cosine similarity over the outputs (row-wise; 1.0 or 0.0 for integer outputs)."""
+    lowest = 1.0
+    for name, reference in want.items():
+        answer = got[name]
+        if answer.shape != reference.shape:
+            return 0.0
+        if not np.issubdtype(reference.dtype, np.floating):
+            lowest = min(lowest, float(np.array_equal(answer, reference)))
+            continue
+        a = answer.reshape(len(answer), -1).astype(np.float64)
+        b = reference.reshape(len(reference), -1).astype(np.float64)
+        if not (np.isfinite(a).all()):
+            return 0.0
+        norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+        cosine = np.where(norms > 0, (a * b).sum(axis=1) / np.maximum(norms, 1e-30),
+                          np.all(a == b, axis=1).astype(np.float64))
+        lowest = min(lowest, float(cosine.min()))
+    return lowest
+
+
+def soak_inputs(repo: Path | str, name: str, info: ModelInfo, raw_info: ModelInfo | None,
+                count: int | None = None) -> tuple[list[SoakInput], list[str]]:
+    """The real inputs of the export's modality (each encoded for the tensor model and, when
+    there is an ensemble, packed as its raw request), and the outputs to compare: those whose
+    shape does not depend on the input's length (an embedding, class scores), else all."""
+    repository = ModelRepository(repo)
+    manifest = repository.read_manifest(name)
+    if "io" not in manifest:
+        raise TritonForgeError(f"{name!r} is a companion model: soak the export it belongs to "
+                               f"({manifest.get('companion_of', {}).get('name', '?')!r})")
+    _version, folder = repository.resolve(name)
+    io = manifest_io(manifest)
+    if info.sequence:
+        raise TritonForgeError(f"{name!r} is a streaming model: soak takes whole requests; use "
+                               "`tritonforge bench` for streams")
+    modality = io.preprocessing
+    raw = modality.sample_raw(count, folder)
+    if not raw:
+        raise TritonForgeError(f"the {modality.kind} modality of {name!r} has no sample inputs to send")
+    inputs = [SoakInput(modality.describe_raw(item, index), modality.encode([item], io, folder, None),
+                        modality.request([item]) if raw_info is not None else None)
+              for index, item in enumerate(raw)]
+    fixed = [o.name for o in info.outputs if all(d >= 0 for d in o.shape[1:])]
+    return inputs, fixed or [o.name for o in info.outputs]
+
+
+@dataclass
+class SoakReport:
+    url: str
+    name: str
+    requests: int
+    concurrency: int
+    min_cosine: float
+    seconds: float
+    outcomes: list[Outcome] = field(default_factory=list)
+    started_at: float = 0.0  # Unix time of the first request (outcomes count from it)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per model, then the total."""
+        models = sorted({o.model for o in self.outcomes})
+        return [self._row(model, [o for o in self.outcomes if o.model == model]) for model in models] + \
+            [self._row("all", self.outcomes)]
+
+    def _row(self, model: str, outcomes: Sequence[Outcome]) -> dict[str, Any]:
+        latencies = [o.latency_ms for o in outcomes if o.status != STATUS_ERROR]
+        cosines = [o.cosine for o in outcomes if o.status != STATUS_ERROR]
+
+        def percentile(q: float) -> float | None:
+            return round(float(np.percentile(latencies, q)), 3) if latencies else None
+
+        versions: dict[str, dict[str, float]] = {}
+        for o in outcomes:
+            if o.version:
+                seen = versions.setdefault(o.version, {"first_s": o.start_s, "last_s": o.start_s, "n": 0})
+                seen["first_s"] = min(seen["first_s"], o.start_s)
+                seen["last_s"] = max(seen["last_s"], o.start_s)
+                seen["n"] += 1
+        return {"model": model, "requests": len(outcomes),
+                "ok": sum(o.status == STATUS_OK for o in outcomes),
+                "errors": sum(o.status == STATUS_ERROR for o in outcomes),
+                "wrong": sum(o.status == STATUS_WRONG for o in outcomes),
+                "throughput_rps": round(len(latencies) / self.seconds, 2) if self.seconds else 0.0,
+                "latency_ms": {f"p{q}": percentile(q) for q in (50, 95, 99)},
+                "min_cosine": round(min(cosines), 6) if cosines else None,
+                "versions": {v: {k: round(x, 3) for k, x in s.items()} for v, s in sorted(versions.items())}}
+
+    @property
+    def failed(self) -> int:
+        return sum(o.status != STATUS_OK for o in self.outcomes)
+
+    def first_problems(self, limit: int = 3) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status != STATUS_OK][:limit]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"url": self.url, "name": self.name, "started_at": round(self.started_at, 3),
+                "requests": self.requests,
+                "concurrency": self.concurrency, "min_cosine": self.min_cosine,
+                "seconds": round(self.seconds, 3), "models": self.rows(),
+                "problems": [o.__dict__ for o in self.first_problems(20)]}
+
+
+async def _soak(url: str, models: Sequence[tuple[str, bool]], inputs: Sequence[SoakInput],
+                references: References, requests: int, concurrency: int, min_cosine: float,
+                tick: Callable[[], None], timeout_s: float) -> tuple[list[Outcome], float, float]:
+    import tritonclient.grpc.aio as aioclient
+
+    client = aioclient.InferenceServerClient(url)
+    prepared = {raw: [infer_inputs(item.raw if raw else item.tensors, aioclient) for item in inputs]
+                for _model, raw in models}
+    outcomes: list[Outcome] = []
+    issued = 0
+    start, started_at = time.perf_counter(), time.time()
+
+    computing = asyncio.Lock()
+
+    async def answers(version: int) -> list[dict[str, np.ndarray]]:
+        """A version's answers; a new version's are computed off the event loop, once."""
+        if version not in references.known:
+            async with computing:
+                if version not in references.known:
+                    await asyncio.to_thread(references.answers, version)
+        return references.answers(version)
+
+    async def judge(raw: bool, index: int, result) -> tuple[str, str, float]:
+        version = result.get_response().model_version
+        got = {name: result.as_numpy(name) for name in references.outputs}
+        if raw:  # the ensemble's steps run the latest loaded version of the model
+            cosine = max([agreement(got, (await answers(v))[index]) for v in references.versions()],
+                         default=0.0)
+        else:
+            cosine = agreement(got, (await answers(int(version)))[index])
+        return (STATUS_OK if cosine >= min_cosine else STATUS_WRONG), version, cosine
+
+    async def worker() -> None:
+        nonlocal issued
+        while issued < requests:
+            number = issued
+            issued += 1
+            model, raw = models[number % len(models)]
+            index = (number // len(models)) % len(inputs)
+            sent = time.perf_counter()
+            try:
+                result = await client.infer(model, prepared[raw][index], client_timeout=timeout_s)
+            except Exception as exc:  # counted and reported, the soak goes on
+                outcomes.append(Outcome(sent - start, (time.perf_counter() - sent) * 1e3, model,
+                                        STATUS_ERROR, error=str(exc).splitlines()[0][:300]))
+                tick()
+                continue
+            latency = (time.perf_counter() - sent) * 1e3
+            # Judged aside, so the load keeps its pace while a new version's answers are computed.
+            judging.append(asyncio.create_task(record(sent - start, latency, model, raw, index, result)))
+
+    async def record(start_s: float, latency: float, model: str, raw: bool, index: int, result) -> None:
+        status, version, cosine = await judge(raw, index, result)
+        outcomes.append(Outcome(start_s, latency, model, status, version, cosine))
+        tick()
+
+    judging: list[asyncio.Task] = []
+    try:
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*judging)
+    finally:
+        await client.close()
+    return outcomes, time.perf_counter() - start, started_at
+
+
+def run_soak(url: str, repo: Path | str, name: str, requests: int = 10_000, concurrency: int = 32,
+             min_cosine: float = 0.9999, count: int | None = None, raw_model: bool = True,
+             stage: Callable[[str, int], Callable[[], None]] | None = None,
+             timeout_s: float = 60.0) -> SoakReport:
+    """Soak `name` (and its raw-input ensemble, if served and `raw_model`) on the server at `url`."""
+    from tritonforge.serving.client import connect
+
+    if requests < 1 or concurrency < 1:
+        raise TritonForgeError(f"--requests {requests} and --concurrency {concurrency} must be at least 1")
+    if not 0 < min_cosine <= 1:
+        raise TritonForgeError(f"--min-cosine {min_cosine} must be in (0, 1], e.g. 0.9999")
+    stage = stage or (lambda _description, _total: (lambda: None))
+    client = connect(url)
+    try:
+        info = model_info(client, name, url)
+        modality = info.modality(repo)
+        ensemble = f"{name}{modality.suffix}" if modality.suffix else None
+        served = {m["name"] for m in client.get_model_repository_index(as_json=True).get("models", [])
+                  if m.get("state") == "READY"}
+        raw_info = model_info(client, ensemble, url) if raw_model and ensemble in served else None
+    finally:
+        client.close()
+    tick = stage("encoding the inputs and computing ONNX Runtime's answers", 0)
+    inputs, outputs = soak_inputs(repo, name, info, raw_info, count)
+    references = References(repo, name, inputs, outputs)
+    for version in references.versions()[-1:]:  # the rest as they are seen
+        references.answers(version)
+    models = [(name, False)] + ([(ensemble, True)] if raw_info is not None else [])
+    tick = stage(f"{requests} requests to {' and '.join(m for m, _raw in models)} at concurrency "
+                 f"{concurrency}", requests)
+    outcomes, seconds, started_at = asyncio.run(_soak(url, models, inputs, references, requests, concurrency,
+                                          min_cosine, tick, timeout_s))
+    return SoakReport(url, name, requests, concurrency, min_cosine, seconds,
+                      sorted(outcomes, key=lambda o: o.start_s), started_at)
+
+
+def plot_soak(report: SoakReport, path: Path) -> Path:
+    """Latency of every request over the soak (one colour per model), wrong answers and errors
+    marked, and the throughput per second below."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True,
+                                         gridspec_kw={"height_ratios": [3, 1]})
+    for index, model in enumerate(sorted({o.model for o in report.outcomes})):
+        rows = [o for o in report.outcomes if o.model == model and o.status == STATUS_OK]
+        top.scatter([o.start_s for o in rows], [o.latency_ms for o in rows], s=2, color=f"C{index}",
+                    alpha=0.5, label=model)
+    for status, marker, colour in ((STATUS_WRONG, "x", "red"), (STATUS_ERROR, "v", "black")):
+        rows = [o for o in report.outcomes if o.status == status]
+        if rows:
+            top.scatter([o.start_s for o in rows], [o.latency_ms for o in rows], s=12, marker=marker,
+                        color=colour, label=f"{status} ({len(rows)})")
+    top.set_ylabel("latency (ms)")
+    top.set_yscale("log")
+    top.set_title(f"soak {report.name}: {len(report.outcomes)} requests at concurrency "
+                  f"{report.concurrency} ({report.url})")
+    top.grid(alpha=0.3)
+    top.legend(fontsize=8, markerscale=3)
+    seconds = int(np.ceil(report.seconds)) or 1
+    counts = np.bincount([int(o.start_s) for o in report.outcomes if o.status != STATUS_ERROR],
+                         minlength=seconds)
+    bottom.bar(np.arange(len(counts)) + 0.5, counts, width=1.0, color="C0", alpha=0.6)
+    bottom.set_xlabel("seconds since the start")
+    bottom.set_ylabel("answers/s")
+    bottom.grid(alpha=0.3)
+    return save_figure(figure, path)
