@@ -126,12 +126,18 @@ GRPC_CASES = {
 @pytest.mark.parametrize("case", list(GRPC_CASES))
 def test_grpc_refuses_with_invalid_argument_naming_the_limit(client, case):
     model, arrays, expected = GRPC_CASES[case]
+    assert_refused(lambda: client.infer(model, infer_inputs(arrays)), "StatusCode.INVALID_ARGUMENT",
+                   expected)
+    assert_still_serving(client)
+
+
+def assert_refused(call, status: str, expected: list[str]) -> None:
+    """`call` raises with `status`, and its message holds every fragment of `expected`."""
     with pytest.raises(InferenceServerException) as refused:
-        client.infer(model, infer_inputs(arrays))
-    assert refused.value.status() == "StatusCode.INVALID_ARGUMENT", refused.value.message()
+        call()
+    assert refused.value.status() == status, refused.value.message()
     for fragment in expected:
         assert fragment in refused.value.message()
-    assert_still_serving(client)
 
 
 def test_an_unknown_requested_output_is_refused(client):
@@ -188,11 +194,7 @@ def http_inputs(arrays: dict[str, np.ndarray]) -> list:
 @pytest.mark.parametrize("case", list(HTTP_CLIENT_CASES))
 def test_http_refuses_with_400_naming_the_limit(http_client, client, case):
     model, arrays, expected = HTTP_CLIENT_CASES[case]
-    with pytest.raises(InferenceServerException) as refused:
-        http_client.infer(model, http_inputs(arrays))
-    assert refused.value.status() == "400", refused.value.message()
-    for fragment in expected:
-        assert fragment in refused.value.message()
+    assert_refused(lambda: http_client.infer(model, http_inputs(arrays)), "400", expected)
     assert http_client.is_server_ready()
     assert_still_serving(client)
 

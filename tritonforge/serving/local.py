@@ -49,6 +49,7 @@ from tritonforge.serving.repository import (
     ModelRepository,
     NewerManifestError,
     config_text,
+    parse_config,
     state_specs,
 )
 
@@ -243,7 +244,7 @@ def write_shadow_repository(repo: Path | str, target: Path, threads: int = 2,
 
 def _manifest_limits(repository: ModelRepository, name: str) -> dict[str, object]:
     """The bounds the export's modality declares for one request (`Modality.limits`: the
-    longest sequence, the range of each integer input, which inputs are attention masks)."""
+    longest sequence, the range of each integer input, a text's size)."""
     try:
         manifest = repository.read_manifest(name)
     except NewerManifestError:
@@ -370,6 +371,7 @@ class LocalTriton:
         self.threads, self.nobatch_twins = threads, nobatch_twins
         self.ready_timeout_s, self.log_verbose = ready_timeout_s, log_verbose
         self.user = user
+        self._user_ids: dict[str, int] = {}  # Popen's user/group arguments, set by `start`
         self.process: subprocess.Popen | None = None
         self.models: list[ServedModel] = []
         self.restarts = 0
@@ -435,8 +437,8 @@ class LocalTriton:
         for port, option in ((self.http_port, "--http-port"), (self.grpc_port, "--grpc-port"),
                              (self.metrics_port, "--metrics-port")):
             check_port_free(self.host, port, option)
-        if self.user is not None:
-            _user_ids(self.user)  # an unknown user is refused before anything starts
+        # an unknown user is refused before anything starts
+        self._user_ids = _user_ids(self.user) if self.user is not None else {}
         remove_stale_scratch()
         try:
             self._launch(on_step, append_log=False)
@@ -460,13 +462,12 @@ class LocalTriton:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         on_step("starting tritonserver and loading the models")
         self._launches += 1
-        ids = _user_ids(self.user) if self.user is not None else {}
         with open(self.log_file, "ab" if append_log else "wb") as log:
             self.process = subprocess.Popen(
                 self.command(binary, self.shadow, binary.parent.parent / "backends"),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env=distribution.environment(), start_new_session=True,
-                preexec_fn=_die_with_parent, **ids)
+                preexec_fn=_die_with_parent, **self._user_ids)
         self._wait_ready()
         self._served = self._seen = snapshot
 
@@ -559,8 +560,8 @@ class LocalTriton:
                            "loaded before keep serving")
             gone = [f"{name}{suffix}" for name in removed for suffix in ("", NOBATCH_SUFFIX)
                     if (self.shadow / f"{name}{suffix}").is_dir()]
-            ensembles = {name for name in gone
-                         if 'platform: "ensemble"' in (self.shadow / name / CONFIG_FILE).read_text()}
+            ensembles = {name for name in gone if parse_config(
+                (self.shadow / name / CONFIG_FILE).read_text()).platform == "ensemble"}
             for name in sorted(gone, key=lambda n: n not in ensembles):  # ensembles first
                 try:
                     client.unload_model(name)  # returns once its requests in flight are done

@@ -270,21 +270,6 @@ def publish_modes(root: Path) -> None:
             path.chmod(folder_mode if executable else file_mode)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write beside the target and rename over it: readers see the old file or the new one."""
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        publish_modes(Path(temp))
-        with os.fdopen(handle, "w") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
 class ModelRepository:
     def __init__(self, root: Path | str):
         self.root = Path(root)

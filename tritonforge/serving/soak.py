@@ -95,7 +95,7 @@ def agreement(got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray]) -> 
             continue
         a = answer.reshape(len(answer), -1).astype(np.float64)
         b = reference.reshape(len(reference), -1).astype(np.float64)
-        if not (np.isfinite(a).all()):
+        if not np.isfinite(a).all():
             return 0.0
         norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
         cosine = np.where(norms > 0, (a * b).sum(axis=1) / np.maximum(norms, 1e-30),
@@ -275,8 +275,8 @@ def run_soak(url: str, repo: Path | str, name: str, requests: int = 10_000, conc
     tick = stage("encoding the inputs and computing ONNX Runtime's answers", 0)
     inputs, outputs = soak_inputs(repo, name, info, raw_info, count)
     references = References(repo, name, inputs, outputs)
-    for version in references.versions()[-1:]:  # the rest as they are seen
-        references.answers(version)
+    if references.versions():  # the latest now, the others as their answers are seen
+        references.answers(references.versions()[-1])
     models = [(name, False)] + ([(ensemble, True)] if raw_info is not None else [])
     tick = stage(f"{requests} requests to {' and '.join(m for m, _raw in models)} at concurrency "
                  f"{concurrency}", requests)

@@ -100,10 +100,15 @@ class TritonPythonModel:
         out of range), or None."""
         for name, value in feed.items():  # ONNX Runtime itself would compute on a NaN
             if value.dtype.kind == "f" and not np.isfinite(value).all():
-                position = [int(i) for i in np.argwhere(~np.isfinite(value))[0]]
-                return (f"input '{name}' holds {value[tuple(position)]} at index {position}: model "
-                        f"'{self.model_name}' takes finite values only; replace NaN and infinity")
+                return self._first_bad(name, value, ~np.isfinite(value),
+                                       "finite values only; replace NaN and infinity")
         return self._length_problem(feed) or self._value_problem(feed)
+
+    def _first_bad(self, name: str, value: np.ndarray, bad: np.ndarray, takes: str) -> str:
+        """The refusal naming the first value of input `name` where `bad` holds, and the rule."""
+        position = [int(i) for i in np.argwhere(bad)[0]]
+        return (f"input '{name}' holds {value[tuple(position)]} at index {position}: model "
+                f"'{self.model_name}' takes {takes}")
 
     def _length_problem(self, feed: dict[str, np.ndarray]) -> str | None:
         if not self.max_length:
@@ -129,10 +134,8 @@ class TritonPythonModel:
                 continue
             outside = (value < low) | (value > high)
             if outside.any():
-                position = [int(i) for i in np.argwhere(outside)[0]]
-                return (f"input '{name}' holds {value[tuple(position)]} at index {position}: model "
-                        f"'{self.model_name}' takes {what}, {low} to {high}; "
-                        f"{int(outside.sum())} value(s) are outside")
+                return self._first_bad(name, value, outside, f"{what}, {low} to {high}; "
+                                                             f"{int(outside.sum())} value(s) are outside")
         return None
 
     def _run_group(self, members: list) -> list:
