@@ -57,7 +57,7 @@ def test_export_refuses_an_empty_name_before_loading_a_model(tmp_path):
 
 
 @pytest.mark.parametrize("args", [
-    ("--bits", "32", "--method", "os+"), ("--lsq-epochs", "5"), ("--calib-size", "10"),
+    ("--bits", "32", "--method", "os"), ("--lsq-epochs", "5"), ("--calib-size", "10"),
     ("--bits", "16", "--allow-fewer"), ("--calib", "texts.txt")])
 def test_export_refuses_quantization_options_without_quantization(tmp_path, args):
     result = invoke("export", "bert", "--repo", tmp_path, *args)

@@ -30,14 +30,15 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def w6a6_repo(tmp_path_factory, tiny_bert):
     repo = tmp_path_factory.mktemp("w6a6")
-    options = BertOptions(model=str(tiny_bert), bits=6, calib_size=32, lsq_epochs=1)
+    # The paper's recipe (Gamma Migration + Token-Wise Clipping), whose clipping the tests read.
+    options = BertOptions(model=str(tiny_bert), bits=6, method="os", calib_size=32, lsq_epochs=1)
     result = export_model("bert", options, repo)
     return repo, result
 
 
 def test_quantized_export_is_named_for_its_bits_and_records_its_recipe(w6a6_repo):
     repo, result = w6a6_repo
-    assert result.name == "bert_w6a6"
+    assert result.name == "bert_w6a6_os"
     manifest = json.loads((result.folder / "tritonforge.json").read_text())
     assert manifest["precision"] == "w6a6"
     quant = manifest["quantization"]
@@ -126,9 +127,11 @@ def test_bits_4_means_w4a8_with_gptq_weights():
     assert BertOptions(bits=8, abits=6).precision == "w8a6"
 
 
-@pytest.mark.parametrize("method, name", [("os", "bert_w8a8"), ("os+", "bert_w8a8_osplus"),
+@pytest.mark.parametrize("method, name", [("os+", "bert_w8a8"), ("os", "bert_w8a8_os"),
                                           ("minmax", "bert_w8a8_minmax")])
 def test_default_names_carry_the_method(method, name):
+    # os+ is the default (best measured); the paper's os and the baselines carry their name.
+    assert BertOptions(bits=8).method == "os+"
     from tritonforge.export.base import get_family
 
     assert get_family("bert").default_name(BertOptions(bits=8, method=method)) == name
@@ -220,14 +223,27 @@ def test_quality_command_tables_fp32_dynamic_int8_and_each_recipe(tmp_path, tiny
     report, plot = tmp_path / "quality.json", tmp_path / "quality.png"
     result = runner.invoke(app, ["quality", "bert", "--model", str(tiny_bert), "--bits", "6",
                                  "--methods", "os,minmax", "--calib-size", "16", "--lsq-epochs", "0",
-                                 "--iterations", "2", "--json", str(report), "--plot", str(plot)])
+                                 "--iterations", "2", "--json", str(report), "--plot", str(plot)],
+                           terminal_width=250)
     assert result.exit_code == 0, result.output
     rows = {row["variant"]: row for row in json.loads(report.read_text())}
-    assert list(rows) == ["fp32 (PyTorch eager)", "fp32", "quantize_dynamic int8", "w6a6 os", "w6a6 minmax"]
-    assert rows["fp32"]["cosine_vs_fp"] > 0.99999 and rows["fp32"]["nn_agreement_vs_fp"] == 1.0
-    for name in ("quantize_dynamic int8", "w6a6 os", "w6a6 minmax"):
-        assert 0.5 < rows[name]["cosine_vs_fp"] < 1.0 and rows[name]["latency_p50_ms"] > 0
-    assert rows["w6a6 os"]["alphas"] and rows["w6a6 minmax"]["alphas"] is None
+    # Every graph on each installed target (BF16 where the CPU has it), quantize_dynamic on ONNX
+    # Runtime, whose operators it chose.
+    assert list(rows) == ["fp32 (PyTorch eager)", "fp32 (onnxruntime)", "fp32 (openvino)", "bf16 (openvino)",
+                          "quantize_dynamic int8 (onnxruntime)", "w6a6 os (onnxruntime)", "w6a6 os (openvino)",
+                          "w6a6 minmax (onnxruntime)", "w6a6 minmax (openvino)"]
+    for target in ("onnxruntime", "openvino"):
+        fp32 = rows[f"fp32 ({target})"]
+        assert fp32["cosine_vs_fp"] > 0.99999 and fp32["nn_agreement_vs_fp"] == 1.0
+    assert 0.999 < rows["bf16 (openvino)"]["cosine_vs_fp"] < 1.0
+    for name in ("quantize_dynamic int8 (onnxruntime)", "w6a6 os (onnxruntime)", "w6a6 os (openvino)",
+                 "w6a6 minmax (onnxruntime)"):
+        row = rows[name]
+        assert 0.5 < row["cosine_vs_fp"] < 1.0 and row["latency_p50_ms"] > 0 and row["serving_p50_ms"] > 0
+        assert row["onnx_mb"] > 0
+    assert rows["w6a6 os (openvino)"]["alphas"] and rows["w6a6 minmax (openvino)"]["alphas"] is None
+    # the quantized graphs hold int8 weights: a quarter of FP32's bytes, give or take the floats kept
+    assert rows["w6a6 os (onnxruntime)"]["onnx_mb"] < 0.5 * rows["fp32 (onnxruntime)"]["onnx_mb"]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -236,3 +252,5 @@ def test_quality_command_refuses_unknown_methods_and_bad_bits(tmp_path):
     assert result.exit_code == 2 and "'awq' is unknown" in result.output
     result = runner.invoke(app, ["quality", "bert", "--bits", "8,x"])
     assert result.exit_code == 2 and "comma-separated integers" in result.output
+    result = runner.invoke(app, ["quality", "bert", "--targets", "onnxruntime,tensorrt"])
+    assert result.exit_code == 2 and "'tensorrt' is not a CPU runtime" in result.output

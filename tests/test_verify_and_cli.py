@@ -39,9 +39,15 @@ def test_cli_export_verify_ls_round_trip(tmp_path, tiny_bert):
     assert report["model"] == "bert_fp32" and report["family"] == "bert"
     assert set(report["parity"]) >= {"metric", "value", "tolerance", "passed", "details"}
     assert report["parity"]["passed"] is True
-    assert set(report["latency_ms"]) == {"pytorch", "onnxruntime"}
+    # The export's target runs the graph (OpenVINO, the default where it is installed), timed at
+    # batch 8 x 128 and on the serving request, one sentence of 32 tokens.
+    assert report["runtime"] == "openvino"
+    assert set(report["latency_ms"]) == {"pytorch", "openvino"}
     assert all(set(v) >= {"p50", "p95", "p99"} for v in report["latency_ms"].values())
-    assert report["latency_ms"]["onnxruntime"]["n"] == 3
+    assert report["latency_ms"]["openvino"]["n"] == 3
+    request = report["serving_request"]
+    assert (request["batch_size"], request["seq_len"]) == (1, 32)
+    assert set(request["latency_ms"]) == {"pytorch", "openvino"} and request["speedup_vs_pytorch"] > 0
     assert report["batch_size"] == 8 and report["threads"] == 2
     result = runner.invoke(app, ["ls", "--repo", str(tmp_path)])
     assert result.exit_code == 0 and "bert_fp32" in result.output and "fp32" in result.output
@@ -96,7 +102,7 @@ def test_unloadable_model_file_is_reported(tiny_repo):
     manifest = json.loads(manifest_path.read_text())
     manifest["onnx"]["sha256"] = sha256_file(path)
     manifest_path.write_text(json.dumps(manifest))
-    with pytest.raises(TritonForgeError, match="ONNX Runtime cannot load"):
+    with pytest.raises(TritonForgeError, match="(ONNX Runtime|OpenVINO) cannot load .*export the model again"):
         verify_model(tiny_repo, "tiny")
 
 

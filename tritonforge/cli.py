@@ -266,13 +266,19 @@ def quality_command(family) -> Callable:
             rows = family.quality_table(options, stages)
             stages.finish()
         metrics = list(rows[0].metrics)
+        serving = rows[0].serving_p50_ms is not None  # also timed on the common serving request
+        sizes = any("onnx_mb" in row.details for row in rows)
         table = new_table(f"{family.name}: quality against full precision, and latency (p50, interleaved)",
-                          "variant", "runtime", *(m.replace("_", " ") for m in metrics), "p50 ms",
-                          f"x {rows[0].variant}")
-        baseline = rows[0].latency_p50_ms
+                          "variant", "runtime", *(m.replace("_", " ") for m in metrics),
+                          *(["MB"] if sizes else []), "p50 ms", f"x {rows[0].variant}",
+                          *(["serving p50 ms", "x"] if serving else []))
+        baseline, serving_baseline = rows[0].latency_p50_ms, rows[0].serving_p50_ms
         for row in rows:
             table.add_row(row.variant, row.runtime, *(f"{row.metrics[m]:.4f}" for m in metrics),
-                          f"{row.latency_p50_ms:.1f}", f"{baseline / row.latency_p50_ms:.2f}")
+                          *([str(row.details.get("onnx_mb", ""))] if sizes else []),
+                          f"{row.latency_p50_ms:.1f}", f"{baseline / row.latency_p50_ms:.2f}",
+                          *([f"{row.serving_p50_ms:.1f}", f"{serving_baseline / row.serving_p50_ms:.2f}"]
+                            if serving else []))
         console.print(table)
         if json_path:
             json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -409,19 +415,27 @@ def print_report(report) -> None:
     parity = new_table(f"{report.model} v{report.version} ({report.precision}): parity vs PyTorch",
                        "runtime", "metric", "value", "tolerance", "result")
     served = [("triton", report.triton_parity)] if report.triton_parity is not None else []
-    for runtime, result in [("onnxruntime", report.parity), *served]:
+    for runtime, result in [(report.runtime, report.parity), *served]:
         for check in result.checks:
             bound = ">=" if check.higher_is_better else "<="
             parity.add_row(runtime, check.metric, f"{check.value:.6g}", f"{bound} {check.tolerance:g}",
                            "[green]pass[/]" if check.passed else "[red]FAIL[/]")
     console.print(parity)
     shape = "".join(f", {k.replace('_', ' ')} {v}" for k, v in report.shape.items() if v)
-    latency = new_table(f"latency, batch {report.batch_size}{shape}, {report.threads} threads, interleaved",
+    latency = new_table(f"latency, {report.threads} threads, interleaved",
                         "runtime", "p50 ms", "p95 ms", "p99 ms")
-    for runtime, stats in report.latency.items():
-        latency.add_row(runtime, *(f"{stats.percentile(q):.1f}" for q in (50, 95, 99)))
+    rounds = [(f"batch {report.batch_size}{shape}", report.latency)]
+    if report.serving_latency is not None:
+        rounds.append((", ".join(f"{k.replace('_', ' ')} {v}" for k, v in report.serving_request.items()),
+                       report.serving_latency))
+    for label, measured in rounds:
+        for runtime, stats in measured.items():
+            latency.add_row(f"{runtime} ({label})", *(f"{stats.percentile(q):.1f}" for q in (50, 95, 99)))
     console.print(latency)
-    console.print(f"ONNX Runtime is [bold]{report.speedup:.2f}x[/] PyTorch eager (p50; the FP32 model "
+    name = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}[report.runtime]
+    serving = ("" if report.serving_speedup is None else
+               f", [bold]{report.serving_speedup:.2f}x[/] on the serving request")
+    console.print(f"{name} is [bold]{report.speedup:.2f}x[/] PyTorch eager{serving} (p50; the FP32 model "
                   "for quantized exports)")
     if report.quality:
         console.print("quality on {samples} held-out inputs: ".format(**report.quality)

@@ -1,4 +1,13 @@
-"""ONNX Runtime sessions, created one way for export checks, verify and the local server."""
+"""Inference sessions on an exported graph, created one way for export checks, verify and the
+local server: ONNX Runtime, or OpenVINO behind the same small interface (`get_inputs`,
+`get_outputs`, `run`), so everything written against an ONNX Runtime session runs both.
+
+A *target* is where an artifact is meant to run, recorded in its manifest and its Triton
+config: `onnxruntime` (ONNX Runtime on the CPU), `openvino` (OpenVINO's CPU plugin: Triton's
+openvino backend reads the same model.onnx) or `tensorrt` (ONNX Runtime's TensorRT provider on a
+GPU host). `default_target` picks what this machine runs best; `check_target` says what is
+missing for a target that cannot run here.
+"""
 
 from __future__ import annotations
 
@@ -56,3 +65,147 @@ def run_session(session, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarr
         name: out.astype(np.float32, copy=False) if np.issubdtype(out.dtype, np.floating) else out
         for name, out in zip(names, outputs, strict=True)
     }
+
+
+# -- targets ---------------------------------------------------------------------------------
+
+TARGETS = ("onnxruntime", "openvino", "tensorrt")
+# Precisions each target computes in: what `--bits 16` means there.
+HALF_PRECISION = {"onnxruntime": "fp16", "tensorrt": "fp16", "openvino": "bf16"}
+OPENVINO_PIN = "openvino==2026.4.1"
+
+
+def openvino_core():
+    """OpenVINO's Core, or an error that says how to install it."""
+    try:
+        import openvino
+    except ImportError:
+        raise TritonForgeError(
+            f"target openvino needs the openvino package, which is not installed: pip install "
+            f"{OPENVINO_PIN} (make setup installs it), or choose --target onnxruntime") from None
+    return openvino.Core()
+
+
+def cpu_has_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin computes in bfloat16 natively here (AVX512_BF16 or AMX)."""
+    try:
+        return "BF16" in openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except TritonForgeError:
+        return False
+
+
+def gpu_available() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers() and _cuda_devices() > 0
+
+
+def _cuda_devices() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:  # a CPU build of torch says 0 or fails to initialise CUDA
+        return 0
+
+
+def default_target(gpu: bool = False) -> str:
+    """The target this machine runs best: TensorRT for a GPU export, OpenVINO on a CPU where
+    it is installed (faster than ONNX Runtime on BERT: see `tritonforge quality bert`), else
+    ONNX Runtime."""
+    if gpu:
+        return "tensorrt"
+    try:
+        openvino_core()
+    except TritonForgeError:
+        return "onnxruntime"
+    return "openvino"
+
+
+def check_target(target: str, precision: str) -> str | None:
+    """Why `target` cannot compute in `precision` on this machine, or None when it can.
+    TensorRT artifacts are built for a GPU host and checked here with ONNX Runtime's CPU
+    provider, so only OpenVINO's package and BF16 hardware are checked."""
+    if target not in TARGETS:
+        return f"--target {target!r} is unknown: choose one of {', '.join(TARGETS)} or auto"
+    if target != "openvino":
+        return None
+    try:
+        core = openvino_core()
+    except TritonForgeError as exc:
+        return str(exc)
+    if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        return ("this CPU has no native bfloat16 (AVX512_BF16 or AMX), so OpenVINO cannot run a "
+                "BF16 artifact here: export --bits 32, or run on a CPU with BF16")
+    return None
+
+
+def meaningful_line(exc: Exception) -> str:
+    """OpenVINO's message without the "Exception from <source file>" line it adds per frame."""
+    lines = [line.strip() for line in str(exc).splitlines()
+             if line.strip() and not line.startswith("Exception from ")]
+    return (lines[0] if lines else str(exc).strip())[:300]
+
+
+class _Port:
+    """What `get_inputs()` / `get_outputs()` items offer: a name (as ONNX Runtime's NodeArg)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+
+class OpenVINOSession:
+    """An OpenVINO CPU compiled model with ONNX Runtime's session interface.
+
+    `precision` is the inference precision: "fp32" computes in float32 (the exact artifact),
+    "bf16" in bfloat16 where the CPU has it; int8 QDQ graphs run OpenVINO's integer kernels
+    either way. One infer request, latency hint, `threads` inference threads.
+    """
+
+    def __init__(self, path: Path, threads: int = 2, precision: str = "fp32"):
+        core = openvino_core()
+        config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+                  "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
+        try:
+            self.compiled = core.compile_model(str(path), "CPU", config)
+            self.compile = lambda: core.compile_model(str(path), "CPU", config)
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses with long texts
+            raise TritonForgeError(
+                f"OpenVINO cannot load {path}: {meaningful_line(exc)} The file is missing or "
+                "damaged: export the model again.") from exc
+        self.request = self.compiled.create_infer_request()
+        self.precision = precision
+        self._inputs = [_Port(port.get_any_name()) for port in self.compiled.inputs]
+        self._outputs = [_Port(port.get_any_name()) for port in self.compiled.outputs]
+
+    def get_inputs(self) -> list[_Port]:
+        return self._inputs
+
+    def get_outputs(self) -> list[_Port]:
+        return self._outputs
+
+    def run(self, names, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        try:
+            results = self.request.infer(dict(feed), share_inputs=False, share_outputs=False)
+        except Exception as exc:
+            # A failed shape inference stays in OpenVINO 2026.4's compiled model and fails every
+            # later call: compile afresh, then report this call's problem.
+            self.compiled = self.compile()
+            self.request = self.compiled.create_infer_request()
+            raise TritonForgeError(f"OpenVINO could not run the model on inputs "
+                                   f"{ {k: list(v.shape) for k, v in feed.items()} }: "
+                                   f"{meaningful_line(exc)}") from exc
+        by_name = {port.get_any_name(): value for port, value in results.items()}
+        return [np.asarray(by_name[name]) for name in (names or [o.name for o in self._outputs])]
+
+
+def open_session(path: Path, target: str = "onnxruntime", threads: int = 2, precision: str = "fp32",
+                 provider: str | None = None):
+    """A session on `path` for `target`: OpenVINO for openvino, else ONNX Runtime with
+    `provider` (default: the CPU; a tensorrt artifact is checked on the CPU unless asked)."""
+    if target == "openvino":
+        problem = check_target(target, precision)
+        if problem:
+            raise TritonForgeError(problem)
+        return OpenVINOSession(path, threads, precision)
+    return ort_session(path, threads, provider or "cpu")

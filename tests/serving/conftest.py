@@ -1,6 +1,7 @@
 """One real tritonserver for the serving tests: a tiny BERT encoder, a tiny classifier, a tiny
-W6A6 (QDQ) encoder and the real MiniLM FP32, each with its `_text` ensemble, and every model's
-`_nobatch` twin."""
+W6A6 (QDQ) encoder, a tiny BF16 encoder and the real MiniLM FP32, each with its `_text`
+ensemble, and every model's `_nobatch` twin. The classifier targets ONNX Runtime, the others
+OpenVINO (the default where it is installed), so the wrapper's two runtimes are both served."""
 
 from __future__ import annotations
 
@@ -31,7 +32,9 @@ def served_repo(tmp_path_factory, tiny_bert, tiny_repo, tiny_classifier, minilm_
     repo = tmp_path_factory.mktemp("served_repo")
     for name in ("tiny", "tiny_tokenizer", "tiny_text"):
         (repo / name).symlink_to(tiny_repo / name)
-    export_model("bert", BertOptions(model=str(tiny_classifier), graph="plain"), repo, name="tiny_cls")
+    export_model("bert", BertOptions(model=str(tiny_classifier), graph="plain", target="onnxruntime"), repo,
+                 name="tiny_cls")
+    export_model("bert", BertOptions(model=str(tiny_bert), bits=16, target="openvino"), repo, name="tiny_bf16")
     export_model("bert", BertOptions(model=str(tiny_bert), bits=6, calib_size=16, lsq_epochs=0), repo,
                  name="tiny_w6a6")
     for name in MINILM_MODELS:  # the MiniLM export shared with the other tests, read-only

@@ -12,6 +12,7 @@ from tritonforge.data import sentences
 from tritonforge.modalities.base import raw_bytes_array
 from tritonforge.serving.bench import run_bench
 from tritonforge.serving.client import bench_payloads, connect, model_info
+from tritonforge.serving.repository import ModelRepository
 from tritonforge.verify.runner import verify_model
 
 runner = CliRunner()
@@ -81,8 +82,10 @@ def test_verify_with_triton_checks_parity_and_times_three_runtimes(triton, serve
                                  "--json", str(report_path)], terminal_width=200)
     assert result.exit_code == 0, result.output
     report = json.loads(report_path.read_text())
-    assert set(report["latency_ms"]) == {"pytorch", "onnxruntime", "triton"}
+    # The export's target (OpenVINO here) runs locally and, through the wrapper, in Triton.
+    assert set(report["latency_ms"]) == {"pytorch", "openvino", "triton"}
     assert report["latency_ms"]["triton"]["n"] == 3
+    assert set(report["serving_request"]["latency_ms"]) == {"pytorch", "openvino", "triton"}
     assert report["triton"]["url"] == triton.grpc_url and report["triton"]["parity"]["passed"] is True
     assert report["triton"]["parity"]["value"] >= 0.99999
 
@@ -149,3 +152,15 @@ def test_verify_triton_names_a_missing_server_and_a_version_it_does_not_serve(tr
         verify_model(served_repo, "tiny", samples=4, iterations=1, triton_url=f"127.0.0.1:{free_port()}")
     with pytest.raises(TritonForgeError, match=r"serves 'tiny' versions \['1'\], not 2"):
         TritonSession(triton.grpc_url, "tiny", 2)
+
+
+@pytest.mark.parametrize("name, target, precision", [
+    ("tiny", "openvino", "fp32"), ("tiny_bf16", "openvino", "bf16"), ("tiny_cls", "onnxruntime", "fp32"),
+    ("tiny_w6a6", "openvino", "w6a6")])
+def test_every_local_target_passes_parity_through_triton(triton, served_repo, name, target, precision):
+    # Each target that serves locally (OpenVINO in FP32, BF16 and INT8 QDQ; ONNX Runtime) answers
+    # through Triton within its precision's tolerance of the PyTorch reference.
+    manifest = ModelRepository(served_repo).read_manifest(name)
+    assert (manifest["serving"]["target"], manifest["precision"]) == (target, precision)
+    report = verify_model(served_repo, name, samples=32, iterations=1, triton_url=triton.grpc_url)
+    assert report.runtime == target and report.parity.passed and report.triton_parity.passed

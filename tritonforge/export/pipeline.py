@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ from tritonforge import __version__
 from tritonforge.errors import TritonForgeError
 from tritonforge.export.base import Family, get_family
 from tritonforge.export.onnx import onnx_io_signature, sha256_file
-from tritonforge.runtime import ort_session, run_session
+from tritonforge.runtime import open_session, run_session
 from tritonforge.serving.repository import (
     MANIFEST_VERSION,
     MODEL_FILE,
@@ -71,8 +72,8 @@ def export_model(family: str | Family, options: Any, repo: Path | str = "model_r
             raise TritonForgeError(
                 f"the exported graph's inputs/outputs differ from the {family.name} family's "
                 f"declaration ({'; '.join(mismatch)}); nothing was written. Report the model")
-        stage("checking ONNX Runtime against PyTorch")
-        session = ort_session(folder / MODEL_FILE, threads=getattr(options, "threads", 2))
+        stage(f"checking {RUNTIME_NAMES[serving.target]} against PyTorch")
+        session = serving_session(folder / MODEL_FILE, serving, getattr(options, "threads", 2))
         inputs = family.sample_inputs(model, options, EXPORT_PARITY_SAMPLES)
         io.preprocessing.write_samples(folder, inputs)
         parity = parity_check(family, model, options, io, session, inputs)
@@ -113,6 +114,15 @@ def export_model(family: str | Family, options: Any, repo: Path | str = "model_r
     return ExportResult(name, number, repository.root / name / str(number), result["manifest"])
 
 
+RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "tensorrt": "ONNX Runtime", "openvino": "OpenVINO"}
+
+
+def serving_session(path: Path, serving: ServingOptions, threads: int = 2):
+    """A session that computes as the served model will: OpenVINO for an openvino target (in
+    BF16 when it serves in BF16), ONNX Runtime's CPU provider otherwise."""
+    return open_session(path, serving.target, threads, "bf16" if serving.bf16 else "fp32")
+
+
 def environment() -> dict[str, str]:
     import onnx
     import onnxruntime
@@ -120,11 +130,10 @@ def environment() -> dict[str, str]:
 
     versions = {"torch": torch.__version__, "onnx": onnx.__version__,
                 "onnxruntime": onnxruntime.__version__}
-    try:
-        import transformers
-
-        versions["transformers"] = transformers.__version__
-    except ImportError:
-        pass
+    for package in ("transformers", "openvino"):
+        try:
+            versions[package] = importlib.import_module(package).__version__
+        except ImportError:
+            pass
     return versions
 

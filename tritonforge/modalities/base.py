@@ -78,6 +78,10 @@ class Modality:
 
     # -- shapes and limits ------------------------------------------------------------------
 
+    # The common serving request, timed beside the batch shape: (batch size, shape options),
+    # or None when the modality has no smaller typical request.
+    serving_request: ClassVar[tuple[int, dict[str, int]] | None] = None
+
     def resolve_shape(self, given: Mapping[str, int | None] | None = None) -> dict[str, int | None]:
         """The shape options of this modality, defaults filled in; an option of another
         modality (e.g. --image-size for a text model) is refused."""

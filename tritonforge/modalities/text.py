@@ -76,6 +76,7 @@ class Text(RawText, Modality):
 
     kind: ClassVar[str] = "text"
     shape_defaults: ClassVar[dict[str, int | None]] = {"seq_len": 128}
+    serving_request: ClassVar[tuple[int, dict[str, int]] | None] = (1, {"seq_len": 32})  # one short sentence
 
     max_length: int
     pad_token_id: int

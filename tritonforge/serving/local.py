@@ -123,7 +123,8 @@ class TritonDistribution:
 
 
 def is_onnx_model(config: mc.ModelConfig) -> bool:
-    return config.platform == "onnxruntime_onnx" or config.backend == "onnxruntime"
+    """Served from model.onnx: by the onnxruntime backend, or by the openvino backend."""
+    return config.platform == "onnxruntime_onnx" or config.backend in ("onnxruntime", "openvino")
 
 
 def shadow_config(config: mc.ModelConfig, threads: int, limits: dict[str, object] | None = None
@@ -131,6 +132,9 @@ def shadow_config(config: mc.ModelConfig, threads: int, limits: dict[str, object
     """The ONNX model's config, served by the python backend on the CPU (see ensembles/onnx_runtime.py)."""
     shadow = mc.ModelConfig()
     shadow.CopyFrom(config)
+    if config.backend == "openvino":  # the wrapper runs OpenVINO, reading HINT_BF16 as the backend does
+        shadow.parameters["runtime"].string_value = "openvino"
+        shadow.ClearField("default_model_filename")
     shadow.ClearField("platform")
     shadow.backend = "python"
     shadow.ClearField("optimization")  # TensorRT / CUDA accelerators belong to the onnxruntime backend

@@ -90,6 +90,10 @@ class ServingOptions:
     max_batch_size: int = 32
     gpu: bool = False
     fp16: bool = False  # TensorRT precision when gpu
+    # Where the graph runs (tritonforge.runtime.TARGETS): onnxruntime and tensorrt through
+    # Triton's onnxruntime backend, openvino through Triton's openvino backend on model.onnx.
+    target: str = "onnxruntime"
+    bf16: bool = False  # OpenVINO computes in bfloat16 (CPUs with AVX512_BF16 or AMX)
     instances: int = 1
     queue_delay_us: int = 500
     warmup_length: int = 16  # stands in for dynamic axes in the warm-up request
@@ -104,6 +108,9 @@ class ServingOptions:
                 f"--max-batch {self.max_batch_size} must be at least 1 (Triton batches along dim 0)")
         if self.instances < 1:
             raise TritonForgeError(f"instance count {self.instances} must be at least 1")
+        if self.target not in ("onnxruntime", "openvino", "tensorrt"):
+            raise TritonForgeError(f"serving target {self.target!r} is unknown: choose onnxruntime, "
+                                   "openvino or tensorrt")
         if self.max_sequences < 1 or self.sequence_idle_us < 1:
             raise TritonForgeError(f"max_sequences {self.max_sequences} and sequence_idle_us "
                                    f"{self.sequence_idle_us} must be positive")
@@ -145,6 +152,8 @@ def model_config(name: str, io: ModelIO, serving: ServingOptions,
     Triton keeps per sequence, zero at START; it gets no warm-up (a warm-up request carries no
     sequence)."""
     state = {name for pair in io.state for name in pair}
+    if serving.target == "openvino" and backend == "onnxruntime":
+        backend = "openvino"
     config = mc.ModelConfig(name=name, backend=backend, max_batch_size=serving.max_batch_size)
     add_tensors(config.input, [t for t in io.inputs if t.name not in state])
     add_tensors(config.output, [t for t in io.outputs if t.name not in state])
@@ -161,6 +170,8 @@ def model_config(name: str, io: ModelIO, serving: ServingOptions,
             warmup.inputs[spec.name].CopyFrom(mc.ModelWarmup.Input(
                 data_type=triton_dtype(spec.dtype), dims=dims, zero_data=True))
     describe_model(config, io)
+    if backend == "openvino":
+        openvino_parameters(config, serving)
     if serving.gpu:
         accelerators = config.optimization.execution_accelerators.gpu_execution_accelerator
         accelerators.add(name="tensorrt", parameters={
@@ -170,6 +181,18 @@ def model_config(name: str, io: ModelIO, serving: ServingOptions,
             "trt_engine_cache_path": "/tmp/triton_trt_cache",
         })
     return config
+
+
+def openvino_parameters(config: mc.ModelConfig, serving: ServingOptions) -> None:
+    """Triton's openvino backend on the version's model.onnx (OpenVINO reads ONNX itself, so
+    the artifact is the same file the other targets serve): latency hint, one stream per
+    instance, bfloat16 when the export was checked in it."""
+    config.default_model_filename = MODEL_FILE
+    parameters = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
+    if serving.bf16:
+        parameters["HINT_BF16"] = "YES"
+    for key, value in parameters.items():
+        config.parameters[key].string_value = value
 
 
 def sequence_batching(config: mc.ModelConfig, io: ModelIO, serving: ServingOptions) -> None:

@@ -25,10 +25,14 @@ class QualityRow:
     metrics: dict[str, float]
     latency_p50_ms: float | None = None
     details: dict[str, Any] = field(default_factory=dict)  # precision, method, file size, ...
+    # p50 on the modality's common serving request (text: 1 x 32), where the family times it
+    serving_p50_ms: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"variant": self.variant, "runtime": self.runtime, **self.metrics,
-                "latency_p50_ms": self.latency_p50_ms, **self.details}
+                "latency_p50_ms": self.latency_p50_ms,
+                **({"serving_p50_ms": self.serving_p50_ms} if self.serving_p50_ms is not None else {}),
+                **self.details}
 
 
 def parse_list(text: str, what: str) -> list[str]:

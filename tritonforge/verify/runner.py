@@ -11,7 +11,7 @@ from tritonforge.batching import batch_count, batches
 from tritonforge.errors import TritonForgeError
 from tritonforge.export.base import Family, get_family
 from tritonforge.modalities import manifest_io
-from tritonforge.runtime import ort_session, run_session
+from tritonforge.runtime import open_session, ort_session, run_session
 from tritonforge.spec import ModelIO, Parity
 from tritonforge.timing import LatencyStats, measure_interleaved
 from tritonforge.verify.parity import parity_check, run_steps, session_steps
@@ -31,6 +31,10 @@ class VerifyReport:
     shape: Mapping[str, int | None]  # the modality's shape options: seq_len, image_size, ...
     threads: int
     provider: str
+    runtime: str = "onnxruntime"  # what ran the graph: onnxruntime or openvino (the export's target)
+    # The common serving request (text: 1 x 32 tokens), timed in its own interleaved rounds.
+    serving_latency: dict[str, LatencyStats] | None = None
+    serving_request: Mapping[str, int] | None = None  # {"batch_size": 1, "seq_len": 32}
     triton_parity: Parity | None = None  # with --triton: the served model against PyTorch
     triton_url: str | None = None
     quality: dict[str, Any] | None = None  # lossy exports: quality against full precision
@@ -41,15 +45,23 @@ class VerifyReport:
 
     @property
     def speedup(self) -> float:
-        """PyTorch p50 over ONNX Runtime p50."""
-        return self.latency["pytorch"].percentile(50) / self.latency["onnxruntime"].percentile(50)
+        """PyTorch p50 over the runtime's p50."""
+        return speedup(self.latency, self.runtime)
+
+    @property
+    def serving_speedup(self) -> float | None:
+        return None if self.serving_latency is None else speedup(self.serving_latency, self.runtime)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "model": self.model, "version": self.version, "family": self.family,
             "precision": self.precision, "parity": self.parity.to_json(),
             "latency_ms": {name: stats.to_json() for name, stats in self.latency.items()},
-            "speedup_onnxruntime_vs_pytorch": round(self.speedup, 3),
+            "runtime": self.runtime, "speedup_vs_pytorch": round(self.speedup, 3),
+            **({"serving_request": {**dict(self.serving_request),
+                                    "latency_ms": {k: v.to_json() for k, v in self.serving_latency.items()},
+                                    "speedup_vs_pytorch": round(self.serving_speedup, 3)}}
+               if self.serving_latency is not None else {}),
             "batch_size": self.batch_size, "shape": dict(self.shape), **dict(self.shape),
             "threads": self.threads,
             "provider": self.provider,
@@ -57,6 +69,10 @@ class VerifyReport:
                if self.triton_parity is not None else {}),
             **({"quality": self.quality} if self.quality is not None else {}),
         }
+
+
+def speedup(latency: Mapping[str, LatencyStats], runtime: str) -> float:
+    return latency["pytorch"].percentile(50) / latency[runtime].percentile(50)
 
 
 @dataclass
@@ -70,6 +86,17 @@ class VerifyPlan:
     io: ModelIO
     manifest: dict[str, Any]
     model_path: Path
+
+    @property
+    def runtime(self) -> str:
+        """What runs the graph here: OpenVINO for an openvino export, else ONNX Runtime."""
+        return "openvino" if self.manifest.get("serving", {}).get("target") == "openvino" else "onnxruntime"
+
+    def session(self, threads: int, provider: str):
+        if self.runtime == "openvino" and provider == "cpu":
+            bf16 = self.manifest.get("serving", {}).get("bf16", False)
+            return open_session(self.model_path, "openvino", threads, "bf16" if bf16 else "fp32")
+        return ort_session(self.model_path, threads, provider)
 
 
 def plan_verify(repo: Path | str, name: str, version: int | None = None) -> VerifyPlan:
@@ -113,7 +140,8 @@ def verify_model(repo: Path | str, name: str, version: int | None = None, batch_
     stage = stage or (lambda _description, _total: (lambda: None))
     plan = plan_verify(repo, name, version)
     shape = plan.io.preprocessing.resolve_shape(shape)
-    session = ort_session(plan.model_path, threads, provider)
+    session = plan.session(threads, provider)
+    runtime = plan.runtime if provider == "cpu" else "onnxruntime"
     served = None
     if triton_url:  # fail before the long steps when no server answers
         from tritonforge.serving.client import TritonSession
@@ -140,8 +168,7 @@ def verify_model(repo: Path | str, name: str, version: int | None = None, batch_
         plan.family.reset_state(baseline)
         run_steps(lambda feed: plan.family.reference_outputs(baseline, feed, plan.io), steps, plan.io)
 
-    runners = {"pytorch": pytorch,
-               "onnxruntime": lambda: session_steps(session, steps, plan.io)}
+    runners = {"pytorch": pytorch, runtime: lambda: session_steps(session, steps, plan.io)}
     triton_parity = None
     if served is not None:
         tick = stage(f"Triton at {triton_url}: parity on {count} real inputs", -(-count // batch_size))
@@ -150,7 +177,21 @@ def verify_model(repo: Path | str, name: str, version: int | None = None, batch_
         runners["triton"] = lambda: session_steps(served, steps, plan.io)
     tick = stage(f"latency, {', '.join(runners)} interleaved", iterations)
     latency = measure_interleaved(runners, iterations, tick=tick)
+    serving_latency = request = None
+    if plan.io.preprocessing.serving_request is not None and not plan.io.state:
+        # The same runtimes on the common serving request (text: one sentence of 32 tokens).
+        request_batch, request_shape = plan.io.preprocessing.serving_request
+        small = plan.family.sample_inputs(model, plan.options, request_batch, request_shape)
+        small_runners = {
+            "pytorch": lambda: plan.family.reference_outputs(baseline, small, plan.io),
+            runtime: lambda: run_session(session, small),
+            **({"triton": lambda: run_session(served, small)} if served is not None else {})}
+        tick = stage(f"latency at batch {request_batch}, "
+                     + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in request_shape.items()), iterations)
+        serving_latency = measure_interleaved(small_runners, iterations, tick=tick)
+        request = {"batch_size": request_batch, **request_shape}
     return VerifyReport(plan.name, plan.version, plan.family.name,
                         plan.manifest.get("precision", ""), parity, latency, batch_size, shape,
-                        threads, provider, triton_parity, triton_url, quality)
+                        threads, provider, runtime, serving_latency, request, triton_parity, triton_url,
+                        quality)
 

@@ -5,6 +5,10 @@ Every variant is exported to ONNX and run in ONNX Runtime on the shipped evaluat
 against the FP32 PyTorch model, and latency measured interleaved in one run. The naive
 baseline is ONNX Runtime's `quantize_dynamic` (INT8 weights per channel, activations
 quantized on the fly), the first thing users reach for.
+
+Every graph runs on each target asked for (ONNX Runtime, OpenVINO; OpenVINO adds its BF16 on
+CPUs that have it), its quality measured on that runtime, and is timed at the batch shape
+(8 x 128) and at the common serving request (1 x 32), each in its own interleaved rounds.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from tritonforge.errors import TritonForgeError
 from tritonforge.export.base import get_family, option
 from tritonforge.export.bert.quantized import quality_vs_fp, sentence_embeddings
 from tritonforge.quant.calibrate import METHODS, QuantRecipe
-from tritonforge.runtime import ort_session, run_session
+from tritonforge.runtime import TARGETS, check_target, cpu_has_bf16, open_session, run_session
 from tritonforge.timing import measure_interleaved
 from tritonforge.verify.quality import QualityRow, parse_list
 
@@ -40,8 +44,10 @@ class BertQualityOptions:
     calib: str | None = option(None, help="Calibration text file (one per line).")
     calib_size: int = option(256, help="Calibration texts.")
     lsq_epochs: int = option(3, help="LSQ+ epochs of os / os+.")
+    targets: str = option("auto", help="Comma-separated runtimes to run every graph on: onnxruntime, "
+                                       "openvino; auto: those installed here.")
     threads: int = option(2, help="Threads for every runtime.")
-    iterations: int = option(12, help="Timed runs per variant.")
+    iterations: int = option(12, help="Timed runs per variant and shape.")
 
 
 def quality_table(options: BertQualityOptions, stage: Stage | None = None) -> list[QualityRow]:
@@ -53,15 +59,31 @@ def quality_table(options: BertQualityOptions, stage: Stage | None = None) -> li
             f"--bits {options.bits!r} must be comma-separated integers, e.g. 8,6,4") from None
     return quality_report(options.model, bits, parse_list(options.methods, "--methods"), options.calib,
                           options.calib_size, options.lsq_epochs, options.threads, options.iterations,
-                          stage=stage)
+                          targets=quality_targets(options.targets), stage=stage)
+
+
+def quality_targets(text: str) -> list[str]:
+    """The CPU runtimes to compare: those named (each checked), or every one installed."""
+    if text == "auto":
+        return [t for t in ("onnxruntime", "openvino") if check_target(t, "fp32") is None]
+    targets = parse_list(text, "--targets")
+    for target in targets:
+        if target == "tensorrt" or target not in TARGETS:
+            raise TritonForgeError(f"--targets: {target!r} is not a CPU runtime: choose onnxruntime, "
+                                   "openvino or auto")
+        problem = check_target(target, "fp32")
+        if problem:
+            raise TritonForgeError(problem)
+    return targets
 
 
 def quality_report(model: str | None = None, bits: Sequence[int] = (8, 6, 4),
                    methods: Sequence[str] = ("os", "os+", "minmax", "percentile"),
                    calib: str | None = None, calib_size: int = 256, lsq_epochs: int = 3,
                    threads: int = 2, iterations: int = 12, batch_size: int = 8,
-                   stage: Stage | None = None) -> list[QualityRow]:
-    """Quality and latency of FP32, `quantize_dynamic` INT8 and every method x bits."""
+                   targets: Sequence[str] = ("onnxruntime",), stage: Stage | None = None) -> list[QualityRow]:
+    """Quality, file size and latency (batch 8 x 128 and 1 x 32) of FP32, BF16, `quantize_dynamic`
+    INT8 and every method x bits, on each of `targets`."""
     import torch
 
     from tritonforge.export.bert import BertOptions
@@ -74,7 +96,7 @@ def quality_report(model: str | None = None, bits: Sequence[int] = (8, 6, 4),
     stage = stage or (lambda _description, _total: (lambda: None))
     torch.set_num_threads(threads)
     family = get_family("bert")
-    fp_options = BertOptions(model=model, graph="plain")
+    fp_options = BertOptions(model=model, graph="plain", target="onnxruntime")
     stage("FP32 reference embeddings", 0)
     fp_model = family.load(fp_options)
     io = family.io(fp_model, fp_options)
@@ -86,25 +108,30 @@ def quality_report(model: str | None = None, bits: Sequence[int] = (8, 6, 4),
     with tempfile.TemporaryDirectory(prefix="tritonforge-quality-") as scratch:
         folder = Path(scratch)
 
-        def measure(name: str, precision: str, method: str, path: Path, alphas=None) -> None:
-            session = ort_session(path, threads)
-            embeddings = sentence_embeddings(lambda batch: run_session(session, batch), inputs)
-            rows.append(QualityRow(name, "onnxruntime", quality_metrics(fp, embeddings), details={
-                "precision": precision, "method": method, "onnx_mb": round(path.stat().st_size / 1e6, 1),
-                "alphas": alphas}))
-            sessions[name] = session
+        def measure(name: str, precision: str, method: str | None, path: Path, alphas=None,
+                    on: Sequence[str] = targets, run_precision: str = "fp32") -> None:
+            for target in on:
+                session = open_session(path, target, threads, run_precision)
+                embeddings = sentence_embeddings(lambda batch, s=session: run_session(s, batch), inputs)
+                label = f"{name} ({target})"
+                rows.append(QualityRow(label, target, quality_metrics(fp, embeddings), details={
+                    "precision": precision, "method": method,
+                    "onnx_mb": round(path.stat().st_size / 1e6, 1), "alphas": alphas}))
+                sessions[label] = session
 
         stage("exporting FP32 and quantize_dynamic INT8", 0)
         fp_path = folder / "fp32.onnx"
         family.export(fp_model, fp_path, fp_options)
         measure("fp32", "fp32", None, fp_path)
+        if "openvino" in targets and cpu_has_bf16():
+            measure("bf16", "bf16", None, fp_path, on=["openvino"], run_precision="bf16")
         dynamic_path = folder / "dynamic.onnx"
         quantize_dynamic_int8(fp_path, dynamic_path)
-        measure("quantize_dynamic int8", "w8a8 (dynamic)", "ort-dynamic", dynamic_path)
+        measure("quantize_dynamic int8", "w8a8 (dynamic)", "ort-dynamic", dynamic_path, on=["onnxruntime"])
         for b in bits:
             for method in methods:
                 options = BertOptions(model=model, bits=b, method=method, calib=calib,
-                                      calib_size=calib_size, lsq_epochs=lsq_epochs)
+                                      calib_size=calib_size, lsq_epochs=lsq_epochs, target="onnxruntime")
                 label = f"{options.precision} {method}"
                 stage(f"{label}: calibrating", 0)
                 quantized = family.load(options)
@@ -113,14 +140,18 @@ def quality_report(model: str | None = None, bits: Sequence[int] = (8, 6, 4),
                 family.export(quantized, path, options)
                 measure(label, options.precision, method, path, quantized.quantized.alphas or None)
                 del quantized
-        tick = stage("latency, interleaved", iterations)
-        batch = next(batches(inputs, batch_size))
-        runners = {"fp32 (PyTorch eager)": lambda: family.reference_outputs(fp_model, batch, io)}
-        runners.update({name: (lambda s=session: run_session(s, batch))
-                        for name, session in sessions.items()})
-        latency = measure_interleaved(runners, iterations, tick=tick)
+        shapes = {"8x128": next(batches(inputs, batch_size)),
+                  "1x32": family.sample_inputs(fp_model, fp_options, 1, {"seq_len": 32})}
+        latency = {}
+        for shape, batch in shapes.items():
+            tick = stage(f"latency at {shape}, interleaved", iterations)
+            runners = {"fp32 (PyTorch eager)": lambda b=batch: family.reference_outputs(fp_model, b, io)}
+            runners.update({name: (lambda s=session, b=batch: run_session(s, b))
+                            for name, session in sessions.items()})
+            latency[shape] = measure_interleaved(runners, iterations, tick=tick)
     for row in rows:
-        row.latency_p50_ms = round(latency[row.variant].percentile(50), 2)
+        row.latency_p50_ms = round(latency["8x128"][row.variant].percentile(50), 2)
+        row.serving_p50_ms = round(latency["1x32"][row.variant].percentile(50), 2)
     return rows
 
 

@@ -1,13 +1,15 @@
-"""Triton python-backend model that runs an ONNX model with ONNX Runtime (CPU).
+"""Triton python-backend model that runs an ONNX model with ONNX Runtime or OpenVINO (CPU).
 
 Used only by `tritonforge serve`: the tritonserver in the nvidia-pytriton wheel has no
 onnxruntime backend, so each ONNX model of the repository is served by this file, with the
 model's own config (inputs, outputs, max_batch_size, dynamic batching) and its own model.onnx.
 
-This file runs inside Triton's Python stub: it imports only numpy, onnxruntime and Triton's
-`triton_python_backend_utils`, never tritonforge. Parameters come from the config:
+This file runs inside Triton's Python stub: it imports only numpy, onnxruntime (or openvino)
+and Triton's `triton_python_backend_utils`, never tritonforge. Parameters come from the config:
   onnx_file            the graph beside this file in the version folder (default model.onnx)
-  intra_op_threads     ONNX Runtime intra-op threads (0: ONNX Runtime's default)
+  runtime              onnxruntime, or openvino for a model whose config names Triton's
+                       openvino backend (its HINT_BF16 parameter selects bfloat16, as there)
+  intra_op_threads     ONNX Runtime intra-op threads, OpenVINO inference threads (0: default)
   max_sequence_length  longest dynamic axis accepted (0: no limit); longer inputs, and empty
                        ones (0 positions), are refused instead of failing inside the graph
   value_ranges         JSON {input: [low, high, what]}: an integer input's values must lie in
@@ -51,22 +53,68 @@ def _parameters(config: dict) -> dict[str, str]:
     return {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
 
 
+def first_line(exc: Exception) -> str:
+    """The first line of a runtime's error that says something (OpenVINO prefixes one
+    "Exception from <source file>" line per frame)."""
+    lines = [line.strip() for line in str(exc).splitlines()
+             if line.strip() and not line.startswith("Exception from ")]
+    return lines[0] if lines else str(exc).strip()
+
+
+def onnxruntime_session(path: str, threads: int):
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    # Idle intra-op threads sleep instead of spinning: this server shares the CPU with the
+    # tokenizer's stub, Triton's own threads and often its clients, and spinning threads
+    # take cores from them (measured here: batch 1 at 2 threads, 3.9 ms vs 9.3 ms).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+class OpenVINOModel:
+    """OpenVINO's CPU plugin on the ONNX file, run like an ONNX Runtime session: what Triton's
+    openvino backend does with the same config. One infer request per call, since Triton may
+    run this model's executions from several threads."""
+
+    def __init__(self, path: str, threads: int, bf16: bool):
+        import openvino
+
+        config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+                  "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self.compile = lambda: openvino.Core().compile_model(path, "CPU", config)
+        self.compiled = self.compile()
+
+    def run(self, names: list, feed: dict) -> list:
+        try:
+            results = self.compiled.create_infer_request().infer(feed, share_outputs=False)
+        except Exception:
+            # OpenVINO 2026.4's CPU plugin keeps a failed shape inference (inputs of different
+            # lengths) and fails every later request: compile afresh so one bad request
+            # cannot poison the model for everyone after it.
+            self.compiled = self.compile()
+            raise
+        by_name = {port.get_any_name(): value for port, value in results.items()}
+        return [np.asarray(by_name[name]) for name in names]
+
+
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         parameters = _parameters(config)
         self.model_name = args["model_name"]
         folder = os.path.join(args["model_repository"], args["model_version"])
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(parameters.get("intra_op_threads", "0"))
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        # Idle intra-op threads sleep instead of spinning: this server shares the CPU with the
-        # tokenizer's stub, Triton's own threads and often its clients, and spinning threads
-        # take cores from them (measured here: batch 1 at 2 threads, 3.9 ms vs 9.3 ms).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         path = os.path.join(folder, parameters.get("onnx_file", "model.onnx"))
-        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        threads = int(parameters.get("intra_op_threads", "0"))
+        if parameters.get("runtime") == "openvino":
+            self.session = OpenVINOModel(path, threads, parameters.get("HINT_BF16", "NO").upper() == "YES")
+            self.session_name = "OpenVINO"
+        else:
+            self.session = onnxruntime_session(path, threads)
+            self.session_name = "ONNX Runtime"
         self.inputs = [(spec["name"], [int(d) for d in spec["dims"]]) for spec in config["input"]]
         self.outputs = [spec["name"] for spec in config["output"]]
         self.max_length = int(parameters.get("max_sequence_length", "0"))
@@ -148,10 +196,10 @@ class TritonPythonModel:
         state_outputs = [entry["output"] for entry in self.state]
         try:
             outputs = self.session.run(self.outputs + state_outputs, batch)
-        except Exception as exc:  # ONNX Runtime's own error types; its message names the node
+        except Exception as exc:  # the runtime's own error types; its message names the node
             shapes = ", ".join(f"{name} {list(members[0][1][name].shape)}" for name, _dims in self.inputs)
-            message = (f"ONNX Runtime could not run model '{self.model_name}' on inputs {shapes}: "
-                       f"{str(exc).splitlines()[0][:400]}")
+            message = (f"{self.session_name} could not run model '{self.model_name}' on inputs {shapes}: "
+                       f"{first_line(exc)[:400]}")
             return [(index, invalid_argument(message), None) for index, _feed in members]
         results, start = [], 0
         for (index, _feed), size in zip(members, sizes, strict=True):
