@@ -709,11 +709,16 @@ def bench(
         "--perf-analyzer", help="Also measure each level with Triton's perf_analyzer (same inputs, "
                                 "about as many requests) and compare (`make perf-analyzer` installs it).")
                              ] = False,
+    compare: Annotated[str | None, typer.Option(
+        help="Comma-separated models with the same inputs (e.g. the encoder exported for other "
+             "targets: bert_bf16_text,bert_w8a8_text), benched in the same run on the same "
+             "payloads; ratios against NAME.")] = None,
 ):
     """Asynchronous gRPC load: throughput and p50/p95/p99 per concurrency level, with and without
     dynamic batching (the latter when the server has <name>_nobatch: `serve --nobatch-twins`)."""
     from tritonforge.serving.bench import (
         bench_report,
+        compare_models,
         parse_levels,
         plot_latency_throughput,
         run_bench,
@@ -736,7 +741,11 @@ def bench(
     analyzer_rows: list[dict] = []
     client = connect(url)
     info = model_info(client, name, url)
+    others = compared_models(client, url, name, info, compare)
     if info.sequence:
+        if others:
+            raise TritonForgeError(f"--compare benches single requests; {name!r} is a streaming model "
+                                   "(sequence batcher): bench each model on its own")
         if duration is not None:
             raise TritonForgeError("a streaming model is benched by --requests (frames per level), "
                                    "not --duration")
@@ -758,6 +767,7 @@ def bench(
         models = [(name, "dynamic")]
         if name + NOBATCH_SUFFIX in served:
             models.append((name + NOBATCH_SUFFIX, "none"))
+        models += [(other, "dynamic") for other in others]
         with progress_bar() as progress:
             stages = Stages(progress)
             if perf_analyzer:
@@ -784,16 +794,47 @@ def bench(
             errors.print(f"{r.model} c={r.concurrency}: first error: {r.first_error}", markup=False)
     if analyzer_rows:
         print_analyzer_comparison(analyzer_rows)
+    compared = compare_models(results, name) if others else []
+    if compared:
+        table = new_table(f"against {name}, same payloads, same run", "model", "conc", "req/s",
+                          "x req/s", "p50 ms", "x p50")
+        for row in compared:
+            table.add_row(row["model"], str(row["concurrency"]), f"{row['throughput']:.1f}",
+                          f"{row['throughput_ratio']:.2f}" if row["throughput_ratio"] else "-",
+                          f"{row['p50_ms']:.1f}", f"{row['p50_ratio']:.2f}")
+        console.print(table)
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         report = bench_report(url, results)
         if analyzer_rows:
             report["perf_analyzer"] = analyzer_rows
+        if compared:
+            report["comparison"] = compared
         json_path.write_text(json.dumps(report, indent=2) + "\n")
         console.print(f"results written to {json_path}")
     if plot:
         plot_latency_throughput(results, plot, f"{name}: latency vs throughput ({url})")
         console.print(f"plot written to {plot}")
+
+
+def compared_models(client, url: str, name: str, info, compare: str | None) -> list[str]:
+    """The --compare models, each checked to take the same inputs as `name`."""
+    from tritonforge.serving.client import model_info
+    from tritonforge.verify.quality import parse_list
+
+    if compare is None:
+        return []
+    others = [m for m in parse_list(compare, "--compare") if m != name]
+    signature = [(i.name, i.datatype) for i in info.inputs]
+    for other in others:
+        other_info = model_info(client, other, url)
+        theirs = [(i.name, i.datatype) for i in other_info.inputs]
+        if theirs != signature:
+            raise TritonForgeError(
+                f"--compare {other}: its inputs {theirs} differ from {name}'s {signature}, so the "
+                "same payloads cannot be sent: compare models that take the same inputs (e.g. "
+                "two _text ensembles, or two encoders)")
+    return others
 
 
 def print_analyzer_comparison(rows: list[dict]) -> None:

@@ -129,6 +129,29 @@ def test_bench_cli_writes_json_and_plot(triton, tmp_path):
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_bench_compares_targets_on_the_same_payloads(triton, tmp_path):
+    # The tiny encoder for OpenVINO FP32 against its BF16 and W6A6 exports, through Triton.
+    result = runner.invoke(app, ["bench", "tiny_text", "--url", triton.grpc_url, "--concurrency", "1,4",
+                                 "--requests", "30", "--compare", "tiny_bf16_text,tiny_w6a6_text",
+                                 "--json", str(tmp_path / "bench.json")], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert {(r["model"], r["concurrency"]) for r in report["levels"] if r["errors"] == 0} >= {
+        ("tiny_bf16_text", 1), ("tiny_bf16_text", 4), ("tiny_w6a6_text", 4)}
+    rows = {(r["model"], r["concurrency"]): r for r in report["comparison"]}
+    assert set(rows) == {(m, c) for m in ("tiny_bf16_text", "tiny_w6a6_text") for c in (1, 4)}
+    for (model, level), row in rows.items():
+        base = next(r for r in report["levels"] if (r["model"], r["concurrency"]) == ("tiny_text", level))
+        assert row["p50_ratio"] == pytest.approx(row["p50_ms"] / base["latency_ms"]["p50"], rel=0.01)
+    assert "against tiny_text" in result.output
+
+
+def test_bench_compare_refuses_a_model_with_other_inputs(triton):
+    result = runner.invoke(app, ["bench", "tiny_text", "--url", triton.grpc_url, "--compare", "tiny",
+                                 "--requests", "5"], terminal_width=200)
+    assert result.exit_code == 2 and "differ from tiny_text's" in result.output
+
+
 def test_bench_counts_errors_instead_of_stopping(triton):
     # every other request is an empty string
     payloads = [{"TEXT": raw_bytes_array([b"fine"])}, {"TEXT": raw_bytes_array([b""])}]

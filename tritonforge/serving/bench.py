@@ -208,3 +208,20 @@ def save_figure(figure, path: Path) -> Path:
 
 def bench_report(url: str, results: Sequence[LevelResult]) -> dict[str, Any]:
     return {"url": url or DEFAULT_URL, "levels": [r.to_json() for r in results]}
+
+
+def compare_models(results: Sequence[LevelResult], baseline: str) -> list[dict[str, Any]]:
+    """`bench --compare`: each other dynamically batched model's throughput and p50 at each
+    level, as ratios to `baseline`'s at the same level (same payloads, same run)."""
+    base = {r.concurrency: r for r in results if r.model == baseline}
+    rows = []
+    for r in results:
+        if r.model == baseline or r.batching != "dynamic" or r.concurrency not in base:
+            continue
+        reference = base[r.concurrency]
+        rows.append({"model": r.model, "baseline": baseline, "concurrency": r.concurrency,
+                     "throughput": round(r.throughput, 2), "p50_ms": round(r.percentile(50), 3),
+                     "throughput_ratio": round(r.throughput / reference.throughput, 3)
+                     if reference.throughput else None,
+                     "p50_ratio": round(r.percentile(50) / reference.percentile(50), 3)})
+    return rows
