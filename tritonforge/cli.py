@@ -186,7 +186,10 @@ def option_parameters(options_type: type) -> list[inspect.Parameter]:
             default = item.default_factory()
         else:
             default = inspect.Parameter.empty
-        annotation = Annotated[hints[item.name], typer.Option(help=item.metadata.get("help", ""))]
+        # cli_type: how the option is typed on the command line when the field takes more than one
+        # kind of value (--bits 8 or --bits auto); the dataclass parses it.
+        kind = item.metadata.get("cli_type", hints[item.name])
+        annotation = Annotated[kind, typer.Option(help=item.metadata.get("help", ""))]
         parameters.append(inspect.Parameter(item.name, inspect.Parameter.KEYWORD_ONLY, default=default,
                                             annotation=annotation))
     return parameters

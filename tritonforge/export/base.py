@@ -28,10 +28,13 @@ ENTRY_POINT_GROUP = "tritonforge.families"
 Shape = Mapping[str, int | None]  # shape options: {"seq_len": 128}, {"image_size": 224}, ...
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", cli: bool = True, **kwargs) -> Any:
+def option(default: Any = dataclasses.MISSING, help: str = "", cli: bool = True, cli_type: Any = None,
+           **kwargs) -> Any:
     """A field of a family's options dataclass, with the help text of its CLI option.
-    `cli=False` keeps a recipe field out of the generated `export` command."""
-    return field(default=default, metadata={"help": help, "cli": cli}, **kwargs)
+    `cli=False` keeps a recipe field out of the generated `export` command; `cli_type` types the
+    option on the command line when the field takes several kinds (the dataclass parses it)."""
+    metadata = {"help": help, "cli": cli, **({"cli_type": cli_type} if cli_type is not None else {})}
+    return field(default=default, metadata=metadata, **kwargs)
 
 
 # -- export result -------------------------------------------------------------------------

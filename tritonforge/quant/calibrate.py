@@ -92,27 +92,32 @@ def tensor_batches(inputs: Mapping[str, np.ndarray], size: int) -> Iterator[dict
         yield {k: torch.from_numpy(v) for k, v in batch.items()}
 
 
-def attach_quantizers(model: Quantizable, abits: int) -> dict[str, ActQuantizer]:
-    """An `abits` activation quantizer (off until set) in every slot of `model`, by slot."""
+def attach_quantizers(model: Quantizable, abits: int | Mapping[str, int]) -> dict[str, ActQuantizer]:
+    """An activation quantizer (off until set) in every slot of `model`, by slot: `abits` wide,
+    or as wide as `abits[slot]` says (mixed precision)."""
     quantizers = {}
     for slot in model.activation_slots():
-        quantizers[slot] = ActQuantizer(abits, model.sample_mask, model.token_axis(slot), slot)
+        bits = abits if isinstance(abits, int) else abits[slot]
+        quantizers[slot] = ActQuantizer(bits, model.sample_mask, model.token_axis(slot), slot)
         model.set_slot(slot, quantizers[slot])
     return quantizers
 
 
 @torch.no_grad()
-def quantize_weights(model: Quantizable, bits: int, observer: str,
+def quantize_weights(model: Quantizable, bits: int | Mapping[str, int], observer: str,
                      quantizers: Mapping[str, ActQuantizer]) -> dict[str, QuantizedWeight]:
-    """Replace each weight by its k-bit value (kept as float for the PyTorch reference).
-    GPTQ reads each Linear's observed inputs from the quantizer that feeds it."""
+    """Replace each weight by its k-bit value (kept as float for the PyTorch reference): `bits`
+    wide, or `bits[name]` (mixed precision: GPTQ below 6 bits, MinMax from 6 up, whatever
+    `observer` says). GPTQ reads each Linear's observed inputs from the quantizer that feeds it."""
     quantized = {}
     inputs = model.linear_inputs()
     for name, weight in model.weight_tables().items():
-        if observer == "gptq" and name in inputs:
-            quantized[name] = gptq_weight(weight, quantizers[inputs[name]].sample(), bits)
+        width = bits if isinstance(bits, int) else bits[name]
+        chosen = observer if isinstance(bits, int) else ("gptq" if width < 6 else "minmax")
+        if chosen == "gptq" and name in inputs:
+            quantized[name] = gptq_weight(weight, quantizers[inputs[name]].sample(), width)
         else:  # embedding tables are looked up, not multiplied: per-row MSE is their best
-            quantized[name] = quantize_weight(weight, bits, "mse" if observer == "gptq" else observer)
+            quantized[name] = quantize_weight(weight, width, "mse" if chosen == "gptq" else chosen)
     load_quantized_weights(model, quantized)
     return quantized
 
@@ -219,15 +224,18 @@ def token_wise_clip(quantizer: ActQuantizer, grid: int, lowest: float = 0.5) -> 
 
 @torch.no_grad()
 def calibrate(model: Quantizable, recipe: QuantRecipe, calib: Mapping[str, np.ndarray],
-              batch_size: int = 32, stage: Stage | None = None) -> CalibrationResult:
+              batch_size: int = 32, stage: Stage | None = None,
+              widths: Mapping[str, Mapping[str, int]] | None = None) -> CalibrationResult:
     """Quantize `model` in place with `recipe`, calibrated on the input arrays `calib`.
+    `widths` ({"weights": {name: bits}, "activations": {slot: bits}}) overrides the recipe's
+    wbits/abits per quantizer (mixed precision, `tritonforge.quant.mixed`).
 
     `model` must still compute in FP (its slots empty): its outputs are the reference that
     clipping searches and LSQ+ match. `stage` is told about each step (see `start_stage`).
     """
     start_stage(stage, "FP reference outputs")
     reference = model_outputs(model, calib, batch_size)
-    quantizers = attach_quantizers(model, recipe.abits)
+    quantizers = attach_quantizers(model, widths["activations"] if widths else recipe.abits)
     result = CalibrationResult(model, recipe, quantizers=quantizers)
     if recipe.method == "os":
         start_stage(stage, "Gamma Migration")
@@ -240,7 +248,8 @@ def calibrate(model: Quantizable, recipe: QuantRecipe, calib: Mapping[str, np.nd
         observe(model, quantizers, calib, batch_size)
     if recipe.weight_observer == "gptq":
         start_stage(stage, "GPTQ weights")
-    result.weights = quantize_weights(model, recipe.wbits, recipe.weight_observer, quantizers)
+    result.weights = quantize_weights(model, widths["weights"] if widths else recipe.wbits,
+                                      recipe.weight_observer, quantizers)
     start_stage(stage, "activation ranges")
     for name, quantizer in quantizers.items():
         if recipe.method == "minmax":
@@ -324,6 +333,7 @@ def save_calibration(result: CalibrationResult, record: Mapping[str, Any], path:
     torch.save({"state": state,
                 "weights": {name: {"values": w.values, "scale": w.scale, "bits": w.bits}
                             for name, w in result.weights.items()},
+                "activation_bits": {slot: q.bits for slot, q in result.quantizers.items()},
                 "alphas": result.alphas, "thresholds": result.thresholds,
                 "calibration": dict(record), "calibration_error": result.calibration_error}, path)
 
@@ -336,7 +346,8 @@ def load_calibration(model: Quantizable, recipe: QuantRecipe, path: Path
         raise TritonForgeError(f"{path} is missing: the quantized reference was not saved with this "
                                "version; export the model again")
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    quantizers = attach_quantizers(model, recipe.abits)
+    # Each quantizer's own width (mixed precision); files from before widths were saved: the recipe's.
+    quantizers = attach_quantizers(model, saved.get("activation_bits") or recipe.abits)
     weights = {name: QuantizedWeight(w["values"], w["scale"], int(w["bits"]))
                for name, w in saved["weights"].items()}
     state = dict(saved["state"])

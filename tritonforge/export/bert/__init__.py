@@ -28,6 +28,7 @@ from tritonforge.export.bert.model import (
 from tritonforge.export.bert.quantized import (
     FakeQuantEncoder,
     calibrate_encoder,
+    calibrate_mixed,
     load_reference,
     quality_vs_fp,
     recipe_record,
@@ -45,6 +46,7 @@ from tritonforge.export.onnx import (
 )
 from tritonforge.modalities import Text
 from tritonforge.quant.calibrate import QuantRecipe
+from tritonforge.quant.mixed import check_max_drop
 from tritonforge.quant.qdq import integer_kernels
 from tritonforge.runtime import HALF_PRECISION, TARGETS, check_target, default_target
 from tritonforge.serving.repository import ServingOptions
@@ -71,6 +73,8 @@ TOLERANCES = {"fp32": (0.99999, 1e-4, 0.99), "fp16": (0.999, 0.05, 0.97), "bf16"
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
+AUTO_BITS = "auto"  # --bits auto: mixed 8/6/4 within --max-drop (tritonforge.quant.mixed)
+DEFAULT_MAX_DROP = 0.005
 # Options that only a quantized export (--bits 8, 6, 4) uses.
 QUANTIZATION_OPTIONS = ("method", "calib", "calib_size", "allow_fewer", "lsq_epochs")
 
@@ -82,8 +86,11 @@ class BertOptions:
     model: str | None = option(None, help="Hugging Face BERT directory (config.json, weights, "
                                "tokenizer). Default: the embedded all-MiniLM-L6-v2.")
     # 4 = W4A8: 4-bit activations lose too much; wbits/abits override.
-    bits: int = option(32, help="32 (FP32), 16 (FP16, for GPU serving), or 8, 6, 4 (quantized W8A8, "
-                               "W6A6, W4A8; any 2..8 works).")
+    bits: int | str = option(32, cli_type=str, help="32 (FP32), 16 (BF16 on OpenVINO, FP16 on GPU), 8, 6, 4 "
+                             "(quantized W8A8, W6A6, W4A8; any 2..8 works), or auto (the fewest bits per "
+                             "quantizer, 8/6/4, within --max-drop).")
+    max_drop: float | None = option(None, help="--bits auto: the sentence-embedding cosine the model may "
+                                               "lose against FP32, in (0, 1). Default 0.005.")
     graph: str = option("auto", help="plain, fused (ONNX Runtime transformer optimizer) or auto (time "
                                      "both, keep the faster).")
     gpu: bool = option(False, help="Serve on GPU with the TensorRT accelerator (same as --target tensorrt).")
@@ -114,6 +121,7 @@ class BertOptions:
     lsq_lr: float = option(3e-2, cli=False)
 
     def __post_init__(self):
+        self.parse_bits()
         self.resolve_target()
         if self.bits in FLOAT_BITS and (self.wbits is not None or self.abits is not None):
             raise TritonForgeError(
@@ -129,6 +137,28 @@ class BertOptions:
                 "--graph plain (or auto) with --target openvino, or --target onnxruntime")
         if self.quantized:
             self.recipe()  # validates bits and method
+
+    def parse_bits(self) -> None:
+        """--bits arrives as text from the command line: a width, or auto with its budget."""
+        bits = self.bits
+        if isinstance(bits, str) and bits.strip().isdigit():
+            bits = int(bits)
+        elif isinstance(bits, str) and bits.strip().lower() == AUTO_BITS:
+            bits = AUTO_BITS
+        elif not isinstance(bits, int):
+            raise TritonForgeError(f"--bits {bits!r} is not a width: give 32, 16, 8, 6, 4 or auto")
+        object.__setattr__(self, "bits", bits)
+        if bits != AUTO_BITS:
+            if self.max_drop is not None:
+                raise TritonForgeError(
+                    f"--max-drop is the quality budget of --bits auto; with --bits {bits} every quantizer "
+                    "has that width: use --bits auto, or leave --max-drop out")
+            return
+        if self.wbits is not None or self.abits is not None:
+            raise TritonForgeError("--bits auto chooses every quantizer's width itself: leave "
+                                   "--wbits/--abits out, or give --bits 8, 6 or 4")
+        object.__setattr__(self, "max_drop", check_max_drop(DEFAULT_MAX_DROP if self.max_drop is None
+                                                            else self.max_drop))
 
     def resolve_target(self) -> None:
         """Make `target` concrete (the recipe records where the artifact runs, not "auto") and
@@ -175,8 +205,10 @@ class BertOptions:
         return self.bits not in FLOAT_BITS
 
     def recipe(self) -> QuantRecipe:
-        wbits = self.wbits or self.bits
-        abits = self.abits or (8 if self.bits == 4 else self.bits)
+        """The recipe; for --bits auto, the 8-bit recipe that the search starts from."""
+        bits = 8 if self.bits == AUTO_BITS else self.bits
+        wbits = self.wbits or bits
+        abits = self.abits or (8 if bits == 4 else bits)
         observer = self.weight_observer or ("gptq" if wbits < 6 else "minmax")
         lsq = self.lsq_epochs if self.method in ("os", "os+") else 0
         return QuantRecipe(method=self.method, wbits=wbits, abits=abits, weight_observer=observer,
@@ -188,6 +220,8 @@ class BertOptions:
             return HALF_PRECISION[self.target]
         if not self.quantized:
             return FLOAT_BITS[self.bits]
+        if self.bits == AUTO_BITS:
+            return "mixed"
         recipe = self.recipe()
         return f"w{recipe.wbits}a{recipe.abits}"
 
@@ -217,6 +251,9 @@ class BertFamily(Family):
         model = load_bert(resolve_model_dir(options.model))
         if not options.quantized:
             return model
+        if options.bits == AUTO_BITS:
+            return calibrate_mixed(model, options.recipe(), options.calib, options.calib_size,
+                                   options.allow_fewer, options.max_drop, stage)
         return calibrate_encoder(model, options.recipe(), options.calib, options.calib_size,
                                  options.allow_fewer, stage)
 

@@ -9,6 +9,7 @@ Suppression's placement), pooled like the FP encoder: a `FakeQuantEncoder`. It i
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -30,12 +31,14 @@ from tritonforge.quant.calibrate import (
     load_calibration,
     save_calibration,
 )
+from tritonforge.quant.mixed import BitPlan, pooled_outputs, search_bits
 from tritonforge.quant.qdq import dequantize_weights, qdq_module
 from tritonforge.verify.metrics import nearest_neighbour_agreement, row_cosines
 
 REFERENCE_FILE = "reference.pt"
 CALIBRATION_LENGTH = 128  # tokens per calibration text, as in the paper
 CALIBRATION_BATCH = 32
+SENSITIVITY_TEXTS = 32  # held-back texts each quantizer's cost is measured on (--bits auto)
 
 
 def calibration_texts(path: str | None, size: int, allow_fewer: bool) -> tuple[list[str], dict[str, Any]]:
@@ -98,10 +101,51 @@ def calibrate_encoder(fp: SentenceEncoder, recipe: QuantRecipe, calib_path: str 
     return FakeQuantEncoder(quantized, fp, calibration)
 
 
+HELD_BACK_FRACTION = 4  # --bits auto checks its plan on every 4th calibration text, never fitted on
+MIN_AUTO_TEXTS = 8
+
+
+def calibrate_mixed(fp: SentenceEncoder, recipe: QuantRecipe, calib_path: str | None, calib_size: int,
+                    allow_fewer: bool, max_drop: float, stage: Stage | None = None) -> FakeQuantEncoder:
+    """--bits auto: each quantizer's width (8, 6 or 4) chosen within `max_drop` of the pooled
+    embedding's cosine to FP (`tritonforge.quant.mixed.search_bits`), then `recipe` at those widths.
+    Three of every four calibration texts fit the model; the fourth checks the plan."""
+    from tritonforge.export.bert import tokenize
+
+    require_encoder(fp)
+    texts, calibration = calibration_texts(calib_path, calib_size, allow_fewer)
+    if len(texts) < MIN_AUTO_TEXTS:
+        raise TritonForgeError(
+            f"--bits auto needs at least {MIN_AUTO_TEXTS} calibration texts (it holds every "
+            f"{HELD_BACK_FRACTION}th back to check its choice); it got {len(texts)}: give --calib a "
+            "file with more text, or choose --bits 8, 6 or 4")
+    tokens = tokenize(fp.tokenizer, texts, CALIBRATION_LENGTH)
+    held = np.arange(len(texts)) % HELD_BACK_FRACTION == HELD_BACK_FRACTION - 1
+    fit = {k: v[~held] for k, v in tokens.items()}
+    check = {k: v[held] for k, v in tokens.items()}
+    sensitivity = {k: v[:SENSITIVITY_TEXTS] for k, v in check.items()}
+    fp_copy = slotted_copy(fp)
+
+    def calibrate_with(plan: BitPlan | None) -> CalibrationResult:
+        if plan is None:  # the coarse 8-bit model that each quantizer's cost is measured on
+            return calibrate(slotted_copy(fp), dataclasses.replace(recipe, lsq_epochs=0), fit,
+                             CALIBRATION_BATCH, stage)
+        widths = {"weights": plan.weights, "activations": plan.activations}
+        return calibrate(slotted_copy(fp), recipe, fit, CALIBRATION_BATCH, stage, widths=widths)
+
+    result, plan = search_bits(calibrate_with, sensitivity, check,
+                               lambda inputs: pooled_outputs(fp_copy, inputs), max_drop, stage)
+    model = FakeQuantEncoder(result, fp, calibration)
+    model.plan = plan
+    return model
+
+
 def recipe_record(model: FakeQuantEncoder) -> dict[str, Any]:
     """What the manifest records of the calibration beyond the recipe itself."""
     result = model.quantized
-    return {"calibration": model.calibration,
+    plan = getattr(model, "plan", None)
+    return {**({"widths": plan.to_json()} if plan is not None else {}),
+            "calibration": model.calibration,
             "calibration_output_mse": result.calibration_error,
             "alphas": {k: round(v, 4) for k, v in result.alphas.items()},
             "thresholds": {k: round(v, 4) for k, v in result.thresholds.items()}}
