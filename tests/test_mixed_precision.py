@@ -32,8 +32,8 @@ def test_auto_records_every_quantizers_width_within_the_budget(mixed_export):
     repo, result = mixed_export
     assert result.name == "bert_mixed" and result.manifest["precision"] == "mixed"
     widths = result.manifest["quantization"]["widths"]
-    slots = get_family("bert").load(BertOptions(model=result.manifest["recipe"]["model"], target="onnxruntime"))
-    slotted = slotted_copy(slots)
+    fp = get_family("bert").load(BertOptions(model=result.manifest["recipe"]["model"], target="onnxruntime"))
+    slotted = slotted_copy(fp)
     assert set(widths["weights"]) == set(slotted.weight_tables())
     assert set(widths["activations"]) == set(slotted.activation_slots())
     assert set(widths["weights"].values()) | set(widths["activations"].values()) <= {4, 6, 8}
@@ -49,7 +49,7 @@ def test_the_saved_reference_keeps_each_activation_width(mixed_export):
     widths = result.manifest["quantization"]["widths"]
     assert saved["activation_bits"] == widths["activations"]
     assert {name: int(w["bits"]) for name, w in saved["weights"].items()} == widths["weights"]
-    for name, w in saved["weights"].items():  # each weight's integers lie on its own grid
+    for w in saved["weights"].values():  # each weight's integers lie on its own grid
         bits = int(w["bits"])
         assert int(w["values"].min()) >= -(2 ** (bits - 1)) and int(w["values"].max()) <= 2 ** (bits - 1) - 1
 
@@ -64,7 +64,8 @@ def test_measuring_a_move_leaves_the_model_as_it_was(tiny_bert):
     moves = measure_moves(result, tokens, pooled_outputs(slotted_copy(fp), tokens))
     assert torch.equal(pooled_outputs(result.model, tokens), before)
     measured = {(m.kind, m.name) for m in moves}
-    assert measured == {("weight", n) for n in result.weights} | {("activation", s) for s in result.quantizers}
+    expected = {("weight", n) for n in result.weights} | {("activation", s) for s in result.quantizers}
+    assert measured == expected
 
 
 def test_plan_takes_the_cheapest_bits_first_and_stays_within_the_budget():
@@ -97,13 +98,14 @@ def test_auto_without_enough_calibration_text_says_what_to_give(tiny_bert, tmp_p
     short = tmp_path / "three.txt"
     short.write_text("one sentence\nanother sentence\na third\n")
     with pytest.raises(TritonForgeError, match=r"--bits auto needs at least 8 calibration texts.*got 3"):
-        export_model("bert", BertOptions(model=str(tiny_bert), bits="auto", calib=str(short), allow_fewer=True),
-                     tmp_path / "repo")
+        options = BertOptions(model=str(tiny_bert), bits="auto", calib=str(short), allow_fewer=True)
+        export_model("bert", options, tmp_path / "repo")
     assert not (tmp_path / "repo" / "bert_mixed").exists()
 
 
 def test_cli_takes_bits_auto_and_refuses_a_bad_budget(tmp_path):
-    result = runner.invoke(app, ["export", "bert", "--bits", "auto", "--max-drop", "2", "--repo", str(tmp_path)])
+    result = runner.invoke(app, ["export", "bert", "--bits", "auto", "--max-drop", "2",
+                                 "--repo", str(tmp_path)])
     assert result.exit_code == 2 and "--max-drop 2.0 must lie strictly between 0 and 1" in result.output
     result = runner.invoke(app, ["export", "bert", "--bits", "seven", "--repo", str(tmp_path)])
     assert result.exit_code == 2 and "--bits 'seven' is not a width" in result.output

@@ -223,6 +223,7 @@ def test_quality_command_tables_fp32_dynamic_int8_and_each_recipe(tmp_path, tiny
     report, plot = tmp_path / "quality.json", tmp_path / "quality.png"
     result = runner.invoke(app, ["quality", "bert", "--model", str(tiny_bert), "--bits", "6",
                                  "--methods", "os,minmax", "--calib-size", "16", "--lsq-epochs", "0",
+                                 "--max-drops", "0.01",
                                  "--iterations", "2", "--json", str(report), "--plot", str(plot)],
                            terminal_width=250)
     assert result.exit_code == 0, result.output
@@ -230,8 +231,10 @@ def test_quality_command_tables_fp32_dynamic_int8_and_each_recipe(tmp_path, tiny
     # Every graph on each installed target (BF16 where the CPU has it), quantize_dynamic on ONNX
     # Runtime, whose operators it chose.
     assert list(rows) == ["fp32 (PyTorch eager)", "fp32 (onnxruntime)", "fp32 (openvino)", "bf16 (openvino)",
-                          "quantize_dynamic int8 (onnxruntime)", "w6a6 os (onnxruntime)", "w6a6 os (openvino)",
-                          "w6a6 minmax (onnxruntime)", "w6a6 minmax (openvino)"]
+                          "quantize_dynamic int8 (onnxruntime)",
+                          "w6a6 os (onnxruntime)", "w6a6 os (openvino)",
+                          "w6a6 minmax (onnxruntime)", "w6a6 minmax (openvino)",
+                          "auto 0.01 (onnxruntime)", "auto 0.01 (openvino)"]
     for target in ("onnxruntime", "openvino"):
         fp32 = rows[f"fp32 ({target})"]
         assert fp32["cosine_vs_fp"] > 0.99999 and fp32["nn_agreement_vs_fp"] == 1.0
@@ -245,6 +248,12 @@ def test_quality_command_tables_fp32_dynamic_int8_and_each_recipe(tmp_path, tiny
     # the quantized graphs hold int8 weights: a quarter of FP32's bytes, give or take the floats kept
     assert rows["w6a6 os (onnxruntime)"]["onnx_mb"] < 0.5 * rows["fp32 (onnxruntime)"]["onnx_mb"]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # --bits auto within 0.01: fewer bits than W8A8 would need, placed on the Pareto front's plot.
+    auto = rows["auto 0.01 (onnxruntime)"]
+    assert auto["precision"] == "mixed" and auto["average_bits"] < 8
+    assert rows["w6a6 os (onnxruntime)"]["average_bits"] == 6
+    assert "Pareto front on onnxruntime" in result.output
+    assert (tmp_path / "quality_pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_quality_command_refuses_unknown_methods_and_bad_bits(tmp_path):
@@ -252,5 +261,7 @@ def test_quality_command_refuses_unknown_methods_and_bad_bits(tmp_path):
     assert result.exit_code == 2 and "'awq' is unknown" in result.output
     result = runner.invoke(app, ["quality", "bert", "--bits", "8,x"])
     assert result.exit_code == 2 and "comma-separated integers" in result.output
+    result = runner.invoke(app, ["quality", "bert", "--max-drops", "0.01,2"])
+    assert result.exit_code == 2 and "--max-drop 2.0 must lie strictly between 0 and 1" in result.output
     result = runner.invoke(app, ["quality", "bert", "--targets", "onnxruntime,tensorrt"])
     assert result.exit_code == 2 and "'tensorrt' is not a CPU runtime" in result.output

@@ -262,7 +262,7 @@ QUALITY_PARAMETERS = [
 
 def quality_command(family) -> Callable:
     def run(options, json_path, plot) -> None:
-        from tritonforge.verify.quality import plot_quality
+        from tritonforge.verify.quality import pareto_front, plot_pareto, plot_quality
 
         with progress_bar() as progress:
             stages = Stages(progress)
@@ -283,12 +283,25 @@ def quality_command(family) -> Callable:
                           *([f"{row.serving_p50_ms:.1f}", f"{serving_baseline / row.serving_p50_ms:.2f}"]
                             if serving else []))
         console.print(table)
+        runtime = next((row.runtime for row in rows if "average_bits" in row.details), None)
+        front = pareto_front(rows, runtime) if runtime else []
+        if front:
+            pareto = new_table(f"Pareto front on {runtime}: no other row has fewer bits and better quality",
+                               "variant", "average bits", metrics[0].replace("_", " "), "MB")
+            for row in front:
+                pareto.add_row(row.variant, f"{row.details['average_bits']:.2f}",
+                               f"{row.metrics[metrics[0]]:.4f}", str(row.details.get("onnx_mb", "")))
+            console.print(pareto)
         if json_path:
             json_path.parent.mkdir(parents=True, exist_ok=True)
             json_path.write_text(json.dumps([row.to_json() for row in rows], indent=2) + "\n")
             console.print(f"table written to {json_path}")
         if plot:
             console.print(f"plot written to {plot_quality(rows, plot, family.name)}")
+            if front:
+                written = plot_pareto(rows, plot.with_name(f"{plot.stem}_pareto{plot.suffix}"), family.name,
+                                      runtime)
+                console.print(f"Pareto plot written to {written}")
 
     return generated_command(run, family.quality_options(), QUALITY_PARAMETERS,
                              f"Quality vs speed of {family.name} recipes, side by side on held-out inputs.")

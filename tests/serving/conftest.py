@@ -34,7 +34,8 @@ def served_repo(tmp_path_factory, tiny_bert, tiny_repo, tiny_classifier, minilm_
         (repo / name).symlink_to(tiny_repo / name)
     export_model("bert", BertOptions(model=str(tiny_classifier), graph="plain", target="onnxruntime"), repo,
                  name="tiny_cls")
-    export_model("bert", BertOptions(model=str(tiny_bert), bits=16, target="openvino"), repo, name="tiny_bf16")
+    export_model("bert", BertOptions(model=str(tiny_bert), bits=16, target="openvino"), repo,
+                 name="tiny_bf16")
     export_model("bert", BertOptions(model=str(tiny_bert), bits=6, calib_size=16, lsq_epochs=0), repo,
                  name="tiny_w6a6")
     for name in MINILM_MODELS:  # the MiniLM export shared with the other tests, read-only

@@ -140,7 +140,7 @@ def test_bench_compares_targets_on_the_same_payloads(triton, tmp_path):
         ("tiny_bf16_text", 1), ("tiny_bf16_text", 4), ("tiny_w6a6_text", 4)}
     rows = {(r["model"], r["concurrency"]): r for r in report["comparison"]}
     assert set(rows) == {(m, c) for m in ("tiny_bf16_text", "tiny_w6a6_text") for c in (1, 4)}
-    for (model, level), row in rows.items():
+    for (_model, level), row in rows.items():
         base = next(r for r in report["levels"] if (r["model"], r["concurrency"]) == ("tiny_text", level))
         assert row["p50_ratio"] == pytest.approx(row["p50_ms"] / base["latency_ms"]["p50"], rel=0.01)
     assert "against tiny_text" in result.output

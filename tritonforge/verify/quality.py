@@ -72,3 +72,49 @@ def plot_quality(rows: Sequence[QualityRow], path: Path, family: str) -> Path:
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+def pareto_front(rows: Sequence[QualityRow], runtime: str) -> list[QualityRow]:
+    """The rows of `runtime` with an average width that no other row beats on both counts:
+    fewer bits and a higher headline metric."""
+    candidates = [r for r in rows if r.runtime == runtime and "average_bits" in r.details]
+    metric = next(iter(rows[0].metrics))
+
+    def dominated(row: QualityRow) -> bool:
+        return any(o.details["average_bits"] <= row.details["average_bits"]
+                   and o.metrics[metric] >= row.metrics[metric]
+                   and (o.details["average_bits"], o.metrics[metric])
+                   != (row.details["average_bits"], row.metrics[metric]) for o in candidates)
+
+    return sorted((r for r in candidates if not dominated(r)), key=lambda r: r.details["average_bits"])
+
+
+def plot_pareto(rows: Sequence[QualityRow], path: Path, family: str, runtime: str) -> Path:
+    """Average bits against the headline metric for every quantized row of `runtime`, the
+    Pareto front drawn through the rows nothing beats."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = next(iter(rows[0].metrics))
+    points = [r for r in rows if r.runtime == runtime and "average_bits" in r.details]
+    front = pareto_front(rows, runtime)
+    figure, axes = plt.subplots(figsize=(8, 5))
+    for row in points:
+        point = (row.details["average_bits"], row.metrics[metric])
+        mixed = row.details.get("precision") == "mixed"
+        axes.scatter(*point, color="#dd8452" if mixed else "#4c72b0")
+        axes.annotate(row.variant.replace(f" ({runtime})", ""), point, fontsize=7, xytext=(3, 3),
+                      textcoords="offset points")
+    axes.plot([r.details["average_bits"] for r in front], [r.metrics[metric] for r in front], color="#55a868",
+              label="Pareto front")
+    axes.set_xlabel("average bits per quantizer")
+    axes.set_ylabel(f"{metric.replace('_', ' ')} (held-out inputs)")
+    axes.set_title(f"{family}: bits against quality ({runtime})")
+    axes.legend()
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

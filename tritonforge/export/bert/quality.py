@@ -26,6 +26,7 @@ from tritonforge.errors import TritonForgeError
 from tritonforge.export.base import get_family, option
 from tritonforge.export.bert.quantized import quality_vs_fp, sentence_embeddings
 from tritonforge.quant.calibrate import METHODS, QuantRecipe
+from tritonforge.quant.mixed import check_max_drop
 from tritonforge.runtime import TARGETS, check_target, cpu_has_bf16, open_session, run_session
 from tritonforge.timing import measure_interleaved
 from tritonforge.verify.quality import QualityRow, parse_list
@@ -41,6 +42,8 @@ class BertQualityOptions:
                                           "all-MiniLM-L6-v2.")
     bits: str = option("8,6,4", help="Comma-separated: 8,6,4 (4 = W4A8).")
     methods: str = option("os,os+,minmax,percentile", help="Comma-separated: os,os+,minmax,percentile.")
+    max_drops: str = option("0.005", help="Comma-separated --bits auto budgets to add to the table and "
+                                          "its Pareto front (average bits vs quality); none: skip.")
     calib: str | None = option(None, help="Calibration text file (one per line).")
     calib_size: int = option(256, help="Calibration texts.")
     lsq_epochs: int = option(3, help="LSQ+ epochs of os / os+.")
@@ -57,9 +60,16 @@ def quality_table(options: BertQualityOptions, stage: Stage | None = None) -> li
     except ValueError:
         raise TritonForgeError(
             f"--bits {options.bits!r} must be comma-separated integers, e.g. 8,6,4") from None
+    text = options.max_drops.strip().lower()
+    drops = [] if text == "none" else parse_list(options.max_drops, "--max-drops")
+    try:
+        budgets = [check_max_drop(float(d)) for d in drops]
+    except ValueError:
+        raise TritonForgeError(f"--max-drops {options.max_drops!r} must be comma-separated numbers in "
+                               "(0, 1), e.g. 0.002,0.005, or none") from None
     return quality_report(options.model, bits, parse_list(options.methods, "--methods"), options.calib,
                           options.calib_size, options.lsq_epochs, options.threads, options.iterations,
-                          targets=quality_targets(options.targets), stage=stage)
+                          targets=quality_targets(options.targets), max_drops=budgets, stage=stage)
 
 
 def quality_targets(text: str) -> list[str]:
@@ -81,7 +91,8 @@ def quality_report(model: str | None = None, bits: Sequence[int] = (8, 6, 4),
                    methods: Sequence[str] = ("os", "os+", "minmax", "percentile"),
                    calib: str | None = None, calib_size: int = 256, lsq_epochs: int = 3,
                    threads: int = 2, iterations: int = 12, batch_size: int = 8,
-                   targets: Sequence[str] = ("onnxruntime",), stage: Stage | None = None) -> list[QualityRow]:
+                   targets: Sequence[str] = ("onnxruntime",), max_drops: Sequence[float] = (),
+                   stage: Stage | None = None) -> list[QualityRow]:
     """Quality, file size and latency (batch 8 x 128 and 1 x 32) of FP32, BF16, `quantize_dynamic`
     INT8 and every method x bits, on each of `targets`."""
     import torch
@@ -109,14 +120,16 @@ def quality_report(model: str | None = None, bits: Sequence[int] = (8, 6, 4),
         folder = Path(scratch)
 
         def measure(name: str, precision: str, method: str | None, path: Path, alphas=None,
-                    on: Sequence[str] = targets, run_precision: str = "fp32") -> None:
+                    on: Sequence[str] = targets, run_precision: str = "fp32",
+                    bits: float | None = None) -> None:
             for target in on:
                 session = open_session(path, target, threads, run_precision)
                 embeddings = sentence_embeddings(lambda batch, s=session: run_session(s, batch), inputs)
                 label = f"{name} ({target})"
                 rows.append(QualityRow(label, target, quality_metrics(fp, embeddings), details={
                     "precision": precision, "method": method,
-                    "onnx_mb": round(path.stat().st_size / 1e6, 1), "alphas": alphas}))
+                    "onnx_mb": round(path.stat().st_size / 1e6, 1), "alphas": alphas,
+                    **({"average_bits": round(bits, 3)} if bits is not None else {})}))
                 sessions[label] = session
 
         stage("exporting FP32 and quantize_dynamic INT8", 0)
@@ -138,8 +151,19 @@ def quality_report(model: str | None = None, bits: Sequence[int] = (8, 6, 4),
                 stage(f"{label}: exporting", 0)
                 path = folder / f"{options.precision}_{method}.onnx"
                 family.export(quantized, path, options)
-                measure(label, options.precision, method, path, quantized.quantized.alphas or None)
+                measure(label, options.precision, method, path, quantized.quantized.alphas or None,
+                        bits=average_bits(quantized.quantized))
                 del quantized
+        for budget in max_drops:
+            options = BertOptions(model=model, bits="auto", max_drop=budget, calib=calib,
+                                  calib_size=calib_size, lsq_epochs=lsq_epochs, target="onnxruntime")
+            label = f"auto {budget:g}"
+            stage(f"{label}: choosing widths and calibrating", 0)
+            quantized = family.load(options, stage)
+            path = folder / f"auto_{budget:g}.onnx"
+            family.export(quantized, path, options)
+            measure(label, "mixed", options.method, path, bits=quantized.plan.average_bits)
+            del quantized
         shapes = {"8x128": next(batches(inputs, batch_size)),
                   "1x32": family.sample_inputs(fp_model, fp_options, 1, {"seq_len": 32})}
         latency = {}
@@ -153,6 +177,12 @@ def quality_report(model: str | None = None, bits: Sequence[int] = (8, 6, 4),
         row.latency_p50_ms = round(latency["8x128"][row.variant].percentile(50), 2)
         row.serving_p50_ms = round(latency["1x32"][row.variant].percentile(50), 2)
     return rows
+
+
+def average_bits(result) -> float:
+    """The mean width over quantizers, each counted once (as `--bits auto` reports it)."""
+    widths = [w.bits for w in result.weights.values()] + [q.bits for q in result.quantizers.values()]
+    return sum(widths) / len(widths)
 
 
 def quantize_dynamic_int8(source: Path, target: Path) -> Path:
