@@ -40,6 +40,7 @@ from tritonforge.export.onnx import (
     MIN_OPSET,
     check_onnx,
     fastest_graph,
+    optimize_transformer,
     soften_mask_constants,
     to_float16,
     torch_to_onnx,
@@ -430,12 +431,8 @@ def tokenize(tokenizer, texts: list[str], seq_len: int | None) -> dict[str, np.n
 
 
 def fuse_transformer(source: Path, model, target: Path) -> Path:
-    """ONNX Runtime's transformer optimizer: fused Attention, SkipLayerNorm, BiasGelu."""
-    from onnxruntime.transformers.optimizer import optimize_model
-
+    """ONNX Runtime's transformer optimizer: fused Attention (reading the raw attention mask),
+    EmbedLayerNorm, SkipLayerNorm, BiasGelu."""
     config = hf_config(model)
-    optimized = optimize_model(str(source), model_type="bert", opt_level=0,
-                               num_heads=int(config.num_attention_heads),
-                               hidden_size=int(config.hidden_size))
-    optimized.save_model_to_file(str(target))
+    optimize_transformer(source, target, "bert", int(config.num_attention_heads), int(config.hidden_size))
     return target
