@@ -27,6 +27,9 @@ from tritonforge.quant.quantizers import (
 
 METHODS = ("os", "os+", "minmax", "percentile")
 WEIGHT_OBSERVERS = ("minmax", "mse", "gptq")
+# What LSQ+ matches to FP: every real token's final hidden state (MSE), the pooled output (the
+# masked mean over real tokens, what a sentence-embedding user consumes; 1 - cosine), or both.
+OBJECTIVES = ("hidden", "pooled", "both")
 
 # stage(description) or stage(description, total): told when a step starts; may return a
 # function that advances that step by one (tritonforge.cli.Stages does).
@@ -49,6 +52,13 @@ class QuantRecipe:
     shift_scale_grid: int = 20  # OS+ threshold candidates per LayerNorm
     lsq_epochs: int = 0  # fine stage: LSQ+ epochs over the calibration set (0: coarse only)
     lsq_lr: float = 3e-2  # relative to each quantizer's scale (see train_lsq_plus)
+    objective: str = "hidden"  # what LSQ+ matches to FP: see OBJECTIVES
+    # Block-wise reconstruction (BRECQ + QDrop, tritonforge.quant.reconstruct) after the coarse
+    # stage: each block's weight rounding and activation ranges learned on its FP output.
+    reconstruct: bool = False
+    reconstruct_iters: int = 200  # optimisation steps per block
+    reconstruct_batch: int = 8  # texts per step
+    qdrop: float = 0.5  # QDrop probability of keeping an activation element FP while learning
 
     def __post_init__(self):
         self.check_bits()
@@ -57,6 +67,11 @@ class QuantRecipe:
                                    f"{', '.join(WEIGHT_OBSERVERS)}")
         if self.method not in METHODS:
             raise TritonForgeError(f"--method {self.method!r} is unknown: choose {', '.join(METHODS)}")
+        if self.objective not in OBJECTIVES:
+            raise TritonForgeError(f"objective {self.objective!r} is unknown: choose {', '.join(OBJECTIVES)}")
+        if not 0.0 <= self.qdrop < 1.0 or self.reconstruct_iters < 0 or self.reconstruct_batch < 1:
+            raise TritonForgeError("reconstruction needs 0 <= qdrop < 1, reconstruct_iters >= 0 and "
+                                   "reconstruct_batch >= 1")
 
     def check_bits(self) -> None:
         """Refuse widths outside 2..8, named by the option that sets them: --bits when weights
@@ -246,6 +261,9 @@ def calibrate(model: Quantizable, recipe: QuantRecipe, calib: Mapping[str, np.nd
         start_stage(stage, "channel-wise shifting and scaling")
         result.thresholds = shift_and_scale(model, quantizers, recipe.shift_scale_grid)
         observe(model, quantizers, calib, batch_size)
+    # Block-wise reconstruction learns each weight's rounding from its (equivalently rewritten) FP value.
+    fp_weights = {name: weight.detach().clone() for name, weight in model.weight_tables().items()} \
+        if recipe.reconstruct else {}
     if recipe.weight_observer == "gptq":
         start_stage(stage, "GPTQ weights")
     result.weights = quantize_weights(model, widths["weights"] if widths else recipe.wbits,
@@ -265,10 +283,16 @@ def calibrate(model: Quantizable, recipe: QuantRecipe, calib: Mapping[str, np.nd
             result.alphas[name] = token_wise_clip(quantizer, recipe.alpha_grid)
         quantizer.reset_statistics()
     set_mode(quantizers, "quantize")
+    if recipe.reconstruct:
+        from tritonforge.quant.reconstruct import reconstruct_blocks
+
+        reconstruct_blocks(result, fp_weights, calib, batch_size, stage)
+        del fp_weights
     if recipe.lsq_epochs:
         advance = start_stage(stage, "LSQ+ (fine)", recipe.lsq_epochs * len(reference))
         train_lsq_plus(model, quantizers, calib, reference, recipe.lsq_epochs, recipe.lsq_lr, batch_size,
-                       advance)
+                       advance, recipe.objective)
+    if recipe.lsq_epochs or recipe.reconstruct:
         start_stage(stage, "output error against FP")
     model.set_exact(True)
     result.calibration_error = output_error(model, calib, reference, batch_size)
@@ -278,13 +302,54 @@ def calibrate(model: Quantizable, recipe: QuantRecipe, calib: Mapping[str, np.nd
 LSQ_MICRO_BATCH = 16  # samples per forward/backward pass of LSQ+ (bounds its memory)
 
 
+def pooled(output: torch.Tensor, real: torch.Tensor | None) -> torch.Tensor:
+    """The masked mean of `output` [B, L, ...] over its real positions `real` [B, L]: [B, ...]."""
+    if real is None:
+        return output.flatten(1, -2).mean(1) if output.dim() > 2 else output
+    mask = real.reshape(*real.shape, *([1] * (output.dim() - real.dim()))).to(output.dtype)
+    dims = tuple(range(1, real.dim()))
+    return (output * mask).sum(dims) / mask.sum(dims).clamp(min=1e-9)
+
+
+def trimmed(batch: Mapping[str, torch.Tensor], reference: torch.Tensor, real: torch.Tensor | None
+            ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """`batch` and its `reference` output without the trailing padding columns, when every input
+    is a [B, L] token array (right-padded text) that `real` [B, L] marks: padding changes no real
+    position's output and adds nothing to any loss or gradient, but costs as much as a token."""
+    if real is None or real.dim() != 2 or reference.shape[:2] != real.shape or \
+            any(v.shape != real.shape for v in batch.values()):
+        return dict(batch), reference
+    columns = real.any(0).nonzero()
+    length = int(columns.max()) + 1 if len(columns) else 1
+    return {k: v[:, :length] for k, v in batch.items()}, reference[:, :length]
+
+
+def output_loss(output: torch.Tensor, reference: torch.Tensor, real: torch.Tensor | None, count: int,
+                rows: int, objective: str, power: float = 1.0) -> torch.Tensor:
+    """The part of a batch's loss that one micro-batch contributes: the squared error of every
+    real position (summed, over `count` in the batch), 1 - the cosine of the pooled outputs (over
+    `rows` in the batch), or both (the squared error relative to the reference's mean square
+    `power`, plus the pooled term)."""
+    loss = output.new_zeros(())
+    if objective in ("hidden", "both"):
+        scale = power if objective == "both" else 1.0
+        loss = loss + at_real((output - reference) ** 2, real).sum() / count / scale
+    if objective in ("pooled", "both"):
+        cosine = torch.nn.functional.cosine_similarity(pooled(output, real).flatten(1),
+                                                       pooled(reference, real).flatten(1), dim=1)
+        loss = loss + (1.0 - cosine).sum() / rows
+    return loss
+
+
 @torch.enable_grad()
 def train_lsq_plus(model: Quantizable, quantizers: Mapping[str, ActQuantizer],
                    calib: Mapping[str, np.ndarray], reference: list[torch.Tensor], epochs: int, lr: float,
-                   batch_size: int = 32, advance: Callable[[], None] | None = None) -> None:
+                   batch_size: int = 32, advance: Callable[[], None] | None = None,
+                   objective: str = "hidden") -> None:
     """LSQ+: learn every activation quantizer's scale and zero point on the final-output
-    error against FP (Adam, cosine decay), starting from the calibrated ranges. `advance`
-    is called after each of the epochs x len(reference) optimisation steps."""
+    error against FP (Adam, cosine decay), starting from the calibrated ranges; `objective`
+    says which error (see `output_loss`). `advance` is called after each of the
+    epochs x len(reference) optimisation steps."""
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     learnable = [p for q in quantizers.values() for p in (q.scale, q.zero_point)]
@@ -299,6 +364,9 @@ def train_lsq_plus(model: Quantizable, quantizers: Mapping[str, ActQuantizer],
         {"params": [q.zero_point], "lr": lr * (q.qmax - q.qmin)})]
     optimizer = torch.optim.Adam(groups)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    power = float(torch.stack([at_real(ref ** 2, model.real_positions(batch)).mean()
+                               for batch, ref in zip(tensor_batches(calib, batch_size), reference,
+                                                     strict=True)]).mean())
     for _ in range(epochs):
         for batch, ref in zip(tensor_batches(calib, batch_size), reference, strict=True):
             # One step per batch, its gradient accumulated over micro-batches to bound memory.
@@ -306,9 +374,10 @@ def train_lsq_plus(model: Quantizable, quantizers: Mapping[str, ActQuantizer],
             optimizer.zero_grad()
             for start in range(0, len(ref), LSQ_MICRO_BATCH):
                 part = {k: v[start:start + LSQ_MICRO_BATCH] for k, v in batch.items()}
-                errors = at_real((model.output(part) - ref[start:start + LSQ_MICRO_BATCH]) ** 2,
-                                 model.real_positions(part))
-                (errors.sum() / count).backward()
+                part, target = trimmed(part, ref[start:start + LSQ_MICRO_BATCH], model.real_positions(part))
+                loss = output_loss(model.output(part), target, model.real_positions(part), count, len(ref),
+                                   objective, power)
+                loss.backward()
             optimizer.step()
             schedule.step()
             with torch.no_grad():

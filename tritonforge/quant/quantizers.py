@@ -173,13 +173,19 @@ class ActQuantizer(nn.Module):
         self.qmin, self.qmax = unsigned_range(bits)
         self.sample_mask, self.token_axis, self.name = sample_mask, token_axis, name
         self.mode = "off"
+        # QDrop (Wei et al., 2022): while a block is reconstructed, each element keeps its FP
+        # value with this probability instead of its quantized one (0 outside reconstruction).
+        self.drop = 0.0
         self.scale = nn.Parameter(torch.tensor(1.0))
         self.zero_point = nn.Parameter(torch.tensor(0.0))
         self.reset_statistics()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "quantize":
-            return fake_quantize(x, self.scale, self.zero_point, self.qmin, self.qmax)
+            quantized = fake_quantize(x, self.scale, self.zero_point, self.qmin, self.qmax)
+            if self.drop > 0.0:
+                return torch.where(torch.rand_like(x) < self.drop, x, quantized)
+            return quantized
         if self.mode == "observe":
             self.observe(x.detach())
         return x
