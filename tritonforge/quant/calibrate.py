@@ -3,8 +3,7 @@ Token-Wise Clipping or channel-wise shifting and scaling, and LSQ+."""
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from tritonforge.batching import batches
 from tritonforge.errors import TritonForgeError
 from tritonforge.quant.migration import choose_shift_scale, gamma_migrate, shift_scale_norm
 from tritonforge.quant.quantizable import Quantizable
@@ -24,17 +22,19 @@ from tritonforge.quant.quantizers import (
     gptq_weight,
     quantize_weight,
 )
+from tritonforge.quant.steps import (  # noqa: F401  (Stage and the helpers stay importable from here)
+    Stage,
+    load_quantized_weights,
+    set_mode,
+    start_stage,
+    tensor_batches,
+)
 
 METHODS = ("os", "os+", "minmax", "percentile")
 WEIGHT_OBSERVERS = ("minmax", "mse", "gptq")
 # What LSQ+ matches to FP: every real token's final hidden state (MSE), the pooled output (the
 # masked mean over real tokens, what a sentence-embedding user consumes; 1 - cosine), or both.
 OBJECTIVES = ("hidden", "pooled", "both")
-
-# stage(description) or stage(description, total): told when a step starts; may return a
-# function that advances that step by one (tritonforge.cli.Stages does).
-Stage = Callable[..., Any]
-
 
 @dataclass(frozen=True)
 class QuantRecipe:
@@ -88,25 +88,6 @@ class QuantRecipe:
             "grids in 8-bit containers, so choose 8, 6 or 4 (or another value in that range)")
 
 
-def start_stage(stage: Stage | None, description: str, total: int = 0) -> Callable[[], None]:
-    """Tell `stage` that a step starts (with `total` units of work, 0: unknown) and return the
-    function that advances it by one unit: a no-op for stages that count nothing."""
-    if stage is None:
-        return lambda: None
-    try:
-        inspect.signature(stage).bind(description, total)
-        counts = True
-    except (TypeError, ValueError):  # a stage(description) only, or no signature to read
-        counts = False
-    advance = stage(description, total) if counts else stage(description)
-    return advance if callable(advance) else (lambda: None)
-
-
-def tensor_batches(inputs: Mapping[str, np.ndarray], size: int) -> Iterator[dict[str, torch.Tensor]]:
-    for batch in batches(inputs, size):
-        yield {k: torch.from_numpy(v) for k, v in batch.items()}
-
-
 def attach_quantizers(model: Quantizable, abits: int | Mapping[str, int]) -> dict[str, ActQuantizer]:
     """An activation quantizer (off until set) in every slot of `model`, by slot: `abits` wide,
     or as wide as `abits[slot]` says (mixed precision)."""
@@ -135,22 +116,6 @@ def quantize_weights(model: Quantizable, bits: int | Mapping[str, int], observer
             quantized[name] = quantize_weight(weight, width, "mse" if chosen == "gptq" else chosen)
     load_quantized_weights(model, quantized)
     return quantized
-
-
-@torch.no_grad()
-def load_quantized_weights(model: Quantizable, weights: Mapping[str, QuantizedWeight]) -> None:
-    """Set each weight to its k-bit value; Linears also keep their per-row scales, which the
-    integer-exact reference needs to recover the integers."""
-    linears = model.linears()
-    for name, weight in model.weight_tables().items():
-        weight.copy_(weights[name].dequantize())
-        if name in linears:
-            linears[name].weight_scale = weights[name].scale
-
-
-def set_mode(quantizers: Mapping[str, ActQuantizer], mode: str) -> None:
-    for quantizer in quantizers.values():
-        quantizer.mode = mode
 
 
 @torch.no_grad()

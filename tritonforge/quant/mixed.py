@@ -24,9 +24,10 @@ import numpy as np
 import torch
 
 from tritonforge.errors import TritonForgeError
-from tritonforge.quant.calibrate import CalibrationResult, Stage, start_stage, tensor_batches
+from tritonforge.quant.calibrate import CalibrationResult
 from tritonforge.quant.quantizable import Quantizable
 from tritonforge.quant.quantizers import quantize_weight, unsigned_range
+from tritonforge.quant.steps import Stage, start_stage, tensor_batches
 
 CANDIDATE_BITS = (6, 4)  # what a quantizer may drop to from 8
 

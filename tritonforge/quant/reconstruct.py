@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from tritonforge.quant.quantizers import ActQuantizer, QuantizedWeight, signed_range
+from tritonforge.quant.steps import load_quantized_weights, set_mode, start_stage, tensor_batches
 
 # AdaRound's rectified sigmoid stretch and its regulariser (Nagel et al., 2020; BRECQ's defaults)
 ZETA, GAMMA = 1.1, -0.1
@@ -105,7 +106,6 @@ def real_length(mask: torch.Tensor) -> int:
 def block_io(model, calib: Mapping[str, np.ndarray], batch_size: int) -> tuple[list, list[list]]:
     """Per calibration batch: the first layer's (input, attention bias, real mask), trimmed to
     the batch's real length, and every layer's output on it."""
-    from tritonforge.quant.calibrate import tensor_batches
 
     captured: dict[str, object] = {}
 
@@ -140,7 +140,6 @@ def reconstruct_blocks(result, fp_weights: Mapping[str, torch.Tensor], calib: Ma
     """BRECQ + QDrop over every layer of `result.model` (see the module doc), in place: the
     model's weights and `result.weights` get the learned rounding, its quantizers the learned
     ranges. `fp_weights` are the FP values (after any equivalent rewrite) of every weight table."""
-    from tritonforge.quant.calibrate import load_quantized_weights, set_mode, start_stage
 
     model, recipe = result.model, result.recipe
     if not has_blocks(model) or recipe.reconstruct_iters == 0:
