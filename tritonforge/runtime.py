@@ -94,21 +94,6 @@ def cpu_has_bf16() -> bool:
         return False
 
 
-def gpu_available() -> bool:
-    import onnxruntime as ort
-
-    return "CUDAExecutionProvider" in ort.get_available_providers() and _cuda_devices() > 0
-
-
-def _cuda_devices() -> int:
-    try:
-        import torch
-
-        return torch.cuda.device_count()
-    except Exception:  # a CPU build of torch says 0 or fails to initialise CUDA
-        return 0
-
-
 def default_target(gpu: bool = False) -> str:
     """The target this machine runs best: TensorRT for a GPU export, OpenVINO on a CPU where
     it is installed (faster than ONNX Runtime on BERT: see `tritonforge quality bert`), else
@@ -131,10 +116,10 @@ def check_target(target: str, precision: str) -> str | None:
     if target != "openvino":
         return None
     try:
-        core = openvino_core()
+        openvino_core()
     except TritonForgeError as exc:
         return str(exc)
-    if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+    if precision == "bf16" and not cpu_has_bf16():
         return ("this CPU has no native bfloat16 (AVX512_BF16 or AMX), so OpenVINO cannot run a "
                 "BF16 artifact here: export --bits 32, or run on a CPU with BF16")
     return None
@@ -166,15 +151,14 @@ class OpenVINOSession:
         core = openvino_core()
         config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
                   "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
+        self.compile = lambda: core.compile_model(str(path), "CPU", config)
         try:
-            self.compiled = core.compile_model(str(path), "CPU", config)
-            self.compile = lambda: core.compile_model(str(path), "CPU", config)
+            self.compiled = self.compile()
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses with long texts
             raise TritonForgeError(
                 f"OpenVINO cannot load {path}: {meaningful_line(exc)} The file is missing or "
                 "damaged: export the model again.") from exc
         self.request = self.compiled.create_infer_request()
-        self.precision = precision
         self._inputs = [_Port(port.get_any_name()) for port in self.compiled.inputs]
         self._outputs = [_Port(port.get_any_name()) for port in self.compiled.outputs]
 
