@@ -127,6 +127,19 @@ def test_bits_4_means_w4a8_with_gptq_weights():
     assert BertOptions(bits=8, abits=6).precision == "w8a6"
 
 
+def test_os_plus_reconstructs_on_the_pooled_objective_and_os_stays_the_papers():
+    plus = BertOptions(bits=6).recipe()
+    assert (plus.method, plus.reconstruct, plus.objective) == ("os+", True, "pooled")
+    paper = BertOptions(bits=6, method="os").recipe()
+    assert (paper.reconstruct, paper.objective) == (False, "hidden")
+    chosen = BertOptions(bits=6, reconstruct=False, objective="both").recipe()
+    assert (chosen.reconstruct, chosen.objective) == (False, "both")
+    with pytest.raises(TritonForgeError, match="--reconstruct is a quantization option"):
+        BertOptions(bits=32, reconstruct=True)
+    with pytest.raises(TritonForgeError, match="objective 'cosine' is unknown"):
+        BertOptions(bits=6, objective="cosine")
+
+
 @pytest.mark.parametrize("method, name", [("os+", "bert_w8a8"), ("os", "bert_w8a8_os"),
                                           ("minmax", "bert_w8a8_minmax")])
 def test_default_names_carry_the_method(method, name):

@@ -68,7 +68,8 @@ class QuantRecipe:
         if self.method not in METHODS:
             raise TritonForgeError(f"--method {self.method!r} is unknown: choose {', '.join(METHODS)}")
         if self.objective not in OBJECTIVES:
-            raise TritonForgeError(f"objective {self.objective!r} is unknown: choose {', '.join(OBJECTIVES)}")
+            raise TritonForgeError(f"--objective {self.objective!r} is unknown: choose "
+                                   f"{', '.join(OBJECTIVES)}")
         if not 0.0 <= self.qdrop < 1.0 or self.reconstruct_iters < 0 or self.reconstruct_batch < 1:
             raise TritonForgeError("reconstruction needs 0 <= qdrop < 1, reconstruct_iters >= 0 and "
                                    "reconstruct_batch >= 1")

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from tritonforge.errors import TritonForgeError
-from tritonforge.quant.calibrate import CalibrationResult
+from tritonforge.quant.calibrate import CalibrationResult, pooled
 from tritonforge.quant.quantizable import Quantizable
 from tritonforge.quant.quantizers import quantize_weight, unsigned_range
 from tritonforge.quant.steps import Stage, start_stage, tensor_batches
@@ -86,14 +86,8 @@ def check_max_drop(max_drop: float | None) -> float:
 def pooled_outputs(model: Quantizable, inputs: Mapping[str, np.ndarray], batch_size: int = 32
                    ) -> torch.Tensor:
     """The masked mean of the model's output over real positions, one row per input."""
-    rows = []
-    for batch in tensor_batches(inputs, batch_size):
-        hidden = model.output(batch)
-        real = model.real_positions(batch)
-        mask = (real if real is not None else torch.ones(hidden.shape[:2], dtype=torch.bool))
-        mask = mask.unsqueeze(-1).to(hidden.dtype)
-        rows.append((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9))
-    return torch.cat(rows)
+    return torch.cat([pooled(model.output(batch), model.real_positions(batch))
+                      for batch in tensor_batches(inputs, batch_size)])
 
 
 def cosine_drop(reference: torch.Tensor, candidate: torch.Tensor) -> float:

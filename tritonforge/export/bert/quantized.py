@@ -128,8 +128,8 @@ def calibrate_mixed(fp: SentenceEncoder, recipe: QuantRecipe, calib_path: str | 
 
     def calibrate_with(plan: BitPlan | None) -> CalibrationResult:
         if plan is None:  # the coarse 8-bit model that each quantizer's cost is measured on
-            return calibrate(slotted_copy(fp), dataclasses.replace(recipe, lsq_epochs=0), fit,
-                             CALIBRATION_BATCH, stage)
+            coarse = dataclasses.replace(recipe, lsq_epochs=0, reconstruct=False)
+            return calibrate(slotted_copy(fp), coarse, fit, CALIBRATION_BATCH, stage)
         widths = {"weights": plan.weights, "activations": plan.activations}
         return calibrate(slotted_copy(fp), recipe, fit, CALIBRATION_BATCH, stage, widths=widths)
 
