@@ -32,6 +32,9 @@ from typer.core import TyperGroup
 
 from tritonforge.errors import ServerUnavailable, TritonForgeError
 
+if typing.TYPE_CHECKING:
+    from tritonforge.serving.endpoint import Endpoint
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Export research models to verified ONNX and serve them with Triton.")
 export_app = typer.Typer(no_args_is_help=True, help="Export a model family into the model repository.")
@@ -395,8 +398,14 @@ def verify(
     provider: Annotated[str, typer.Option(help="cpu, cuda or tensorrt.")] = "cpu",
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
     triton: Annotated[str | None, typer.Option(
-        help="gRPC address of a Triton serving the model (e.g. 127.0.0.1:8001): check its outputs "
-             "too and time it beside PyTorch and ONNX Runtime.")] = None,
+        help="gRPC address of a Triton serving the model (e.g. 127.0.0.1:8001, grpcs://HOST:443): "
+             "check its outputs too and time it beside PyTorch and ONNX Runtime.")] = None,
+    tls: TlsOption = None,
+    root_certs: RootCertsOption = None,
+    client_cert: ClientCertOption = None,
+    client_key: ClientKeyOption = None,
+    header: HeaderOption = None,
+    bearer_token_env: BearerTokenEnvOption = None,
 ):
     """Parity and latency of an exported version against its PyTorch reference."""
     from tritonforge.serving.repository import ModelRepository
@@ -406,13 +415,16 @@ def verify(
                           ("--iterations", iterations), ("--samples", samples)):
         require_at_least(option, value, 1)
     check_shape(seq_len, image_size, timesteps)
-    if triton is not None:
-        check_url("--triton", triton)
+    remote = (tls, root_certs, client_cert, client_key, header, bearer_token_env)
+    endpoint = remote_endpoint("--triton", triton, *remote) if triton is not None else None
+    if triton is None and any(value not in (None, []) for value in remote):
+        raise TritonForgeError("--tls, --root-certs, --client-cert, --client-key, --header and "
+                               "--bearer-token-env are for the server of --triton: give --triton too")
     ModelRepository(repo).check_exported(name, version)
     with progress_bar() as progress:
         stages = Stages(progress)
         report = verify_model(repo, name, version, batch_size, shape_options(seq_len, image_size, timesteps),
-                              threads, samples, iterations, provider, stages, triton_url=triton)
+                              threads, samples, iterations, provider, stages, triton_url=endpoint)
         stages.finish()
     print_report(report)
     if json_path:
@@ -497,7 +509,37 @@ def list_models(repo: RepoOption = DEFAULT_REPO):
 
 # -- serving -------------------------------------------------------------------------------
 
-UrlOption = Annotated[str, typer.Option("--url", help="Triton gRPC address, host:port.")]
+UrlOption = Annotated[str, typer.Option(
+    "--url", help="Triton gRPC address: host:port, grpc://host:port or grpcs://host:port (TLS).")]
+# How to reach a remote server (a KServe ingress): TLS and headers, shared by query, bench,
+# soak and verify --triton.
+TlsOption = Annotated[bool | None, typer.Option(
+    "--tls/--no-tls", help="TLS to the server. Default: on for grpcs:// or when certificates are "
+                           "given, else off.")]
+RootCertsOption = Annotated[Path | None, typer.Option(
+    "--root-certs", help="TLS: PEM file of the CA certificates that signed the server's "
+                         "certificate (default: the system's).")]
+ClientCertOption = Annotated[Path | None, typer.Option(
+    "--client-cert", help="Mutual TLS: PEM file of the client certificate (chain), with --client-key.")]
+ClientKeyOption = Annotated[Path | None, typer.Option(
+    "--client-key", help="Mutual TLS: PEM file of the private key of --client-cert.")]
+HeaderOption = Annotated[list[str] | None, typer.Option(
+    "--header", help="A header sent with every call, 'Name: value' (repeat for several).")]
+BearerTokenEnvOption = Annotated[str | None, typer.Option(
+    "--bearer-token-env", metavar="VAR",
+    help="Send 'authorization: Bearer <token>' with the token read from environment variable VAR "
+         "(so it never appears on the command line).")]
+
+
+def remote_endpoint(option: str, url: str, tls: bool | None, root_certs: Path | None,
+                    client_cert: Path | None, client_key: Path | None, header: list[str] | None,
+                    bearer_token_env: str | None) -> Endpoint:
+    """The server `option` names, with its TLS and header options, every value checked."""
+    from tritonforge.serving.endpoint import endpoint_from_options, split_scheme
+
+    check_url(option, split_scheme(url, option)[1])
+    return endpoint_from_options(url, tls, root_certs, client_cert, client_key, header or (),
+                                 bearer_token_env, option)
 
 
 def tokenizer_repo(repo: Path | None) -> Path | None:
@@ -590,6 +632,12 @@ def print_served(server) -> None:
 def query(
     name: Annotated[str, typer.Argument(help="Model name on the server, e.g. bert_fp32_text.")],
     url: UrlOption = "127.0.0.1:8001",
+    tls: TlsOption = None,
+    root_certs: RootCertsOption = None,
+    client_cert: ClientCertOption = None,
+    client_key: ClientKeyOption = None,
+    header: HeaderOption = None,
+    bearer_token_env: BearerTokenEnvOption = None,
     text: Annotated[list[str] | None, typer.Option(
         "--text", help="A text to send (repeat for several; they go as one batch).")] = None,
     image: Annotated[list[Path] | None, typer.Option(
@@ -630,17 +678,18 @@ def query(
     if len(given) + bool(input_json) + bool(stream) != 1:
         raise TritonForgeError("give exactly one kind of input: --text, --image, --npy, --input-json "
                                "or --stream")
-    check_url("--url", url)
+    endpoint = remote_endpoint("--url", url, tls, root_certs, client_cert, client_key, header,
+                               bearer_token_env)
     check_shape(seq_len, None, None)
-    client = connect(url)
-    info = model_info(client, name, url)
+    client = connect(endpoint)
+    info = model_info(client, name, endpoint)
     if info.sequence and not stream:
         raise TritonForgeError(f"model {name!r} is a streaming model: send a recording with --stream "
                                "FILE.npy ([frames, ...]), one frame per request")
     if stream:
         frames = stream_file(info, stream)
         (sequence,) = new_sequence_ids(1)
-        result = stream_sequences(client, name, {sequence: frames}, info.frame_input().name, url)
+        result = stream_sequences(client, name, {sequence: frames}, info.frame_input().name, endpoint)
         outputs = result.outputs[sequence]
         rows = [f"frame {t + 1}/{len(frames)}" for t in range(len(frames))]
     elif input_json:
@@ -650,7 +699,7 @@ def query(
         arrays, rows = query_request(info, option, [str(v) for v in values], tokenizer_repo(repo),
                                      shape_options(seq_len, None, None))
     if not stream:
-        outputs = infer(client, name, arrays, url=url)
+        outputs = infer(client, name, arrays, url=endpoint)
     summary = summarize(info, outputs, min_score)
     print_query(info, outputs, summary, rows, min_score)
     if save:
@@ -711,6 +760,12 @@ def print_query(info, outputs, summary, rows: list[str], min_score: float) -> No
 def bench(
     name: Annotated[str, typer.Argument(help="Model name on the server, e.g. bert_fp32_text.")],
     url: UrlOption = "127.0.0.1:8001",
+    tls: TlsOption = None,
+    root_certs: RootCertsOption = None,
+    client_cert: ClientCertOption = None,
+    client_key: ClientKeyOption = None,
+    header: HeaderOption = None,
+    bearer_token_env: BearerTokenEnvOption = None,
     concurrency: Annotated[str, typer.Option(help="Requests in flight, one level per comma.")] = "1,4,16,32",
     requests: Annotated[int | None, typer.Option(help="Requests per level (default 2000).")] = None,
     duration: Annotated[float | None, typer.Option(help="Seconds per level, instead of --requests.")
@@ -740,24 +795,31 @@ def bench(
         run_bench,
         run_stream_bench,
     )
-    from tritonforge.serving.client import bench_payloads, connect, model_info, stream_samples
+    from tritonforge.serving.client import bench_payloads, connect, model_info, served_models, stream_samples
     from tritonforge.serving.local import NOBATCH_SUFFIX
 
     levels = parse_levels(concurrency)
-    check_url("--url", url)
+    endpoint = remote_endpoint("--url", url, tls, root_certs, client_cert, client_key, header,
+                               bearer_token_env)
     check_shape(seq_len, None, None)
     require_at_least("--requests", requests, 1)
     require_positive("--duration", duration)
     if requests is None and duration is None:
         requests = 2000
     if perf_analyzer:
-        from tritonforge.serving.perf_analyzer import comparison, cross_check, find_perf_analyzer
+        from tritonforge.serving.perf_analyzer import (
+            comparison,
+            connection_arguments,
+            cross_check,
+            find_perf_analyzer,
+        )
 
         analyzer_binary = find_perf_analyzer()  # first: a missing binary says how to install it
+        connection_arguments(endpoint)  # headers it cannot send are refused before the load
     analyzer_rows: list[dict] = []
-    client = connect(url)
-    info = model_info(client, name, url)
-    others = compared_models(client, url, name, info, compare)
+    client = connect(endpoint)
+    info = model_info(client, name, endpoint)
+    others = compared_models(client, endpoint, name, info, compare)
     if info.sequence:
         if others:
             raise TritonForgeError(f"--compare benches single requests; {name!r} is a streaming model "
@@ -773,26 +835,24 @@ def bench(
                  "latency per frame in ms, req/s = frames/s")
         with progress_bar() as progress:
             stages = Stages(progress)
-            results = run_stream_bench(url, name, info.frame_input().name, sequences, levels,
+            results = run_stream_bench(endpoint, name, info.frame_input().name, sequences, levels,
                                        requests, stages)
             stages.finish()
     else:
         kind, payloads = bench_payloads(info, tokenizer_repo(repo), shape_options(seq_len, None, None))
-        served = {m["name"] for m in client.get_model_repository_index(as_json=True).get("models", [])
-                  if m.get("state") == "READY"}
         models = [(name, "dynamic")]
-        if name + NOBATCH_SUFFIX in served:
+        if name + NOBATCH_SUFFIX in served_models(client, endpoint):
             models.append((name + NOBATCH_SUFFIX, "none"))
         models += [(other, "dynamic") for other in others]
         with progress_bar() as progress:
             stages = Stages(progress)
             if perf_analyzer:
                 results, analyzed = cross_check(
-                    url, [(m, model_info(client, m, url), b) for m, b in models], payloads, levels,
+                    endpoint, [(m, model_info(client, m, endpoint), b) for m, b in models], payloads, levels,
                     requests, duration, stages, analyzer_binary)
                 analyzer_rows = comparison(results, analyzed)
             else:
-                results = run_bench(url, models, payloads, levels, requests, duration, stages)
+                results = run_bench(endpoint, models, payloads, levels, requests, duration, stages)
             stages.finish()
         title = (f"bench {name} at {url}: one real {kind} input per request, latency in ms "
                  f"({name}{NOBATCH_SUFFIX}: without dynamic batching)")
@@ -821,7 +881,7 @@ def bench(
         console.print(table)
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        report = bench_report(url, results)
+        report = bench_report(endpoint, results)
         if analyzer_rows:
             report["perf_analyzer"] = analyzer_rows
         if compared:
@@ -833,7 +893,7 @@ def bench(
         console.print(f"plot written to {plot}")
 
 
-def compared_models(client, url: str, name: str, info, compare: str | None) -> list[str]:
+def compared_models(client, url: Endpoint | str, name: str, info, compare: str | None) -> list[str]:
     """The --compare models, each checked to take the same inputs as `name`."""
     from tritonforge.serving.client import model_info
     from tritonforge.verify.quality import parse_list
@@ -877,6 +937,12 @@ def print_analyzer_comparison(rows: list[dict]) -> None:
 def soak(
     name: Annotated[str, typer.Argument(help="An export served by Triton, e.g. bert_fp32.")],
     url: UrlOption = "127.0.0.1:8001",
+    tls: TlsOption = None,
+    root_certs: RootCertsOption = None,
+    client_cert: ClientCertOption = None,
+    client_key: ClientKeyOption = None,
+    header: HeaderOption = None,
+    bearer_token_env: BearerTokenEnvOption = None,
     repo: RepoOption = DEFAULT_REPO,
     requests: Annotated[int, typer.Option(help="Requests in all.")] = 10_000,
     concurrency: Annotated[int, typer.Option(help="Requests in flight.")] = 32,
@@ -895,7 +961,8 @@ def soak(
     from tritonforge.serving.repository import ModelRepository
     from tritonforge.serving.soak import plot_soak, run_soak
 
-    check_url("--url", url)
+    endpoint = remote_endpoint("--url", url, tls, root_certs, client_cert, client_key, header,
+                               bearer_token_env)
     require_at_least("--requests", requests, 1)
     require_at_least("--concurrency", concurrency, 1)
     require_positive("--timeout", timeout)
@@ -904,7 +971,7 @@ def soak(
     ModelRepository(repo).check_is_repository()
     with progress_bar() as progress:
         stages = Stages(progress)
-        report = run_soak(url, repo, name, requests, concurrency, min_cosine, raw_model=raw,
+        report = run_soak(endpoint, repo, name, requests, concurrency, min_cosine, raw_model=raw,
                           stage=stages, timeout_s=timeout)
         stages.finish()
     table = Table(title=f"soak {name} at {url}: {requests} requests at concurrency {concurrency} in "
@@ -934,6 +1001,62 @@ def soak(
         console.print(f"plot written to {plot_soak(report, plot)}")
     if report.failed:
         raise typer.Exit(EXIT_PARITY)
+
+
+@app.command()
+@friendly
+def push(
+    repo: Annotated[Path, typer.Argument(help="The model repository to upload, e.g. model_repo.")],
+    storage_uri: Annotated[str, typer.Argument(help="Where it goes: s3://BUCKET/PREFIX.")],
+    endpoint_url: Annotated[str | None, typer.Option(
+        help="An S3-compatible store instead of AWS S3: MinIO's URL, or "
+             "https://storage.googleapis.com for GCS (HMAC key).")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="List what would be uploaded and skipped; change nothing.")] = False,
+):
+    """Upload the model repository to S3-compatible object storage (for KServe or Triton's
+    s3:// repositories): each model's version files first, config.pbtxt last; files already
+    there with the same sha256 are skipped, so rerunning completes a stopped push; every object
+    is checked afterwards. Credentials come from the environment or a profile
+    (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE), never from the command line."""
+    from tritonforge.scale.push import execute_push, plan_push, verify_push
+
+    plan = plan_push(repo, storage_uri, endpoint_url)
+    if dry_run:
+        uploading, bucket = {f.relative for f in plan.upload}, f"s3://{plan.location.bucket}"
+        for stale in plan.stale_uploads:
+            console.print(f"abort   {bucket}/{stale['Key']} (an unfinished multipart upload)",
+                          soft_wrap=True, markup=False, highlight=False)
+        for local in plan.files:
+            action = "upload" if local.relative in uploading else "skip  "
+            console.print(f"{action}  {bucket}/{plan.location.key(local.relative)} "
+                          f"({local.size / 1e6:.2f} MB{'' if action == 'upload' else ', same sha256'})",
+                          soft_wrap=True, markup=False, highlight=False)
+        console.print(f"dry run, nothing changed: would upload {len(plan.upload)} files "
+                      f"({plan.upload_bytes / 1e6:.1f} MB) and skip {len(plan.skip)}")
+        return
+    try:
+        with progress_bar() as progress:
+            task = progress.add_task(f"uploading to {plan.location.uri}", total=len(plan.upload) or 1)
+            execute_push(plan, on_uploaded=lambda _file: progress.advance(task))
+            progress.update(task, completed=len(plan.upload) or 1)
+    except KeyboardInterrupt:
+        errors.print("[yellow]interrupted:[/] the push stopped part-way; run it again to complete "
+                     "it (files already there are skipped)")
+        raise typer.Exit(130) from None
+    check = verify_push(plan)
+    table = new_table(f"pushed {repo} -> {plan.location.uri}", "model", "uploaded", "skipped (same)",
+                      "MB uploaded")
+    for model in dict.fromkeys(f.model for f in plan.files):
+        sent = [f for f in plan.upload if f.model == model]
+        table.add_row(model, str(len(sent)), str(sum(f.model == model for f in plan.skip)),
+                      f"{sum(f.size for f in sent) / 1e6:.2f}")
+    console.print(table)
+    console.print(f"verified: {check.describe()}", soft_wrap=True, highlight=False)
+    if plan.extra_keys:
+        errors.print(f"[yellow]note:[/] {len(plan.extra_keys)} objects under {plan.location.uri} are "
+                     f"not in {repo} (e.g. {plan.extra_keys[0]}); they were left alone, and a Triton "
+                     "reading the prefix sees them too", soft_wrap=True)
 
 
 def print_version(value: bool) -> None:

@@ -57,3 +57,53 @@ def client(triton):
     client = grpcclient.InferenceServerClient(triton.grpc_url)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory) -> dict[str, Path]:
+    """A throwaway CA, a server certificate for 127.0.0.1 and localhost, and a client
+    certificate for mutual TLS, all signed by that CA: PEM files keyed ca, server_cert,
+    server_key, client_cert, client_key (keys unencrypted, valid for a day)."""
+    pytest.importorskip("cryptography")
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    folder = tmp_path_factory.mktemp("tls")
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def certificate(subject: str, key, issuer: str, issuer_key, ca: bool = False,
+                    names: tuple = (), usage=None):
+        builder = (x509.CertificateBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+                   .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if names:
+            builder = builder.add_extension(x509.SubjectAlternativeName(list(names)), critical=False)
+        if usage is not None:
+            builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    ca_key, server_key, client_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    ca = certificate("tritonforge test CA", ca_key, "tritonforge test CA", ca_key, ca=True)
+    server = certificate("localhost", server_key, "tritonforge test CA", ca_key,
+                         names=(x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))),
+                         usage=ExtendedKeyUsageOID.SERVER_AUTH)
+    client = certificate("tritonforge test client", client_key, "tritonforge test CA", ca_key,
+                         usage=ExtendedKeyUsageOID.CLIENT_AUTH)
+    files = {}
+    for name, item in (("ca", ca), ("server_cert", server), ("client_cert", client)):
+        files[name] = folder / f"{name}.pem"
+        files[name].write_bytes(item.public_bytes(serialization.Encoding.PEM))
+    for name, key in (("server_key", server_key), ("client_key", client_key)):
+        files[name] = folder / f"{name}.pem"
+        files[name].write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return files

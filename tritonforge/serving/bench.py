@@ -24,6 +24,7 @@ import numpy as np
 
 from tritonforge.errors import TritonForgeError
 from tritonforge.serving.client import DEFAULT_URL, connect, infer_inputs, new_sequence_ids, stream_sequences
+from tritonforge.serving.endpoint import Endpoint
 
 WARMUP_REQUESTS = 8
 BATCHING_LABELS = {"dynamic": "dynamic batching", "none": "no batching",
@@ -69,12 +70,13 @@ def parse_levels(text: str) -> list[int]:
     return levels
 
 
-async def _run_level(url: str, model: str, payloads: Sequence[Mapping[str, np.ndarray]],
+async def _run_level(endpoint: Endpoint, model: str, payloads: Sequence[Mapping[str, np.ndarray]],
                      concurrency: int, requests: int | None, duration_s: float | None,
                      tick: Callable[[], None]) -> tuple[int, int, float, list[float], str]:
     import tritonclient.grpc.aio as aioclient
 
-    client = aioclient.InferenceServerClient(url)
+    client = endpoint.aio_client()
+    headers = endpoint.call_headers
     prepared = [infer_inputs(p, aioclient) for p in payloads]
     latencies: list[float] = []
     errors: list[str] = []
@@ -82,7 +84,7 @@ async def _run_level(url: str, model: str, payloads: Sequence[Mapping[str, np.nd
     try:
         for index in range(WARMUP_REQUESTS):  # not measured; a bad payload is counted below
             try:
-                await client.infer(model, prepared[index % len(prepared)])
+                await client.infer(model, prepared[index % len(prepared)], headers=headers)
             except Exception:
                 pass
 
@@ -94,7 +96,7 @@ async def _run_level(url: str, model: str, payloads: Sequence[Mapping[str, np.nd
                 issued += 1
                 start = time.perf_counter()
                 try:
-                    await client.infer(model, inputs)
+                    await client.infer(model, inputs, headers=headers)
                     latencies.append((time.perf_counter() - start) * 1e3)
                 except Exception as exc:  # counted and reported, the run goes on
                     errors.append(str(exc).splitlines()[0][:300])
@@ -109,8 +111,9 @@ async def _run_level(url: str, model: str, payloads: Sequence[Mapping[str, np.nd
     return len(latencies), len(errors), seconds, latencies, errors[0] if errors else ""
 
 
-def run_bench(url: str, models: Sequence[tuple[str, str]], payloads: Sequence[Mapping[str, np.ndarray]],
-              levels: Sequence[int], requests: int | None = 2000, duration_s: float | None = None,
+def run_bench(url: Endpoint | str, models: Sequence[tuple[str, str]],
+              payloads: Sequence[Mapping[str, np.ndarray]], levels: Sequence[int],
+              requests: int | None = 2000, duration_s: float | None = None,
               stage: Callable[[str, int], Callable[[], None]] | None = None) -> list[LevelResult]:
     """Every (model, batching label) at every level, in order; `stage(description, total)`
     announces each run and returns a tick function called per request."""
@@ -124,13 +127,13 @@ def run_bench(url: str, models: Sequence[tuple[str, str]], payloads: Sequence[Ma
         for level in levels:
             tick = stage(f"{model} concurrency {level}", requests or 0)
             ok, errors, seconds, latencies, first_error = asyncio.run(
-                _run_level(url, model, payloads, level, requests, duration_s, tick))
+                _run_level(Endpoint.of(url), model, payloads, level, requests, duration_s, tick))
             results.append(LevelResult(model, batching, level, ok, errors, seconds, tuple(latencies),
                                        first_error))
     return results
 
 
-def run_stream_bench(url: str, model: str, input_name: str, sequences: Sequence[np.ndarray],
+def run_stream_bench(url: Endpoint | str, model: str, input_name: str, sequences: Sequence[np.ndarray],
                      levels: Sequence[int], frames: int = 2000,
                      stage: Callable[[str, int], Callable[[], None]] | None = None) -> list[LevelResult]:
     """At each level, rounds of `level` sequences streamed at once (the saved samples, in
@@ -206,8 +209,8 @@ def save_figure(figure, path: Path) -> Path:
     return path
 
 
-def bench_report(url: str, results: Sequence[LevelResult]) -> dict[str, Any]:
-    return {"url": url or DEFAULT_URL, "levels": [r.to_json() for r in results]}
+def bench_report(url: Endpoint | str, results: Sequence[LevelResult]) -> dict[str, Any]:
+    return {"url": str(url or DEFAULT_URL), "levels": [r.to_json() for r in results]}
 
 
 def compare_models(results: Sequence[LevelResult], baseline: str) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ model, without its `_text` ensemble) needs the repository, for its tokenizer.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import numpy as np
 
 from tritonforge.errors import ServerUnavailable, TritonForgeError
 from tritonforge.modalities import Modality, manifest_io, modality_from_json
+from tritonforge.serving.endpoint import Endpoint
 from tritonforge.spec import (
     CLASS_PROBABILITIES,
     CLASS_SCORES,
@@ -35,31 +37,78 @@ DEFAULT_URL = "127.0.0.1:8001"
 BYTES_DATATYPE = "BYTES"
 
 
-def server_error(exc: Exception, url: str, name: str | None = None) -> TritonForgeError:
-    """A tritonclient exception as a message that says what to do."""
+RESTRICTED = re.compile(r"protocol is restricted, expecting header '([^']+)'")
+TLS_OPTIONS = "--root-certs (the CA that signed the server's certificate)"
+MUTUAL_TLS_OPTIONS = "--client-cert and --client-key (signed by a CA the server trusts)"
+
+
+def server_error(exc: Exception, url: Endpoint | str, name: str | None = None) -> TritonForgeError:
+    """A tritonclient exception as a message that says what to do: no server, a failed TLS
+    handshake, a missing header or credential, or the server's own refusal."""
     message = getattr(exc, "message", lambda: str(exc))() or str(exc)
     status = str(getattr(exc, "status", lambda: "")() or "")
-    if "UNAVAILABLE" in status or "failed to connect" in message.lower() \
-            or "connection refused" in message.lower():
+    lowered = message.lower()
+    tls = url.ssl if isinstance(url, Endpoint) else str(url).lower().startswith("grpcs://")
+    first = message.splitlines()[0][:300]
+    restricted = RESTRICTED.search(message)
+    if restricted:  # Triton's --grpc-restricted-protocol: the header is missing or its value wrong
+        return TritonForgeError(
+            f"Triton at {url} restricts this API to callers sending header {restricted.group(1)!r}, "
+            f"and the request had it missing or with another value: pass --header "
+            f"'{restricted.group(1)}: VALUE' with the value the server was given")
+    if "handshake failed" in lowered or "ssl_error" in lowered:
+        if "wrong_version_number" in lowered:
+            advice = f"the server at {url} does not speak TLS on this port: drop --tls and grpcs://"
+        elif "certificate_verify_failed" in lowered or "certificate" in lowered:
+            advice = (f"the server's certificate could not be verified: pass {TLS_OPTIONS}, and "
+                      "connect by a name or address the certificate lists")
+        else:
+            advice = f"check {TLS_OPTIONS} and, for mutual TLS, {MUTUAL_TLS_OPTIONS}"
+        return TritonForgeError(f"the TLS handshake with {url} failed ({first}): {advice}")
+    if "UNAUTHENTICATED" in status:
+        return TritonForgeError(f"Triton at {url} (or a gateway in front of it) did not accept the "
+                                f"request's credentials ({first}): pass the token with "
+                                "--bearer-token-env VAR or the header it expects with --header 'Name: value'")
+    if "PERMISSION_DENIED" in status:
+        return TritonForgeError(f"Triton at {url} (or a gateway in front of it) denied the request "
+                                f"({first}): the credentials were read but do not allow this call; "
+                                "ask for a token or key with access to this model")
+    if "UNAVAILABLE" in status or "failed to connect" in lowered or "connection refused" in lowered:
+        if "socket closed" in lowered:  # a TLS server hangs up on plain text, and mutual TLS on no cert
+            hint = (f"; if the server asks for mutual TLS, pass {MUTUAL_TLS_OPTIONS}" if tls else
+                    f"; if the server speaks TLS, connect with grpcs:// (or --tls) and {TLS_OPTIONS}")
+            return ServerUnavailable(f"the server at {url} closed the connection ({first}){hint}")
         return ServerUnavailable(
-            f"no Triton server answers at {url} ({message.splitlines()[0][:200]}): start one with "
+            f"no Triton server answers at {url} ({first[:200]}): start one with "
             "`tritonforge serve` (or `docker compose up`), or pass --url / --triton")
     what = f"model {name!r}: " if name else ""
     return TritonForgeError(f"Triton at {url} refused the request: {what}{message}")
 
 
-def connect(url: str = DEFAULT_URL):
+def connect(url: Endpoint | str = DEFAULT_URL):
     """A gRPC client for a server that answers; raises TritonForgeError otherwise."""
-    import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
+    endpoint = Endpoint.of(url)
     try:
-        client = grpcclient.InferenceServerClient(url)
-        if not client.is_server_live():
-            raise ServerUnavailable(f"the Triton server at {url} is not live: see its log")
+        client = endpoint.client()
+        if not client.is_server_live(headers=endpoint.call_headers):
+            raise ServerUnavailable(f"the Triton server at {endpoint} is not live: see its log")
     except InferenceServerException as exc:
-        raise server_error(exc, url) from exc
+        raise server_error(exc, endpoint) from exc
     return client
+
+
+def served_models(client, url: Endpoint | str = DEFAULT_URL) -> set[str]:
+    """The models the server has loaded and ready."""
+    from tritonclient.utils import InferenceServerException
+
+    endpoint = Endpoint.of(url)
+    try:
+        index = client.get_model_repository_index(headers=endpoint.call_headers, as_json=True)
+    except InferenceServerException as exc:
+        raise server_error(exc, endpoint) from exc
+    return {m["name"] for m in index.get("models", []) if m.get("state") == "READY"}
 
 
 @dataclass(frozen=True)
@@ -127,12 +176,15 @@ class ModelInfo:
                 and self.inputs[0].name == modality.raw_input)
 
 
-def model_info(client, name: str, url: str = DEFAULT_URL) -> ModelInfo:
+def model_info(client, name: str, url: Endpoint | str = DEFAULT_URL) -> ModelInfo:
+    """`client`'s server's metadata and config of `name` (`url`: its endpoint, whose headers
+    go with the calls)."""
     from tritonclient.utils import InferenceServerException
 
+    headers = Endpoint.of(url).call_headers
     try:
-        metadata = client.get_model_metadata(name, as_json=True)
-        config = client.get_model_config(name, as_json=True)["config"]
+        metadata = client.get_model_metadata(name, headers=headers, as_json=True)
+        config = client.get_model_config(name, headers=headers, as_json=True)["config"]
     except InferenceServerException as exc:
         raise server_error(exc, url, name) from exc
 
@@ -243,14 +295,15 @@ def infer_inputs(arrays: Mapping[str, np.ndarray], module=None) -> list:
 
 
 def infer(client, name: str, arrays: Mapping[str, np.ndarray], version: str = "",
-          url: str = DEFAULT_URL, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+          url: Endpoint | str = DEFAULT_URL, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     """One request; outputs keyed by name (all of the model's outputs unless named)."""
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
     requested = [grpcclient.InferRequestedOutput(o) for o in outputs] if outputs else None
     try:
-        result = client.infer(name, infer_inputs(arrays), model_version=version, outputs=requested)
+        result = client.infer(name, infer_inputs(arrays), model_version=version, outputs=requested,
+                              headers=Endpoint.of(url).call_headers)
     except InferenceServerException as exc:
         raise server_error(exc, url, name) from exc
     response = result.get_response(as_json=True)
@@ -265,13 +318,13 @@ class TritonSession:
     class _Arg:
         name: str
 
-    def __init__(self, url: str, name: str, version: int | str = ""):
-        self.url, self.name, self.version = url, name, str(version)
-        self.client = connect(url)
-        self.info = model_info(self.client, name, url)
+    def __init__(self, url: Endpoint | str, name: str, version: int | str = ""):
+        self.endpoint, self.name, self.version = Endpoint.of(url), name, str(version)
+        self.client = connect(self.endpoint)
+        self.info = model_info(self.client, name, self.endpoint)
         if self.version and self.version not in self.info.versions:
             raise TritonForgeError(
-                f"the server at {url} serves {name!r} versions {list(self.info.versions)}, not "
+                f"the server at {self.endpoint} serves {name!r} versions {list(self.info.versions)}, not "
                 f"{self.version}: restart `tritonforge serve` after the export, or pass --version")
 
     def get_inputs(self) -> list:
@@ -281,7 +334,7 @@ class TritonSession:
         return [self._Arg(o.name) for o in self.info.outputs]
 
     def run(self, names: Sequence[str] | None, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        outputs = infer(self.client, self.name, feed, self.version, self.url, names)
+        outputs = infer(self.client, self.name, feed, self.version, self.endpoint, names)
         return [outputs[n] for n in (names or [o.name for o in self.info.outputs])]
 
     def run_sequence(self, steps: Sequence[Mapping[str, np.ndarray]], io: ModelIO) -> dict[str, np.ndarray]:
@@ -292,7 +345,7 @@ class TritonSession:
         frames = np.stack([step[frame_input] for step in steps], axis=1)  # [batch, steps, ...]
         ids = new_sequence_ids(len(frames))
         result = stream_sequences(self.client, self.name, dict(zip(ids, frames, strict=True)),
-                                  frame_input, self.url, self.version)
+                                  frame_input, self.endpoint, self.version)
         return {name: np.stack([result.outputs[i][name] for i in ids])
                 for name in io.output_names if name in result.outputs[ids[0]]}
 
@@ -317,7 +370,8 @@ def new_sequence_ids(count: int) -> list[int]:
 
 
 def stream_sequences(client, name: str, frames: Mapping[int, np.ndarray], input_name: str,
-                     url: str = DEFAULT_URL, version: str = "", timeout_s: float = 120.0) -> StreamResult:
+                     url: Endpoint | str = DEFAULT_URL, version: str = "", timeout_s: float = 120.0
+                     ) -> StreamResult:
     """Send each sequence ({correlation ID: frames [T, ...]}) frame by frame over one gRPC
     stream: the first frame with START, the last with END, and a sequence's next frame as
     soon as its previous one is answered, so all sequences are in flight at once,
@@ -361,7 +415,7 @@ def stream_sequences(client, name: str, frames: Mapping[int, np.ndarray], input_
             done.set()
 
     start = time.perf_counter()
-    client.start_stream(callback=on_response)
+    client.start_stream(callback=on_response, headers=Endpoint.of(url).call_headers)
     try:
         for sequence in frames:
             send(sequence, 0)

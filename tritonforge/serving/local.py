@@ -34,8 +34,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
@@ -43,6 +43,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tritonforge.errors import ServerUnavailable, TritonForgeError
 from tritonforge.modalities import manifest_io
 from tritonforge.processes import pid_alive
+from tritonforge.serving.endpoint import Endpoint
 from tritonforge.serving.ensembles import ONNX_RUNTIME_MODEL, PYTHON_MODEL_FILE
 from tritonforge.serving.repository import (
     CONFIG_FILE,
@@ -366,7 +367,8 @@ class LocalTriton:
     def __init__(self, repo: Path | str = "model_repo", host: str = "127.0.0.1", http_port: int = 8000,
                  grpc_port: int = 8001, metrics_port: int = 8002, log_file: Path | str | None = None,
                  threads: int = 2, nobatch_twins: bool = False, ready_timeout_s: float = 300.0,
-                 log_verbose: int = 0, user: str | None = None):
+                 log_verbose: int = 0, user: str | None = None, extra_args: Sequence[str] = (),
+                 client: Endpoint | None = None):
         self.repo = Path(repo)
         self.host, self.http_port = host, http_port
         self.grpc_port, self.metrics_port = grpc_port, metrics_port
@@ -375,6 +377,9 @@ class LocalTriton:
         self.threads, self.nobatch_twins = threads, nobatch_twins
         self.ready_timeout_s, self.log_verbose = ready_timeout_s, log_verbose
         self.user = user
+        # More tritonserver options (TLS, restricted APIs), and how its own clients (readiness,
+        # model control) then reach it: `client`'s TLS files and headers, at this server's address.
+        self.extra_args, self._client = tuple(extra_args), client
         self._user_ids: dict[str, int] = {}  # Popen's user/group arguments, set by `start`
         self.process: subprocess.Popen | None = None
         self.models: list[ServedModel] = []
@@ -387,6 +392,11 @@ class LocalTriton:
     @property
     def grpc_url(self) -> str:
         return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def grpc_endpoint(self) -> Endpoint:
+        """The gRPC address with the TLS files and headers its clients need (`client`)."""
+        return replace(self._client, address=self.grpc_url) if self._client else Endpoint(self.grpc_url)
 
     @property
     def http_url(self) -> str:
@@ -429,6 +439,7 @@ class LocalTriton:
             "--backend-config=python,shm-default-byte-size=16777216",
             "--backend-config=python,shm-growth-byte-size=16777216",
             f"--log-verbose={self.log_verbose}",
+            *self.extra_args,
         ]
 
     def start(self, on_step: Callable[[str], None] | None = None) -> None:
@@ -476,11 +487,10 @@ class LocalTriton:
         self._served = self._seen = snapshot
 
     def _wait_ready(self) -> None:
-        import tritonclient.grpc as grpcclient
         from tritonclient.utils import InferenceServerException
 
         deadline = time.monotonic() + self.ready_timeout_s
-        client = grpcclient.InferenceServerClient(self.grpc_url)
+        client = self.grpc_endpoint.client()
         try:
             while True:
                 if self.process.poll() is not None:
@@ -488,7 +498,7 @@ class LocalTriton:
                         f"tritonserver {describe_exit(self.process.returncode)} while starting; "
                         f"its log ({self.log_file}) ends with:\n{self.log_tail()}")
                 try:
-                    if client.is_server_ready():
+                    if client.is_server_ready(headers=self.grpc_endpoint.call_headers):
                         break
                 except InferenceServerException:
                     pass
@@ -502,7 +512,8 @@ class LocalTriton:
             client.close()
 
     def _read_index(self, client) -> None:
-        index = client.get_model_repository_index(as_json=True).get("models", [])
+        index = client.get_model_repository_index(headers=self.grpc_endpoint.call_headers,
+                                                  as_json=True).get("models", [])
         self.models = [ServedModel(m["name"], m.get("version", ""), m.get("state", ""),
                                    m.get("reason", "")) for m in index]
 
@@ -527,7 +538,6 @@ class LocalTriton:
         Triton finishes their requests in flight first. A change is acted on once it has held
         for two calls, so an export that is still publishing its companions is taken whole.
         Returns what was done, one line each (also given to `on_event`)."""
-        import tritonclient.grpc as grpcclient
         from tritonclient.utils import InferenceServerException
 
         on_event = on_event or (lambda _message: None)
@@ -551,12 +561,12 @@ class LocalTriton:
             report(f"not loading the changes to {', '.join(changed)}: {exc}")
             self._served = snapshot  # reported once; the next change is looked at again
             return done
-        client = grpcclient.InferenceServerClient(self.grpc_url)
+        client, headers = self.grpc_endpoint.client(), self.grpc_endpoint.call_headers
         try:
             for model in sorted(updated, key=lambda m: m.config.platform == "ensemble"):
                 write_shadow_model(repository, self.shadow, model)
                 try:
-                    client.load_model(model.name)
+                    client.load_model(model.name, headers=headers)
                     versions = [str(v) for v in repository.versions(model.source)]
                     report(f"loaded {model.name} (versions on disk: {', '.join(versions)})")
                 except InferenceServerException as exc:
@@ -568,7 +578,7 @@ class LocalTriton:
                 (self.shadow / name / CONFIG_FILE).read_text()).platform == "ensemble"}
             for name in sorted(gone, key=lambda n: n not in ensembles):  # ensembles first
                 try:
-                    client.unload_model(name)  # returns once its requests in flight are done
+                    client.unload_model(name, headers=headers)  # returns once its requests in flight are done
                     report(f"unloaded {name} (removed from {self.repo})")
                 except InferenceServerException as exc:
                     report(f"could not unload {name}: {exc.message()}")

@@ -29,6 +29,7 @@ import numpy as np
 from tritonforge.errors import TritonForgeError
 from tritonforge.serving.bench import LevelResult, run_bench
 from tritonforge.serving.client import BYTES_DATATYPE, ModelInfo
+from tritonforge.serving.endpoint import Endpoint
 
 BINARY = "perf_analyzer"
 INSTALL_HINT = ("install it with `make perf-analyzer` (the binary of the tritonclient 2.50 wheel, "
@@ -48,6 +49,27 @@ def find_perf_analyzer() -> Path:
     if beside.is_file() and os.access(beside, os.X_OK):
         return beside
     raise TritonForgeError(f"perf_analyzer is neither on PATH nor in {beside.parent}: {INSTALL_HINT}")
+
+
+def connection_arguments(url: Endpoint | str) -> list[str]:
+    """perf_analyzer's options for reaching `url` over gRPC: the address and its TLS files.
+    Headers are refused: perf_analyzer sends its -H headers over HTTP only (its --help: "ignored
+    for GRPC requests"), so a server that needs them would refuse every request it sends."""
+    endpoint = Endpoint.of(url)
+    if endpoint.headers:
+        raise TritonForgeError(
+            f"--perf-analyzer cannot send headers ({', '.join(sorted(endpoint.headers))}) over gRPC: "
+            "perf_analyzer ignores -H for gRPC requests. Bench this server without --perf-analyzer, "
+            "or cross-check against one that needs no headers")
+    arguments = ["-u", endpoint.address]
+    if endpoint.ssl:
+        arguments += ["--ssl-grpc-use-ssl", "true"]
+        for option, path in (("--ssl-grpc-root-certifications-file", endpoint.root_certificates),
+                             ("--ssl-grpc-private-key-file", endpoint.private_key),
+                             ("--ssl-grpc-certificate-chain-file", endpoint.certificate_chain)):
+            if path is not None:
+                arguments += [option, str(path)]
+    return arguments
 
 
 # -- inputs --------------------------------------------------------------------------------
@@ -160,8 +182,8 @@ def parse_output(model: str, concurrency: int, stdout: str, csv_text: str) -> An
                          {q: float(row[f"p{q} latency"]) / 1e3 for q in PERCENTILES})
 
 
-def run_perf_analyzer(url: str, model: str, data_path: Path, concurrency: int, window_requests: int,
-                      binary: Path | None = None, export_path: Path | None = None,
+def run_perf_analyzer(url: Endpoint | str, model: str, data_path: Path, concurrency: int,
+                      window_requests: int, binary: Path | None = None, export_path: Path | None = None,
                       stability_percent: float = 10.0, timeout_s: float = 900.0) -> AnalyzerLevel:
     """One level over gRPC with the inputs of `data_path`, in perf_analyzer's synchronous
     mode (one thread per request in flight) and count windows: load runs without pause
@@ -174,7 +196,8 @@ def run_perf_analyzer(url: str, model: str, data_path: Path, concurrency: int, w
     binary = binary or find_perf_analyzer()
     with tempfile.TemporaryDirectory(prefix="perf_analyzer-") as scratch:
         report = Path(scratch) / "report.csv"
-        command = [str(binary), "-m", model, "-i", "grpc", "-u", url, "--input-data", str(data_path),
+        command = [str(binary), "-m", model, "-i", "grpc", *connection_arguments(url),
+                   "--input-data", str(data_path),
                    "--concurrency-range", str(concurrency), "--measurement-mode", "count_windows",
                    "--measurement-request-count", str(window_requests),
                    "--stability-percentage", f"{stability_percent:g}", "-f", str(report)]
@@ -197,13 +220,14 @@ def run_perf_analyzer(url: str, model: str, data_path: Path, concurrency: int, w
         return parse_output(model, concurrency, done.stdout, report.read_text())
 
 
-def cross_check(url: str, models: Sequence[tuple[str, ModelInfo, str]],
+def cross_check(url: Endpoint | str, models: Sequence[tuple[str, ModelInfo, str]],
                 payloads: Sequence[Mapping[str, np.ndarray]], levels: Sequence[int],
                 requests: int | None = 2000, duration_s: float | None = None,
                 stage: Callable[[str, int], Callable[[], None]] | None = None,
                 binary: Path | None = None) -> tuple[list[LevelResult], list[AnalyzerLevel]]:
     """Each (model, its info, batching label) at each level: our bench, then perf_analyzer
     with the same inputs and about as many requests as ours completed."""
+    connection_arguments(url)  # refused before our bench runs, not after it
     binary = binary or find_perf_analyzer()
     stage = stage or (lambda _description, _total: (lambda: None))
     ours: list[LevelResult] = []

@@ -29,7 +29,8 @@ import numpy as np
 from tritonforge.errors import TritonForgeError
 from tritonforge.modalities import manifest_io
 from tritonforge.serving.bench import save_figure
-from tritonforge.serving.client import ModelInfo, infer_inputs, model_info
+from tritonforge.serving.client import ModelInfo, infer_inputs, model_info, served_models
+from tritonforge.serving.endpoint import Endpoint
 from tritonforge.serving.repository import MODEL_FILE, ModelRepository
 
 STATUS_OK, STATUS_ERROR, STATUS_WRONG = "ok", "error", "wrong"
@@ -185,12 +186,12 @@ class SoakReport:
                 "problems": [o.__dict__ for o in self.first_problems(20)]}
 
 
-async def _soak(url: str, models: Sequence[tuple[str, bool]], inputs: Sequence[SoakInput],
+async def _soak(endpoint: Endpoint, models: Sequence[tuple[str, bool]], inputs: Sequence[SoakInput],
                 references: References, requests: int, concurrency: int, min_cosine: float,
                 tick: Callable[[], None], timeout_s: float) -> tuple[list[Outcome], float, float]:
     import tritonclient.grpc.aio as aioclient
 
-    client = aioclient.InferenceServerClient(url)
+    client = endpoint.aio_client()
     prepared = {raw: [infer_inputs(item.raw if raw else item.tensors, aioclient) for item in inputs]
                 for _model, raw in models}
     outcomes: list[Outcome] = []
@@ -226,7 +227,8 @@ async def _soak(url: str, models: Sequence[tuple[str, bool]], inputs: Sequence[S
             index = (number // len(models)) % len(inputs)
             sent = time.perf_counter()
             try:
-                result = await client.infer(model, prepared[raw][index], client_timeout=timeout_s)
+                result = await client.infer(model, prepared[raw][index], client_timeout=timeout_s,
+                                            headers=endpoint.call_headers)
             except Exception as exc:  # counted and reported, the soak goes on
                 outcomes.append(Outcome(sent - start, (time.perf_counter() - sent) * 1e3, model,
                                         STATUS_ERROR, error=str(exc).splitlines()[0][:300]))
@@ -250,26 +252,26 @@ async def _soak(url: str, models: Sequence[tuple[str, bool]], inputs: Sequence[S
     return outcomes, time.perf_counter() - start, started_at
 
 
-def run_soak(url: str, repo: Path | str, name: str, requests: int = 10_000, concurrency: int = 32,
+def run_soak(url: Endpoint | str, repo: Path | str, name: str, requests: int = 10_000, concurrency: int = 32,
              min_cosine: float = 0.9999, count: int | None = None, raw_model: bool = True,
              stage: Callable[[str, int], Callable[[], None]] | None = None,
              timeout_s: float = 60.0) -> SoakReport:
     """Soak `name` (and its raw-input ensemble, if served and `raw_model`) on the server at `url`."""
     from tritonforge.serving.client import connect
 
+    endpoint = Endpoint.of(url)
     if requests < 1 or concurrency < 1:
         raise TritonForgeError(f"--requests {requests} and --concurrency {concurrency} must be at least 1")
     if not 0 < min_cosine <= 1:
         raise TritonForgeError(f"--min-cosine {min_cosine} must be in (0, 1], e.g. 0.9999")
     stage = stage or (lambda _description, _total: (lambda: None))
-    client = connect(url)
+    client = connect(endpoint)
     try:
-        info = model_info(client, name, url)
+        info = model_info(client, name, endpoint)
         modality = info.modality(repo)
         ensemble = f"{name}{modality.suffix}" if modality.suffix else None
-        served = {m["name"] for m in client.get_model_repository_index(as_json=True).get("models", [])
-                  if m.get("state") == "READY"}
-        raw_info = model_info(client, ensemble, url) if raw_model and ensemble in served else None
+        served = served_models(client, endpoint)
+        raw_info = model_info(client, ensemble, endpoint) if raw_model and ensemble in served else None
     finally:
         client.close()
     tick = stage("encoding the inputs and computing ONNX Runtime's answers", 0)
@@ -280,9 +282,9 @@ def run_soak(url: str, repo: Path | str, name: str, requests: int = 10_000, conc
     models = [(name, False)] + ([(ensemble, True)] if raw_info is not None else [])
     tick = stage(f"{requests} requests to {' and '.join(m for m, _raw in models)} at concurrency "
                  f"{concurrency}", requests)
-    outcomes, seconds, started_at = asyncio.run(_soak(url, models, inputs, references, requests, concurrency,
-                                          min_cosine, tick, timeout_s))
-    return SoakReport(url, name, requests, concurrency, min_cosine, seconds,
+    outcomes, seconds, started_at = asyncio.run(_soak(endpoint, models, inputs, references, requests,
+                                                      concurrency, min_cosine, tick, timeout_s))
+    return SoakReport(str(endpoint), name, requests, concurrency, min_cosine, seconds,
                       sorted(outcomes, key=lambda o: o.start_s), started_at)
 
 

@@ -12,6 +12,7 @@ from tritonforge.errors import TritonForgeError
 from tritonforge.export.base import Family, get_family
 from tritonforge.modalities import manifest_io
 from tritonforge.runtime import open_session, ort_session, run_session
+from tritonforge.serving.endpoint import Endpoint
 from tritonforge.spec import ModelIO, Parity
 from tritonforge.timing import LatencyStats, measure_interleaved
 from tritonforge.verify.parity import parity_check, run_steps, session_steps
@@ -123,11 +124,12 @@ def verify_model(repo: Path | str, name: str, version: int | None = None, batch_
                  shape: Mapping[str, int | None] | None = None, threads: int = 2, samples: int | None = None,
                  iterations: int = 30, provider: str = "cpu",
                  stage: Callable[[str, int], Callable[[], None]] | None = None,
-                 triton_url: str | None = None) -> VerifyReport:
+                 triton_url: Endpoint | str | None = None) -> VerifyReport:
     """Parity (all evaluation samples) and interleaved latency (one batch) of a version.
 
-    With `triton_url` (gRPC, e.g. 127.0.0.1:8001) the served model gets the same parity check
-    and its end-to-end gRPC latency is measured in the same interleaved rounds.
+    With `triton_url` (gRPC, e.g. 127.0.0.1:8001, or an Endpoint with TLS and headers) the served
+    model gets the same parity check and its end-to-end gRPC latency is measured in the same
+    interleaved rounds.
 
     `stage(description, total)` is told about each long step and returns a tick function.
     """
@@ -192,6 +194,6 @@ def verify_model(repo: Path | str, name: str, version: int | None = None, batch_
         request = {"batch_size": request_batch, **request_shape}
     return VerifyReport(plan.name, plan.version, plan.family.name,
                         plan.manifest.get("precision", ""), parity, latency, batch_size, shape,
-                        threads, provider, runtime, serving_latency, request, triton_parity, triton_url,
-                        quality)
+                        threads, provider, runtime, serving_latency, request, triton_parity,
+                        str(triton_url) if triton_url else None, quality)
 
