@@ -100,15 +100,20 @@ class Plan:
         return {"plan_version": PLAN_VERSION, **asdict(self), "arithmetic": self.arithmetic()}
 
 
-def read_bench(path: Path) -> dict[str, Any]:
+def read_json(option: str, path: Path, command: str, written_by: str) -> Any:
+    """The JSON file that `option` names; a missing or unreadable one says which command writes it."""
     try:
-        report = json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text())
     except FileNotFoundError as exc:
-        raise TritonForgeError(f"--bench {path} does not exist: write one with "
-                               "`tritonforge bench MODEL --json BENCH.json`") from exc
+        raise TritonForgeError(f"{option} {path} does not exist: write one with `{command}`") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise TritonForgeError(f"--bench {path} is not JSON ({exc}): give the file that "
-                               "`tritonforge bench --json` wrote") from exc
+        raise TritonForgeError(f"{option} {path} is not JSON ({exc}): give the file that "
+                               f"`{written_by}` wrote") from exc
+
+
+def read_bench(path: Path) -> dict[str, Any]:
+    report = read_json("--bench", path, "tritonforge bench MODEL --json BENCH.json",
+                       "tritonforge bench --json")
     if not isinstance(report, dict) or not isinstance(report.get("levels"), list) or not report["levels"]:
         raise TritonForgeError(f"--bench {path} has no 'levels': give the file that "
                                "`tritonforge bench --json` wrote")
@@ -175,14 +180,8 @@ def write_plan(plan: Plan, path: Path) -> None:
 
 def read_plan(path: Path) -> Plan:
     """A PLAN.json written by `tritonforge plan`."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError as exc:
-        raise TritonForgeError(f"--plan {path} does not exist: write one with `tritonforge plan "
-                               "--bench BENCH.json --target-rps R --p99-ms P -o PLAN.json`") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise TritonForgeError(f"--plan {path} is not JSON ({exc}): give the file `tritonforge plan` "
-                               "wrote") from exc
+    data = read_json("--plan", path, "tritonforge plan --bench BENCH.json --target-rps R --p99-ms P "
+                     "-o PLAN.json", "tritonforge plan")
     if not isinstance(data, dict) or data.get("plan_version") != PLAN_VERSION:
         raise TritonForgeError(f"--plan {path} is not a tritonforge plan (version {PLAN_VERSION}): "
                                "write it again with `tritonforge plan`")
