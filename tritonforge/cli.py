@@ -657,7 +657,8 @@ def query(
     json_path: Annotated[Path | None, typer.Option(
         "--json", help="Write every output (kind, shape, dtype, values) and the summary here.")] = None,
     save: Annotated[Path | None, typer.Option(
-        help="Detectors: draw the detections of the first --image on it and save a PNG here.")] = None,
+        help="Image outputs (super-resolution): save them as PNG here; detectors: draw the "
+             "detections of the first --image on it and save a PNG here.")] = None,
 ):
     """Send one request over gRPC and print each output in its natural form (a stream: one
     request per frame, each frame's output a row)."""
@@ -702,13 +703,18 @@ def query(
         outputs = infer(client, name, arrays, url=endpoint)
     summary = summarize(info, outputs, min_score)
     print_query(info, outputs, summary, rows, min_score)
-    if save:
+    if save and "images" in summary:
+        from tritonforge.serving.client import save_images
+
+        for written in save_images(info, outputs, save):
+            console.print(f"image written to {written}")
+    elif save:
         from tritonforge.serving.client import draw_detections
 
         found = summary.get("detections")
         if not image or found is None:
-            raise TritonForgeError(f"--save draws detections on an --image; {name!r} returns no "
-                                   "detections for one")
+            raise TritonForgeError(f"--save writes image outputs or draws detections on an --image; "
+                                   f"{name!r} returns neither")
         console.print(f"detections drawn on {draw_detections(image[0].read_bytes(), found[0], save)}")
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)

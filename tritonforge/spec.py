@@ -22,9 +22,10 @@ CLASS_PROBABILITIES = "class_probabilities"  # [batch, classes] already softmaxe
 DETECTION_BOXES = "detection_boxes"  # [batch, k, 4] x1, y1, x2, y2 in input-image pixels
 DETECTION_SCORES = "detection_scores"  # [batch, k]
 DETECTION_LABELS = "detection_labels"  # [batch, k] integer class ids
+IMAGE = "image"  # [batch, channels, height, width] uint8 pixels: printed as sizes, `query --save` writes PNGs
 TENSOR = "tensor"  # anything else (hidden states, feature maps): printed as shape and stats
 OUTPUT_KINDS = (EMBEDDING, CLASS_SCORES, CLASS_PROBABILITIES, DETECTION_BOXES, DETECTION_SCORES,
-                DETECTION_LABELS, TENSOR)
+                DETECTION_LABELS, IMAGE, TENSOR)
 
 
 @dataclass(frozen=True)

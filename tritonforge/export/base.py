@@ -201,7 +201,7 @@ _REGISTRY: dict[str, Family] = {}
 # family can be found by name without importing every family's heavy dependencies.
 _BUILTIN_MODULES = {"bert": "tritonforge.export.bert", "dask": "tritonforge.export.dask",
                     "detr": "tritonforge.export.detr",
-                    "snn": "tritonforge.export.snn"}
+                    "snn": "tritonforge.export.snn", "sr": "tritonforge.export.sr"}
 
 
 def register(cls: type[Family]) -> type[Family]:

@@ -1,7 +1,8 @@
 """Modalities by kind, and reading a manifest's I/O back into typed records.
 
-Built-in: `text`, `image`, `tensors`, and `text_knowledge` (DASK's text plus knowledge). A
-family with another raw input registers its own with `register_modality`, touching none of these.
+Built-in: `text`, `image`, `image_pixels` (any size, no resize), `tensors`, and `text_knowledge`
+(DASK's text plus knowledge). A family with another raw input registers its own with
+`register_modality`, touching none of these.
 """
 
 from __future__ import annotations
@@ -11,14 +12,14 @@ from typing import Any
 
 from tritonforge.errors import TritonForgeError
 from tritonforge.modalities.base import Modality
-from tritonforge.modalities.image import Image
+from tritonforge.modalities.image import Image, ImagePixels
 from tritonforge.modalities.knowledge import TextKnowledge
 from tritonforge.modalities.tensors import Tensors
 from tritonforge.modalities.text import Text
 from tritonforge.spec import CLASS_SCORES, EMBEDDING, ModelIO, TensorSpec
 
-__all__ = ["Image", "Modality", "Tensors", "Text", "TextKnowledge", "manifest_io", "modality_from_json",
-           "read_io", "register_modality"]
+__all__ = ["Image", "ImagePixels", "Modality", "Tensors", "Text", "TextKnowledge", "manifest_io",
+           "modality_from_json", "read_io", "register_modality"]
 
 _MODALITIES: dict[str, type[Modality]] = {}
 
@@ -29,7 +30,7 @@ def register_modality(cls: type[Modality]) -> type[Modality]:
     return cls
 
 
-for _builtin in (Text, Image, Tensors, TextKnowledge):
+for _builtin in (Text, Image, ImagePixels, Tensors, TextKnowledge):
     register_modality(_builtin)
 
 

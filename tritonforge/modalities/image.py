@@ -23,7 +23,14 @@ from PIL import Image as PILImage
 
 from tritonforge.errors import TritonForgeError
 from tritonforge.modalities.base import Modality, preprocessing_companions, raw_bytes_array
-from tritonforge.serving.ensembles.image_decode import RESIZE_MODES, Decoding, ImageError, decode_images
+from tritonforge.serving.ensembles.image_decode import (
+    RESIZE_MODES,
+    Decoding,
+    ImageError,
+    as_mode,
+    decode_images,
+    open_image,
+)
 from tritonforge.serving.repository import CompanionModel, ServingOptions
 from tritonforge.spec import ModelIO
 
@@ -129,19 +136,7 @@ class Image(Modality):
     # -- the client side ----------------------------------------------------------------------
 
     def read_raw(self, values: Sequence[str]) -> list[ImageBytes]:
-        items = []
-        for value in values:
-            path = Path(value)
-            if not path.is_file():
-                problem = "is not a file" if path.exists() else "does not exist"
-                raise TritonForgeError(f"--image {path} {problem}: give the path of an image file "
-                                       "(PNG, JPEG, ...)")
-            size = path.stat().st_size
-            if size > self.max_bytes:  # refused before it is read
-                raise TritonForgeError(f"--image {path} is {size:,} bytes, above this model's limit "
-                                       f"of {self.max_bytes:,} (max_bytes): send a smaller image")
-            items.append(ImageBytes.named(path.read_bytes(), path.name))
-        return items
+        return read_image_files(values, self.max_bytes)
 
     def request(self, raw: Sequence[bytes]) -> dict[str, np.ndarray]:
         # plain bytes: tritonclient serialises anything else (a subclass too) through str()
@@ -169,6 +164,84 @@ class Image(Modality):
         except Exception:  # described, not decoded: the server says what is wrong with it
             size = f"({len(item):,} bytes)"
         return " ".join(part for part in (f"#{index}", name, size) if part)
+
+
+def read_image_files(values: Sequence[str], max_bytes: int) -> list[ImageBytes]:
+    """`--image FILE...` as encoded images; a missing file or one above max_bytes is refused."""
+    items = []
+    for value in values:
+        path = Path(value)
+        if not path.is_file():
+            problem = "is not a file" if path.exists() else "does not exist"
+            raise TritonForgeError(f"--image {path} {problem}: give the path of an image file "
+                                   "(PNG, JPEG, ...)")
+        size = path.stat().st_size
+        if size > max_bytes:  # refused before it is read
+            raise TritonForgeError(f"--image {path} is {size:,} bytes, above this model's limit "
+                                   f"of {max_bytes:,} (max_bytes): send a smaller image")
+        items.append(ImageBytes.named(path.read_bytes(), path.name))
+    return items
+
+
+@dataclass(frozen=True)
+class ImagePixels(Modality):
+    """Encoded images in at their own size (no resize): uint8 pixels [N, 3, H, W] out, for
+    fully convolutional image-to-image graphs (super-resolution) with dynamic height and width.
+
+    The client decodes (Pillow, the same `open_image`/`as_mode` as the image companion, so the
+    same images are refused with the same messages) and sends the pixels to the model itself:
+    the image companion resizes to one fixed size, which an any-size graph must not. Images of
+    one request must share a size; each is refused above `max_pixels`."""
+
+    kind: ClassVar[str] = "image_pixels"
+    raw_input: ClassVar[str] = "IMAGE"
+    query_option: ClassVar[str] = "image"
+
+    input: str = "pixels"
+    channels: int = 3
+    max_pixels: int = 1920 * 1080
+    max_bytes: int = 20 * 1024 * 1024
+
+    def __post_init__(self):
+        if self.channels not in (1, 3):
+            raise TritonForgeError(f"image pixels: channels {self.channels} must be 3 (RGB) or 1")
+        if self.max_pixels < 1 or self.max_bytes < 1:
+            raise TritonForgeError(f"image pixels: max_pixels {self.max_pixels} and max_bytes "
+                                   f"{self.max_bytes} must be at least 1")
+
+    def limits(self) -> dict[str, Any]:
+        return {"max_pixels": self.max_pixels, "max_bytes": self.max_bytes}
+
+    def read_raw(self, values: Sequence[str]) -> list[ImageBytes]:
+        return read_image_files(values, self.max_bytes)
+
+    def encode(self, raw: Sequence[bytes], io: ModelIO | None, folder: Path | None,
+               shape: Mapping[str, int | None] | None = None) -> dict[str, np.ndarray]:
+        if not len(raw):
+            raise TritonForgeError("IMAGE holds no images: send at least one encoded image")
+        arrays = []
+        for index, data in enumerate(raw):
+            try:
+                image = as_mode(open_image(bytes(data), self.max_pixels, self.max_bytes),
+                                "L" if self.channels == 1 else "RGB", 0)
+            except ImageError as exc:
+                raise TritonForgeError(f"IMAGE[{index}] {exc}") from None
+            pixels = np.asarray(image, dtype=np.uint8)
+            arrays.append(pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1))
+        sizes = sorted({a.shape[1:] for a in arrays})
+        if len(sizes) > 1:
+            raise TritonForgeError(f"the images of one request have different sizes "
+                                   f"({', '.join(f'{h}x{w}' for h, w in sizes)}): send one request "
+                                   "per size")
+        return {self.input: np.ascontiguousarray(np.stack(arrays))}
+
+    def sample_raw(self, n: int | None = None, folder: Path | None = None) -> list[ImageBytes]:
+        """The bundled photographs, repeated in turn to give n."""
+        items = [ImageBytes.named(path.read_bytes(), path.name) for path in photographs()]
+        return items if n is None else [items[i % len(items)] for i in range(n)]
+
+    def describe_raw(self, item: Any, index: int) -> str:
+        return Image.describe_raw(self, item, index)  # type: ignore[arg-type]
 
 
 def photographs() -> list[Path]:

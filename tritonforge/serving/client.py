@@ -28,6 +28,7 @@ from tritonforge.spec import (
     DETECTION_LABELS,
     DETECTION_SCORES,
     EMBEDDING,
+    IMAGE,
     TENSOR,
     ModelIO,
     TensorSpec,
@@ -512,6 +513,8 @@ def summarize(info: ModelInfo, outputs: Mapping[str, np.ndarray], min_score: flo
             continue  # the model's own probabilities are shown instead
         elif kind in (CLASS_SCORES, CLASS_PROBABILITIES):  # probabilities are not softmaxed again
             summary.setdefault("labels", {})[name] = top_labels(info.labels, values, kind == CLASS_SCORES)
+        elif kind == IMAGE:  # pixels: their sizes, not their values (`query --save` writes them)
+            summary.setdefault("images", {})[name] = [list(image.shape) for image in values]
         elif kind == TENSOR:
             numeric = values.size and values.dtype != object
             summary.setdefault("tensors", {})[name] = {
@@ -560,6 +563,33 @@ def stream_samples(info: ModelInfo, repo: Path | str | None) -> list[np.ndarray]
             raise TritonForgeError(f"{folder / SAMPLES_FILE} holds {saved.files}, not {name!r}: "
                                    "export the model again")
         return list(saved[name])
+
+
+def save_images(info: ModelInfo, outputs: Mapping[str, np.ndarray], path: Path) -> list[Path]:
+    """`query --save PATH`: each image output ([N, C, H, W] uint8) as PNG files; one image goes
+    to PATH itself, several to PATH's stem with `_<output>_<index>` added."""
+    from PIL import Image
+
+    kinds = info.output_kinds
+    images = [(name, outputs[name]) for name, kind in kinds.items() if kind == IMAGE and name in outputs]
+    if not images:
+        raise TritonForgeError(f"model {info.name!r} has no image output (its outputs are "
+                               f"{', '.join(f'{n} ({k})' for n, k in kinds.items())}): --save writes "
+                               "image outputs only; use --json for the values")
+    path = Path(path)
+    single = len(images) == 1 and len(images[0][1]) == 1
+    written = []
+    for name, batch in images:
+        if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[1] not in (1, 3):
+            raise TritonForgeError(f"output {name!r} is {batch.dtype} {list(batch.shape)}, not uint8 "
+                                   "[N, 1 or 3, H, W] pixels: it cannot be saved as an image")
+        for index, pixels in enumerate(batch):
+            target = path if single else path.with_name(f"{path.stem}_{name}_{index}{path.suffix or '.png'}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            array = pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0)
+            Image.fromarray(np.ascontiguousarray(array)).save(target, "PNG")
+            written.append(target)
+    return written
 
 
 def draw_detections(image: bytes, found: Sequence[Mapping[str, Any]], path: Path) -> Path:
