@@ -186,11 +186,11 @@ def test_bad_options_are_refused_on_the_command_line(tmp_path):
 
 def test_an_hr_size_the_scale_does_not_divide_is_cropped_and_said(tmp_path):
     hr = photograph_pixels()[0][:101, :70].transpose(2, 0, 1)
-    with pytest.warns(UserWarning, match=r"101x70.*scale 3.*cropped 2 row\(s\) at the bottom and 1 "
-                                         r"column\(s\) at the right, to 99x69"):
+    with pytest.warns(UserWarning, match=r"x3 does not divide 70x101: cropped to 69x99 \(dropped 1 "
+                                         r"column\(s\) on the right, 2 row\(s\) at the bottom\)"):
         cropped, removed = crop_to_scale(hr, 3)
     assert cropped.shape == (3, 99, 69) and removed == (2, 1)
-    with pytest.raises(TritonForgeError, match="not divisible by the scale 3: crop it first"):
+    with pytest.raises(TritonForgeError, match="x3 does not divide 70x101: crop the HR image first"):
         downscale(hr, 3)
     with pytest.raises(TritonForgeError, match="differ in size"):
         psnr(np.zeros((3, 100, 70), np.uint8), np.zeros((3, 101, 70), np.uint8), 2)

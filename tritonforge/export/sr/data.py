@@ -44,30 +44,46 @@ def hr_crops(n: int | None = None, size: int = HR_CROP) -> np.ndarray:
     return np.ascontiguousarray(np.stack([crops[i % len(crops)] for i in range(count)]))
 
 
-def downscale(hr: np.ndarray, scale: int) -> np.ndarray:
-    """Bicubic downscale of uint8 [..., 3, H, W] by `scale`. H and W must be multiples of the
-    scale (see `crop_to_scale`)."""
-    height, width = hr.shape[-2:]
+def downscale(hr: np.ndarray, scale: int, channels_last: bool = False) -> np.ndarray:
+    """Bicubic downscale of uint8 images [..., 3, H, W] (or [..., H, W, 3] with `channels_last`)
+    by `scale`. H and W must be multiples of the scale (see `crop_to_scale`)."""
+    images = hr if channels_last else np.moveaxis(hr, -3, -1)
+    height, width = images.shape[-3:-1]
     if height % scale or width % scale:
-        raise TritonForgeError(f"an HR image of {height}x{width} is not divisible by the scale {scale}: "
-                               "crop it first (crop_to_scale)")
-    flat = hr.reshape(-1, *hr.shape[-3:])
-    lr = [np.asarray(PILImage.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0)))
-                     .resize((width // scale, height // scale), PILImage.BICUBIC)).transpose(2, 0, 1)
-          for image in flat]
-    return np.ascontiguousarray(np.stack(lr)).reshape(*hr.shape[:-2], height // scale, width // scale)
+        raise TritonForgeError(f"x{scale} does not divide {width}x{height}: crop the HR image first "
+                               "(crop_to_scale)")
+    size = (width // scale, height // scale)
+    flat = images.reshape(-1, *images.shape[-3:])
+    lr = np.stack([np.asarray(PILImage.fromarray(np.ascontiguousarray(image)).resize(size, PILImage.BICUBIC))
+                   for image in flat]).reshape(*images.shape[:-3], height // scale, width // scale, 3)
+    return np.ascontiguousarray(lr if channels_last else np.moveaxis(lr, -1, -3))
+
+
+def scale_crop(height: int, width: int, scale: int) -> tuple[int, int, str]:
+    """The size that an HR image of `height` x `width` is cropped to (at the bottom and right) so
+    that `scale` divides it, and a note saying what was cropped ("" when nothing was). Refuses a
+    size that the crop would leave empty."""
+    if scale < 1:
+        raise TritonForgeError(f"the scale must be a positive integer, got {scale}")
+    keep_h, keep_w = height - height % scale, width - width % scale
+    if keep_h == 0 or keep_w == 0:
+        raise TritonForgeError(f"{width}x{height} images are smaller than the scale x{scale}: cropping "
+                               f"to a multiple of {scale} leaves nothing; use larger images")
+    if (keep_h, keep_w) == (height, width):
+        return height, width, ""
+    return keep_h, keep_w, (f"x{scale} does not divide {width}x{height}: cropped to {keep_w}x{keep_h} "
+                            f"(dropped {width - keep_w} column(s) on the right, {height - keep_h} "
+                            "row(s) at the bottom)")
 
 
 def crop_to_scale(hr: np.ndarray, scale: int) -> tuple[np.ndarray, tuple[int, int]]:
     """`hr` [..., H, W] cropped at the bottom and right to multiples of `scale`, and how many
     rows and columns were cropped; a warning says so when any were."""
     height, width = hr.shape[-2:]
-    rows, cols = height % scale, width % scale
-    if rows or cols:
-        warnings.warn(f"the HR image is {height}x{width}, which the scale {scale} does not divide: "
-                      f"cropped {rows} row(s) at the bottom and {cols} column(s) at the right, to "
-                      f"{height - rows}x{width - cols}", stacklevel=2)
-    return hr[..., :height - rows, :width - cols], (rows, cols)
+    keep_h, keep_w, note = scale_crop(height, width, scale)
+    if note:
+        warnings.warn(f"the HR image: {note}", stacklevel=2)
+    return hr[..., :keep_h, :keep_w], (height - keep_h, width - keep_w)
 
 
 def lr_hr_pairs(scale: int, n: int | None = None, size: int = HR_CROP) -> tuple[np.ndarray, np.ndarray]:

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image as PILImage
 
 from tritonforge.errors import TritonForgeError
+from tritonforge.export.sr.data import downscale, scale_crop
 from tritonforge.modalities.image import photographs
 
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -70,7 +71,7 @@ class Chunk:
 
     def lr(self, scale: int) -> np.ndarray:
         """The LR frames: bicubic downscale of the HR frames by `scale`, uint8 [N, H/s, W/s, 3]."""
-        return downscale(self.frames, scale)
+        return downscale(self.frames, scale, channels_last=True)
 
     def describe(self) -> str:
         return f"chunk {self.index} ({self.start_s:.2f}-{self.end_s:.2f} s)"
@@ -202,27 +203,8 @@ def split_chunks(video: Video, seconds: float = DEFAULT_CHUNK_SECONDS,
 def crop_to_scale(frames: np.ndarray, scale: int) -> tuple[np.ndarray, str]:
     """HR frames [N, H, W, 3] cropped at the bottom/right so `scale` divides H and W, and a note
     saying what was cropped ("" if nothing). Refuses frames smaller than the scale."""
-    if scale < 1:
-        raise TritonForgeError(f"scale must be a positive integer, got {scale}")
-    height, width = frames.shape[1:3]
-    keep_h, keep_w = height - height % scale, width - width % scale
-    if keep_h == 0 or keep_w == 0:
-        raise TritonForgeError(f"{width}x{height} frames are smaller than the scale x{scale}: "
-                               f"cropping to a multiple of {scale} leaves nothing; use larger frames")
-    if (keep_h, keep_w) == (height, width):
-        return frames, ""
-    note = (f"x{scale} does not divide {width}x{height}: cropped to {keep_w}x{keep_h} "
-            f"(dropped {width - keep_w} column(s) on the right, {height - keep_h} row(s) at the bottom)")
+    keep_h, keep_w, note = scale_crop(*frames.shape[1:3], scale)
     return frames[:, :keep_h, :keep_w], note
-
-
-def downscale(frames: np.ndarray, scale: int) -> np.ndarray:
-    """Bicubic downscale (PIL, uint8) of HR frames [N, H, W, 3] whose size `scale` divides."""
-    height, width = frames.shape[1:3]
-    if height % scale or width % scale:
-        raise TritonForgeError(f"x{scale} does not divide {width}x{height}: crop first (crop_to_scale)")
-    size = (width // scale, height // scale)
-    return np.stack([np.asarray(PILImage.fromarray(f).resize(size, PILImage.BICUBIC)) for f in frames])
 
 
 def check_patch(chunk: Chunk, patch: int, scale: int) -> None:
