@@ -31,9 +31,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from tritonforge.errors import ServerUnavailable, TritonForgeError
-
-if typing.TYPE_CHECKING:
-    from tritonforge.serving.endpoint import Endpoint
+from tritonforge.serving.endpoint import Endpoint  # light: the commands' `endpoint` parameter
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Export research models to verified ONNX and serve them with Triton.")
@@ -381,8 +379,74 @@ def shape_options(seq_len: int | None, image_size: int | None, timesteps: int | 
     return {k: v for k, v in given.items() if v is not None}
 
 
+# How to reach a remote server (a KServe ingress): TLS and headers, shared by query, bench,
+# soak and verify --triton.
+TlsOption = Annotated[bool | None, typer.Option(
+    "--tls/--no-tls", help="TLS to the server. Default: on for grpcs:// or when certificates are "
+                           "given, else off.")]
+RootCertsOption = Annotated[Path | None, typer.Option(
+    "--root-certs", help="TLS: PEM file of the CA certificates that signed the server's "
+                         "certificate (default: the system's).")]
+ClientCertOption = Annotated[Path | None, typer.Option(
+    "--client-cert", help="Mutual TLS: PEM file of the client certificate (chain), with --client-key.")]
+ClientKeyOption = Annotated[Path | None, typer.Option(
+    "--client-key", help="Mutual TLS: PEM file of the private key of --client-cert.")]
+HeaderOption = Annotated[list[str] | None, typer.Option(
+    "--header", help="A header sent with every call, 'Name: value' (repeat for several).")]
+BearerTokenEnvOption = Annotated[str | None, typer.Option(
+    "--bearer-token-env", metavar="VAR",
+    help="Send 'authorization: Bearer <token>' with the token read from environment variable VAR "
+         "(so it never appears on the command line).")]
+
+
+def remote_endpoint(option: str, url: str, tls: bool | None = None, root_certs: Path | None = None,
+                    client_cert: Path | None = None, client_key: Path | None = None,
+                    header: list[str] | None = None, bearer_token_env: str | None = None) -> Endpoint:
+    """The server `option` names, with its TLS and header options, every value checked."""
+    from tritonforge.serving.endpoint import endpoint_from_options, split_scheme
+
+    check_url(option, split_scheme(url, option)[1])
+    return endpoint_from_options(url, tls, root_certs, client_cert, client_key, header or (),
+                                 bearer_token_env, option)
+
+REMOTE_PARAMETERS = [common_parameter("tls", TlsOption, None),
+                     common_parameter("root_certs", RootCertsOption, None),
+                     common_parameter("client_cert", ClientCertOption, None),
+                     common_parameter("client_key", ClientKeyOption, None),
+                     common_parameter("header", HeaderOption, None),
+                     common_parameter("bearer_token_env", BearerTokenEnvOption, None)]
+
+
+def remote_options(address: str) -> Callable[[Callable], Callable]:
+    """Give a command the TLS and header options (REMOTE_PARAMETERS) and hand it `endpoint`:
+    the server that its option `address` ("url", "triton") names, reached with those options,
+    every value checked; None when that option is not given (and then the others are refused)."""
+    flag = "--" + address
+
+    def decorate(command: Callable) -> Callable:
+        signature = inspect.signature(command, eval_str=True)  # typer reads the Annotated options
+
+        @functools.wraps(command)
+        def with_endpoint(**kwargs):
+            remote = {p.name: kwargs.pop(p.name) for p in REMOTE_PARAMETERS}
+            url = kwargs[address]
+            if url is None and any(value not in (None, []) for value in remote.values()):
+                *others, last = ("--" + name.replace("_", "-") for name in remote)
+                raise TritonForgeError(f"{', '.join(others)} and {last} are for the server of {flag}: "
+                                       f"give {flag} too")
+            endpoint = remote_endpoint(flag, url, **remote) if url is not None else None
+            return command(**kwargs, endpoint=endpoint)
+
+        own = [p for p in signature.parameters.values() if p.name != "endpoint"]
+        with_endpoint.__signature__ = signature.replace(parameters=[*own, *REMOTE_PARAMETERS])
+        return with_endpoint
+
+    return decorate
+
+
 @app.command()
 @friendly
+@remote_options("triton")
 def verify(
     name: Annotated[str, typer.Argument(help="Model name in the repository.")],
     repo: RepoOption = DEFAULT_REPO,
@@ -400,12 +464,7 @@ def verify(
     triton: Annotated[str | None, typer.Option(
         help="gRPC address of a Triton serving the model (e.g. 127.0.0.1:8001, grpcs://HOST:443): "
              "check its outputs too and time it beside PyTorch and ONNX Runtime.")] = None,
-    tls: TlsOption = None,
-    root_certs: RootCertsOption = None,
-    client_cert: ClientCertOption = None,
-    client_key: ClientKeyOption = None,
-    header: HeaderOption = None,
-    bearer_token_env: BearerTokenEnvOption = None,
+    endpoint: Endpoint | None = None,
 ):
     """Parity and latency of an exported version against its PyTorch reference."""
     from tritonforge.serving.repository import ModelRepository
@@ -415,11 +474,6 @@ def verify(
                           ("--iterations", iterations), ("--samples", samples)):
         require_at_least(option, value, 1)
     check_shape(seq_len, image_size, timesteps)
-    remote = (tls, root_certs, client_cert, client_key, header, bearer_token_env)
-    endpoint = remote_endpoint("--triton", triton, *remote) if triton is not None else None
-    if triton is None and any(value not in (None, []) for value in remote):
-        raise TritonForgeError("--tls, --root-certs, --client-cert, --client-key, --header and "
-                               "--bearer-token-env are for the server of --triton: give --triton too")
     ModelRepository(repo).check_exported(name, version)
     with progress_bar() as progress:
         stages = Stages(progress)
@@ -511,37 +565,6 @@ def list_models(repo: RepoOption = DEFAULT_REPO):
 
 UrlOption = Annotated[str, typer.Option(
     "--url", help="Triton gRPC address: host:port, grpc://host:port or grpcs://host:port (TLS).")]
-# How to reach a remote server (a KServe ingress): TLS and headers, shared by query, bench,
-# soak and verify --triton.
-TlsOption = Annotated[bool | None, typer.Option(
-    "--tls/--no-tls", help="TLS to the server. Default: on for grpcs:// or when certificates are "
-                           "given, else off.")]
-RootCertsOption = Annotated[Path | None, typer.Option(
-    "--root-certs", help="TLS: PEM file of the CA certificates that signed the server's "
-                         "certificate (default: the system's).")]
-ClientCertOption = Annotated[Path | None, typer.Option(
-    "--client-cert", help="Mutual TLS: PEM file of the client certificate (chain), with --client-key.")]
-ClientKeyOption = Annotated[Path | None, typer.Option(
-    "--client-key", help="Mutual TLS: PEM file of the private key of --client-cert.")]
-HeaderOption = Annotated[list[str] | None, typer.Option(
-    "--header", help="A header sent with every call, 'Name: value' (repeat for several).")]
-BearerTokenEnvOption = Annotated[str | None, typer.Option(
-    "--bearer-token-env", metavar="VAR",
-    help="Send 'authorization: Bearer <token>' with the token read from environment variable VAR "
-         "(so it never appears on the command line).")]
-
-
-def remote_endpoint(option: str, url: str, tls: bool | None, root_certs: Path | None,
-                    client_cert: Path | None, client_key: Path | None, header: list[str] | None,
-                    bearer_token_env: str | None) -> Endpoint:
-    """The server `option` names, with its TLS and header options, every value checked."""
-    from tritonforge.serving.endpoint import endpoint_from_options, split_scheme
-
-    check_url(option, split_scheme(url, option)[1])
-    return endpoint_from_options(url, tls, root_certs, client_cert, client_key, header or (),
-                                 bearer_token_env, option)
-
-
 def tokenizer_repo(repo: Path | None) -> Path | None:
     """Where a token model's tokenizer is found: --repo, else ./model_repo when it exists."""
     return repo or (DEFAULT_REPO if DEFAULT_REPO.is_dir() else None)
@@ -629,15 +652,10 @@ def print_served(server) -> None:
 
 @app.command()
 @friendly
+@remote_options("url")
 def query(
     name: Annotated[str, typer.Argument(help="Model name on the server, e.g. bert_fp32_text.")],
     url: UrlOption = "127.0.0.1:8001",
-    tls: TlsOption = None,
-    root_certs: RootCertsOption = None,
-    client_cert: ClientCertOption = None,
-    client_key: ClientKeyOption = None,
-    header: HeaderOption = None,
-    bearer_token_env: BearerTokenEnvOption = None,
     text: Annotated[list[str] | None, typer.Option(
         "--text", help="A text to send (repeat for several; they go as one batch).")] = None,
     image: Annotated[list[Path] | None, typer.Option(
@@ -659,6 +677,7 @@ def query(
     save: Annotated[Path | None, typer.Option(
         help="Image outputs (super-resolution): save them as PNG here; detectors: draw the "
              "detections of the first --image on it and save a PNG here.")] = None,
+    endpoint: Endpoint | None = None,  # from --url and the TLS/header options (remote_options)
 ):
     """Send one request over gRPC and print each output in its natural form (a stream: one
     request per frame, each frame's output a row)."""
@@ -679,8 +698,6 @@ def query(
     if len(given) + bool(input_json) + bool(stream) != 1:
         raise TritonForgeError("give exactly one kind of input: --text, --image, --npy, --input-json "
                                "or --stream")
-    endpoint = remote_endpoint("--url", url, tls, root_certs, client_cert, client_key, header,
-                               bearer_token_env)
     check_shape(seq_len, None, None)
     client = connect(endpoint)
     info = model_info(client, name, endpoint)
@@ -763,15 +780,10 @@ def print_query(info, outputs, summary, rows: list[str], min_score: float) -> No
 
 @app.command()
 @friendly
+@remote_options("url")
 def bench(
     name: Annotated[str, typer.Argument(help="Model name on the server, e.g. bert_fp32_text.")],
     url: UrlOption = "127.0.0.1:8001",
-    tls: TlsOption = None,
-    root_certs: RootCertsOption = None,
-    client_cert: ClientCertOption = None,
-    client_key: ClientKeyOption = None,
-    header: HeaderOption = None,
-    bearer_token_env: BearerTokenEnvOption = None,
     concurrency: Annotated[str, typer.Option(help="Requests in flight, one level per comma.")] = "1,4,16,32",
     requests: Annotated[int | None, typer.Option(help="Requests per level (default 2000).")] = None,
     duration: Annotated[float | None, typer.Option(help="Seconds per level, instead of --requests.")
@@ -790,6 +802,7 @@ def bench(
         help="Comma-separated models with the same inputs (e.g. the encoder exported for other "
              "targets: bert_bf16_text,bert_w8a8_text), benched in the same run on the same "
              "payloads; ratios against NAME.")] = None,
+    endpoint: Endpoint | None = None,  # from --url and the TLS/header options (remote_options)
 ):
     """Asynchronous gRPC load: throughput and p50/p95/p99 per concurrency level, with and without
     dynamic batching (the latter when the server has <name>_nobatch: `serve --nobatch-twins`)."""
@@ -805,8 +818,6 @@ def bench(
     from tritonforge.serving.local import NOBATCH_SUFFIX
 
     levels = parse_levels(concurrency)
-    endpoint = remote_endpoint("--url", url, tls, root_certs, client_cert, client_key, header,
-                               bearer_token_env)
     check_shape(seq_len, None, None)
     require_at_least("--requests", requests, 1)
     require_positive("--duration", duration)
@@ -940,15 +951,10 @@ def print_analyzer_comparison(rows: list[dict]) -> None:
 
 @app.command()
 @friendly
+@remote_options("url")
 def soak(
     name: Annotated[str, typer.Argument(help="An export served by Triton, e.g. bert_fp32.")],
     url: UrlOption = "127.0.0.1:8001",
-    tls: TlsOption = None,
-    root_certs: RootCertsOption = None,
-    client_cert: ClientCertOption = None,
-    client_key: ClientKeyOption = None,
-    header: HeaderOption = None,
-    bearer_token_env: BearerTokenEnvOption = None,
     repo: RepoOption = DEFAULT_REPO,
     requests: Annotated[int, typer.Option(help="Requests in all.")] = 10_000,
     concurrency: Annotated[int, typer.Option(help="Requests in flight.")] = 32,
@@ -960,6 +966,7 @@ def soak(
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
     plot: Annotated[Path | None, typer.Option(help="PNG plot of every request's latency over time.")
                     ] = None,
+    endpoint: Endpoint | None = None,  # from --url and the TLS/header options (remote_options)
 ):
     """Sustained load with every answer checked: requests alternate between the export's tensor
     model and its raw-input ensemble, real inputs in turn, each answer compared with ONNX Runtime
@@ -967,8 +974,6 @@ def soak(
     from tritonforge.serving.repository import ModelRepository
     from tritonforge.serving.soak import plot_soak, run_soak
 
-    endpoint = remote_endpoint("--url", url, tls, root_certs, client_cert, client_key, header,
-                               bearer_token_env)
     require_at_least("--requests", requests, 1)
     require_at_least("--concurrency", concurrency, 1)
     require_positive("--timeout", timeout)
