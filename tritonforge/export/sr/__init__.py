@@ -10,6 +10,7 @@ judged in grey levels and in PSNR against the HR photographs the LR inputs were 
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import tempfile
 from collections.abc import Mapping
@@ -79,13 +80,16 @@ class SRReference(SRGraph):
     meta: dict[str, Any]  # what the checkpoint recorded (arch, scale, blocks, width, extra)
 
 
-# HR images of the LR inputs `sample_inputs` gave out, by the LR image's digest: `compare` gets
-# only the inputs, and judges PSNR against the HR each came from.
-_HR_OF_LR: dict[str, np.ndarray] = {}
-
-
 def _digest(image: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(image).tobytes() + str(image.shape).encode()).hexdigest()
+
+
+@functools.cache
+def _hr_by_lr(scale: int) -> dict[str, np.ndarray]:
+    """The HR crop of every LR image `sample_inputs` gives out at `scale`, by the LR image's
+    digest: `compare` gets only the inputs, and judges PSNR against the HR each came from."""
+    lr, hr = lr_hr_pairs(scale)
+    return {_digest(low): high for low, high in zip(lr, hr, strict=True)}
 
 
 @register
@@ -127,10 +131,7 @@ class SRFamily(Family):
                       shape: Shape | None = None) -> dict[str, np.ndarray]:
         """LR images: bicubic downscales of 144x144 crops of the bundled photographs (None: all
         32 crops, four per photograph)."""
-        lr, hr = lr_hr_pairs(options.scale, n)
-        for low, high in zip(lr, hr, strict=True):
-            _HR_OF_LR[_digest(low)] = high
-        return {"lr": lr}
+        return {"lr": lr_hr_pairs(options.scale, n)[0]}
 
     def export(self, model: SRReference, path: Path, options: SROptions) -> ExportInfo:
         io = self.io(model, options)
@@ -159,7 +160,7 @@ class SRFamily(Family):
             return Parity((Check("max_abs_diff", float("inf"), 0.0, higher_is_better=False),),
                           {"shapes": [list(ref.shape), list(cand.shape)]})
         max_diff = float(np.abs(ref.astype(np.int16) - cand.astype(np.int16)).max())
-        hr = _hr_of(inputs)
+        hr = _hr_of(inputs, options.scale)
         details: dict[str, Any] = {"max_abs_diff_grey_levels": max_diff,
                                    "pixels_differing": float(np.mean(ref != cand))}
         if hr is None:  # inputs from elsewhere: judged in grey levels only
@@ -204,10 +205,12 @@ def _max_diff(options: SROptions) -> float:
     return FP16_MAX_ABS_DIFF if options.bits == 16 else FP32_MAX_ABS_DIFF if options.bits == 32 else 255.0
 
 
-def _hr_of(inputs: Mapping[str, np.ndarray] | None) -> np.ndarray | None:
+def _hr_of(inputs: Mapping[str, np.ndarray] | None, scale: int) -> np.ndarray | None:
+    """The HR crops of `inputs` when they are the family's sample inputs, else None."""
     if inputs is None:
         return None
-    found = [_HR_OF_LR.get(_digest(image)) for image in inputs["lr"]]
+    known = _hr_by_lr(scale)
+    found = [known.get(_digest(image)) for image in inputs["lr"]]
     return None if any(h is None for h in found) else np.stack(found)
 
 
