@@ -33,7 +33,7 @@ from torch.nn import functional as F
 from tritonforge.errors import TritonForgeError
 from tritonforge.export.sr.data import psnr
 from tritonforge.export.sr.model import build_network, to_pixels
-from tritonforge.export.sr.video import Chunk, check_patch
+from tritonforge.export.sr.video import Chunk, check_patch, check_patch_size
 
 HELDOUT_EVERY = 5  # frames 4, 9, 14, ... of a chunk are held out for its PSNR
 HARD_FRACTION = 0.2  # sample among the worst 20% of windows
@@ -157,15 +157,10 @@ def _cut(lr: torch.Tensor, hr: torch.Tensor, windows: torch.Tensor, scale: int, 
 
 
 def _check_frames(lr: torch.Tensor, hr: torch.Tensor, scale: int, patch: int) -> None:
-    if patch % scale:
-        raise TritonForgeError(f"the HR patch {patch} is not a multiple of the scale x{scale}: "
-                               f"use a patch size divisible by {scale}")
     if tuple(hr.shape[-2:]) != (lr.shape[-2] * scale, lr.shape[-1] * scale) or len(lr) != len(hr):
         raise TritonForgeError(f"HR frames {list(hr.shape)} are not the LR frames {list(lr.shape)} "
                                f"times x{scale}: crop HR to a multiple of the scale, then downscale")
-    if min(lr.shape[-2:]) < patch // scale:
-        raise TritonForgeError(f"LR frames of {lr.shape[-1]}x{lr.shape[-2]} are smaller than the "
-                               f"{patch // scale}-pixel LR patch (HR {patch}): use a smaller patch")
+    check_patch_size(*hr.shape[-2:], patch, scale, "the frames")
 
 
 # ---------------------------------------------------------------------------------- meta-learning

@@ -210,13 +210,19 @@ def crop_to_scale(frames: np.ndarray, scale: int) -> tuple[np.ndarray, str]:
 def check_patch(chunk: Chunk, patch: int, scale: int) -> None:
     """Refuse a chunk whose LR frames are smaller than the LR patch (HR patch `patch` / `scale`,
     as in the paper's 144 HR / 72 LR at x2)."""
+    check_patch_size(chunk.frames.shape[1], chunk.frames.shape[2], patch, scale, chunk.describe())
+
+
+def check_patch_size(hr_height: int, hr_width: int, patch: int, scale: int, where: str) -> None:
+    """Refuse an HR `patch` that `scale` does not divide, or LR frames (HR frames of `hr_height`
+    x `hr_width` downscaled) smaller than the LR patch; `where` names the frames."""
     if patch % scale:
         raise TritonForgeError(f"the HR patch {patch} is not a multiple of the scale x{scale}: "
                                f"use a patch size divisible by {scale}")
-    height, width = chunk.frames.shape[1] // scale, chunk.frames.shape[2] // scale
+    height, width = hr_height // scale, hr_width // scale
     lr_patch = patch // scale
     if height < lr_patch or width < lr_patch:
-        raise TritonForgeError(f"{chunk.describe()}: LR frames are {width}x{height} at x{scale}, "
+        raise TritonForgeError(f"{where}: LR frames are {width}x{height} at x{scale}, "
                                f"smaller than the {lr_patch}x{lr_patch} LR patch (HR patch {patch}); "
                                f"use a smaller --patch (at most {min(height, width) * scale}) "
                                f"or larger frames")
