@@ -41,6 +41,18 @@ def tiny_bert(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_repo(tmp_path_factory, tiny_bert) -> Path:
+    """The tiny encoder exported as `tiny` (with `tiny_text`), alone in its repository; shared
+    by the whole session, so read-only (copy it to change it)."""
+    from tritonforge.export.bert import BertOptions
+    from tritonforge.export.pipeline import export_model
+
+    repo = tmp_path_factory.mktemp("tiny_repo")
+    export_model("bert", BertOptions(model=str(tiny_bert), graph="plain"), repo, name="tiny")
+    return repo
+
+
+@pytest.fixture(scope="session")
 def tiny_bert_retrained(tmp_path_factory) -> Path:
     """The tiny encoder with other weights (another seed): a new version that answers differently."""
     return save_tiny_bert(tmp_path_factory.mktemp("tiny_bert_retrained"), seed=1)

@@ -21,8 +21,6 @@ from typer.testing import CliRunner
 
 from tritonforge.cli import app
 from tritonforge.errors import ServerUnavailable, TritonForgeError
-from tritonforge.export.bert import BertOptions
-from tritonforge.export.pipeline import export_model
 from tritonforge.modalities import Tensors
 from tritonforge.scale.push import execute_push, parse_storage_uri, plan_push, push_repository
 from tritonforge.serving.repository import ModelRepository, ServingOptions, model_config
@@ -67,14 +65,6 @@ def bucket(s3) -> str:
     name = f"models-{uuid.uuid4().hex[:12]}"
     s3.create_bucket(Bucket=name)
     return name
-
-
-@pytest.fixture(scope="module")
-def tiny_repo(tmp_path_factory, tiny_bert) -> Path:
-    """The tiny encoder exported as `tiny`, with its tokenizer step and `tiny_text` ensemble."""
-    repo = tmp_path_factory.mktemp("push_repo")
-    export_model("bert", BertOptions(model=str(tiny_bert), graph="plain"), repo, name="tiny")
-    return repo
 
 
 @pytest.fixture(scope="module")

@@ -20,14 +20,6 @@ ANY_PORTS = {"http_port": 0, "grpc_port": 0, "metrics_port": 0}  # LocalTriton p
 
 
 @pytest.fixture(scope="session")
-def tiny_repo(tmp_path_factory, tiny_bert) -> Path:
-    """The tiny encoder exported as `tiny` (with `tiny_text`), alone in its repository."""
-    repo = tmp_path_factory.mktemp("tiny_repo")
-    export_model("bert", BertOptions(model=str(tiny_bert), graph="plain"), repo, name="tiny")
-    return repo
-
-
-@pytest.fixture(scope="session")
 def served_repo(tmp_path_factory, tiny_bert, tiny_repo, tiny_classifier, minilm_repo) -> Path:
     repo = tmp_path_factory.mktemp("served_repo")
     for name in ("tiny", "tiny_tokenizer", "tiny_text"):
