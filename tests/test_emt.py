@@ -162,3 +162,32 @@ def test_a_delta_rebuilds_fsrcnn_with_its_transposed_conv_and_prelu_exactly():
     rebuilt = emt.apply_delta(base, delta.to_bytes())
     assert all(torch.equal(rebuilt.state_dict()[k], v) for k, v in after.state_dict().items())
     assert all(torch.equal(base.state_dict()[k], v) for k, v in untouched.items())
+
+
+@pytest.mark.parametrize("arch,scale", [("espcn", 2), ("espcn", 3), ("espcn", 4), ("fsrcnn", 2), ("srcnn", 2),
+                                        ("edsr", 2)])
+def test_bicubic_init_starts_each_network_at_bicubic_quality(arch, scale):
+    from PIL import Image as PILImage
+
+    from tritonforge.export.sr.data import lr_hr_pairs, psnr
+
+    lr, hr = lr_hr_pairs(scale, 8)
+    pillow = np.stack([np.asarray(PILImage.fromarray(x.transpose(1, 2, 0)).resize(
+        (x.shape[2] * scale, x.shape[1] * scale), PILImage.BICUBIC)).transpose(2, 0, 1) for x in lr])
+    network = emt.fresh_network(arch, scale, "bicubic", blocks=1 if arch == "edsr" else None)
+    random = emt.fresh_network(arch, scale, "random", blocks=1 if arch == "edsr" else None)
+    started = emt.upscale(network, torch.from_numpy(lr).float()).numpy()
+    baseline = psnr(pillow, hr, scale)
+    # ESPCN and FSRCNN x2 carry the whole cubic kernel (Pillow's, a = -0.5); SRCNN's graph resizes
+    # with PyTorch's (a = -0.75); EDSR's 3x3 upsampling conv cuts the kernel to 3 taps
+    tolerance = {"espcn": 0.01, "fsrcnn": 0.01, "srcnn": 0.15, "edsr": 0.15}[arch]
+    assert psnr(started, hr, scale) == pytest.approx(baseline, abs=tolerance)
+    assert psnr(emt.upscale(random, torch.from_numpy(lr).float()).numpy(), hr, scale) < baseline - 5
+    # the random channels are still there: once a first step has opened their zeroed path to
+    # the output, the layers a few steps from it get gradients too
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-3)
+    for _ in range(3):
+        optimizer.zero_grad()
+        F.l1_loss(network(torch.from_numpy(lr[:2]).float()), torch.from_numpy(hr[:2]).float()).backward()
+        optimizer.step()
+    assert all(p.grad.abs().sum() > 0 for p in emt.conv_weights(network).values())

@@ -341,6 +341,11 @@ class QualityGroup(FamilyGroup):
     build = staticmethod(lambda family: quality_command(family) if family.quality_options() else None)
 
 
+# Command groups named after the research rather than the family: `tritonforge emt ...` runs
+# the sr family's commands (EMT's video delivery).
+FAMILY_COMMAND_ALIASES = {"emt": "sr"}
+
+
 class RootGroup(TyperGroup):
     """`tritonforge <family> ...`: a family's own commands (e.g. training), when it has any.
     They are not listed in `tritonforge --help` (that would import every family); the
@@ -350,9 +355,10 @@ class RootGroup(TyperGroup):
         from tritonforge.export.base import family_names, get_family
 
         command = super().get_command(ctx, name)
-        if command is not None or name not in family_names():
+        family = FAMILY_COMMAND_ALIASES.get(name, name)
+        if command is not None or family not in family_names():
             return command
-        commands = get_family(name).commands()
+        commands = get_family(family).commands()
         if commands is None:
             return None
         group = typer.main.get_group(commands)  # a group even with one command

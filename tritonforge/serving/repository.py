@@ -101,6 +101,9 @@ class ServingOptions:
     # before Triton frees its slot (Triton's own default is 1 s, too short for a live stream).
     max_sequences: int = 64
     sequence_idle_us: int = 60_000_000
+    # Which versions Triton loads: "latest" (its default, the newest one) or "all" (every
+    # version stays addressable, as per-chunk models of one video need)
+    version_policy: str = "latest"
 
     def __post_init__(self):
         if self.max_batch_size < 1:
@@ -111,6 +114,9 @@ class ServingOptions:
         if self.target not in ("onnxruntime", "openvino", "tensorrt"):
             raise TritonForgeError(f"serving target {self.target!r} is unknown: choose onnxruntime, "
                                    "openvino or tensorrt")
+        if self.version_policy not in ("latest", "all"):
+            raise TritonForgeError(f"version policy {self.version_policy!r} is unknown: choose latest "
+                                   "(serve the newest version) or all (serve every version)")
         if self.max_sequences < 1 or self.sequence_idle_us < 1:
             raise TritonForgeError(f"max_sequences {self.max_sequences} and sequence_idle_us "
                                    f"{self.sequence_idle_us} must be positive")
@@ -155,6 +161,8 @@ def model_config(name: str, io: ModelIO, serving: ServingOptions,
     if serving.target == "openvino" and backend == "onnxruntime":
         backend = "openvino"
     config = mc.ModelConfig(name=name, backend=backend, max_batch_size=serving.max_batch_size)
+    if serving.version_policy == "all":
+        config.version_policy.all.SetInParent()
     add_tensors(config.input, [t for t in io.inputs if t.name not in state])
     add_tensors(config.output, [t for t in io.outputs if t.name not in state])
     kind = mc.ModelInstanceGroup.KIND_GPU if serving.gpu else mc.ModelInstanceGroup.KIND_CPU

@@ -25,12 +25,21 @@ from tritonforge.errors import TritonForgeError
 from tritonforge.export.base import ExportInfo, Family, Shape, option, register
 from tritonforge.export.onnx import MIN_OPSET, check_onnx, torch_to_onnx
 from tritonforge.export.sr.data import HR_CROP, lr_hr_pairs, psnr
-from tritonforge.export.sr.model import ARCHS, SRGraph, build_network, check_architecture, load_checkpoint
+from tritonforge.export.sr.model import (
+    ARCHS,
+    SRGraph,
+    architecture,
+    build_network,
+    check_architecture,
+    load_checkpoint,
+    save_checkpoint,
+)
 from tritonforge.export.sr.quantize import KEEP_FLOAT, quantize_int8
 from tritonforge.modalities.image import ImagePixels
 from tritonforge.spec import IMAGE, Check, ModelIO, Parity, TensorSpec
 
 BITS = (32, 16, 8)
+WEIGHTS_FILE = "weights.pt"  # beside model.onnx: the FP32 weights it was exported from
 PRECISIONS = {32: "fp32", 16: "fp16", 8: "int8"}
 # FP32: the same arithmetic summed in another order can move a value across a .5 boundary.
 FP32_MAX_ABS_DIFF = 1.0  # grey levels
@@ -105,18 +114,37 @@ class SRFamily(Family):
 
     def load(self, options: SROptions, stage=None) -> SRReference:
         if options.checkpoint:
-            network, meta = load_checkpoint(options.checkpoint, options.arch, options.scale, options.blocks)
-            weights = f"checkpoint {options.checkpoint}"
-        else:
-            with torch.random.fork_rng(devices=[]):  # seeded weights, the caller's RNG untouched
-                torch.manual_seed(options.seed)
-                network = build_network(options.arch, options.scale, options.blocks, options.width)
-            meta = {}
-            weights = (f"random (seed {options.seed}), untrained: the output is not a super-resolved "
-                       "image; pass --checkpoint for trained weights")
-        model = SRReference(network.eval(), options.scale).eval()
+            return self.reference(*load_checkpoint(options.checkpoint, options.arch, options.scale,
+                                                   options.blocks), options.scale,
+                                  f"checkpoint {options.checkpoint}")
+        with torch.random.fork_rng(devices=[]):  # seeded weights, the caller's RNG untouched
+            torch.manual_seed(options.seed)
+            network = build_network(options.arch, options.scale, options.blocks, options.width)
+        return self.reference(network, {}, options.scale,
+                              f"random (seed {options.seed}), untrained: the output is not a "
+                              "super-resolved image; pass --checkpoint for trained weights")
+
+    @staticmethod
+    def reference(network: torch.nn.Module, meta: dict[str, Any], scale: int, weights: str) -> SRReference:
+        """The FP32 reference of `network`; `weights` says where its weights came from."""
+        model = SRReference(network.eval(), scale).eval()
         model.weights, model.meta = weights, meta
         return model
+
+    def load_version(self, options: SROptions, folder: Path, stage=None) -> SRReference:
+        """The version's own weights (`weights.pt`, written at export), so a version stays
+        verifiable when the checkpoint it was exported from has moved or changed."""
+        path = folder / WEIGHTS_FILE
+        if not path.is_file():
+            return self.load(options, stage)
+        network, meta = load_checkpoint(path, options.arch, options.scale, options.blocks)
+        return self.reference(network, meta, options.scale, f"{WEIGHTS_FILE} of version {folder.name}")
+
+    def write_side_files(self, model: SRReference, version_dir: Path) -> None:
+        meta = model.meta or {}
+        arch, blocks = architecture(model.network)
+        save_checkpoint(model.network, version_dir / WEIGHTS_FILE, arch, model.scale, blocks,
+                        **meta.get("extra", {}))
 
     def source(self, model: SRReference) -> dict[str, Any]:
         return {"architecture": type(model.network).__name__, "scale": model.scale,
@@ -187,6 +215,11 @@ class SRFamily(Family):
         if weights.startswith("random"):  # said where it is seen, not only in the manifest
             lines.append(f"[yellow]weights: {weights}[/yellow]")
         return lines
+
+    def commands(self):
+        from tritonforge.export.sr.commands import emt_commands
+
+        return emt_commands()
 
     def quality(self, model: SRReference, options: SROptions, run) -> dict[str, Any] | None:
         """Reduced precision: PSNR against HR of the export and of the FP32 PyTorch model."""

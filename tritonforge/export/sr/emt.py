@@ -21,7 +21,7 @@ import copy
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -32,13 +32,14 @@ from torch.nn import functional as F
 
 from tritonforge.errors import TritonForgeError
 from tritonforge.export.sr.data import psnr
-from tritonforge.export.sr.model import build_network, to_pixels
+from tritonforge.export.sr.model import bicubic_init, build_network, to_pixels
 from tritonforge.export.sr.video import Chunk, check_patch, check_patch_size
 
 HELDOUT_EVERY = 5  # frames 4, 9, 14, ... of a chunk are held out for its PSNR
 HARD_FRACTION = 0.2  # sample among the worst 20% of windows
 FIRST_FRACTION, LATER_FRACTION = 0.2, 0.01  # mask fractions: chunk 1, chunks 2+
 EVAL_BATCH = 8  # frames per forward pass when scoring whole frames
+INITS = ("bicubic", "random")
 
 
 # ---------------------------------------------------------------------------------- frames
@@ -166,12 +167,27 @@ def _check_frames(lr: torch.Tensor, hr: torch.Tensor, scale: int, patch: int) ->
 # ---------------------------------------------------------------------------------- meta-learning
 
 
+def fresh_network(arch: str, scale: int, init: str = "bicubic", blocks: int | None = None,
+                  seed: int = 0) -> nn.Module:
+    """New weights of `arch` (seeded by `seed`; the caller's RNG untouched): PyTorch's random
+    initialisation (`init="random"`, the reference's), or that with a bicubic upscaler set into
+    it (`init="bicubic"`, `model.bicubic_init`), so training starts at bicubic quality."""
+    if init not in INITS:
+        raise TritonForgeError(f"unknown --init {init!r}: choose {' or '.join(INITS)}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        network = build_network(arch, scale, blocks)
+    return bicubic_init(network, scale) if init == "bicubic" else network
+
+
 def meta_train(arch: str | nn.Module, chunks: Sequence[Chunk], scale: int, steps: int = 200,
                inner_steps: int = 2, inner_lr: float = 5e-6, outer_lr: float = 1e-3, patch: int = 96,
                task_frames: int = 50, tasks_per_step: int = 4, batch: int = 8,
-               seed: int = 0) -> nn.Module:
+               seed: int = 0, init: str = "bicubic", blocks: int | None = None,
+               progress: Callable[[int], None] | None = None) -> nn.Module:
     """First-order MAML over temporal tasks: returns the meta-learned network, from fresh weights
-    of `arch` (seeded by `seed`) or from a copy of the given network.
+    of `arch` (`fresh_network(arch, scale, init, blocks, seed)`) or from a copy of the given
+    network. `progress(step)` is called after each outer step.
 
     A task is a block of `task_frames` consecutive training frames of one chunk (held-out frames
     are never used). Each step draws `tasks_per_step` tasks and `batch` random patches from
@@ -190,17 +206,13 @@ def meta_train(arch: str | nn.Module, chunks: Sequence[Chunk], scale: int, steps
     if not tasks:
         raise TritonForgeError("meta-training needs at least one chunk with frames")
     generator = torch.Generator().manual_seed(seed)
-    if isinstance(arch, str):
-        torch.manual_seed(seed)
-        network = build_network(arch, scale)
-    else:
-        network = arch
+    network = fresh_network(arch, scale, init, blocks, seed) if isinstance(arch, str) else arch
     meta = copy.deepcopy(network).train()
     fast = copy.deepcopy(network).train()
     optimizer = torch.optim.Adam(meta.parameters(), lr=outer_lr)
     for p in meta.parameters():
         p.grad = torch.zeros_like(p)
-    for _ in range(steps):
+    for step in range(steps):
         optimizer.zero_grad(set_to_none=False)
         for t in torch.randint(len(tasks), (tasks_per_step,), generator=generator).tolist():
             lr_patches, hr_patches, _ = random_patches(*tasks[t], scale, patch, batch, generator)
@@ -216,6 +228,8 @@ def meta_train(arch: str | nn.Module, chunks: Sequence[Chunk], scale: int, steps
             for p, q in zip(meta.parameters(), fast.parameters(), strict=True):
                 p.grad += q.grad
         optimizer.step()
+        if progress:
+            progress(step + 1)
     return meta.eval()
 
 
@@ -340,6 +354,27 @@ def tune_video(meta_network: nn.Module, chunks: Sequence[Chunk], scale: int,
         fraction = later_fraction if results else first_fraction
         results.append(tune_chunk(start, chunk, scale, fraction, **tuning))  # type: ignore[arg-type]
     return results
+
+
+def train_on_chunk(network: nn.Module, chunk: Chunk, scale: int, steps: int, lr: float = 1e-3,
+                   patch: int = 96, batch: int = 8, seed: int = 0) -> tuple[nn.Module, float]:
+    """The baseline EMT is judged against: a copy of `network` (fresh weights, for training
+    from scratch) trained on all its weights for `steps` of Adam on the L1 loss, each batch
+    of random patches of the chunk's training frames. Returns it and its held-out PSNR."""
+    check_patch(chunk, patch, scale)
+    train, held = heldout_split(len(chunk.frames))
+    lr_frames, hr_frames = frames_to_tensor(chunk.lr(scale)), frames_to_tensor(chunk.frames)
+    lr_train, hr_train = lr_frames[train], hr_frames[train]
+    generator = torch.Generator().manual_seed(seed)
+    network = copy.deepcopy(network).train()
+    optimizer = torch.optim.Adam(network.parameters(), lr=lr)
+    for _ in range(steps):
+        patches = random_patches(lr_train, hr_train, scale, patch, batch, generator)
+        optimizer.zero_grad()
+        F.l1_loss(network(patches.lr), patches.hr).backward()
+        optimizer.step()
+    network.eval()
+    return network, frames_psnr(network, lr_frames[held], hr_frames[held], scale)
 
 
 # ---------------------------------------------------------------------------------- deltas

@@ -8,6 +8,7 @@ and cast back to uint8, so a client sends and receives plain images.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,11 @@ def build_network(arch: str, scale: int, blocks: int | None = None, width: int |
     return EDSR(scale, blocks if blocks is not None else 16, **extra)
 
 
+def architecture(network: nn.Module) -> tuple[str, int | None]:
+    """(arch, blocks) of a network built by `build_network`, as checkpoints record them."""
+    return type(network).__name__.lower(), len(network.body) - 1 if isinstance(network, EDSR) else None
+
+
 def check_architecture(arch: str, scale: int, blocks: int | None) -> None:
     """Refuse an unknown arch or scale, and --blocks with a network that has no blocks."""
     if arch not in ARCHS:
@@ -131,6 +137,113 @@ def check_architecture(arch: str, scale: int, blocks: int | None) -> None:
                                "drop --blocks or use --arch edsr")
     if blocks is not None and blocks < 1:
         raise TritonForgeError(f"--blocks {blocks} must be at least 1 (EDSR-1 is --blocks 1)")
+
+
+CUBIC_A = -0.5  # the cubic convolution kernel of Pillow's (and MATLAB's) bicubic resize
+
+
+def cubic(distance: float, a: float = CUBIC_A) -> float:
+    """Keys' cubic convolution kernel at `distance` (in LR pixels)."""
+    d = abs(distance)
+    if d <= 1:
+        return (a + 2) * d ** 3 - (a + 3) * d ** 2 + 1
+    return a * (d ** 3 - 5 * d ** 2 + 8 * d - 4) if d < 2 else 0.0
+
+
+def cubic_taps(scale: int, phase: int, offsets: range) -> torch.Tensor:
+    """The 1-D weights, over LR `offsets`, of the HR pixel at `phase` (0..scale-1) past an LR
+    pixel, the pixel centres aligned as resizes align them; renormalised to sum 1 where the
+    offsets cut the kernel short."""
+    centre = (phase + 0.5) / scale - 0.5  # the HR pixel's position on the LR grid, relative
+    taps = torch.tensor([cubic(t - centre) for t in offsets], dtype=torch.float64)
+    return taps / taps.sum()
+
+
+def phase_kernel(scale: int, py: int, px: int, offsets: range) -> torch.Tensor:
+    """The 2-D cubic weights (float32, over `offsets` in each direction) of HR phase (py, px)."""
+    return torch.outer(cubic_taps(scale, py, offsets), cubic_taps(scale, px, offsets)).float()
+
+
+@torch.no_grad()
+def bicubic_init(network: nn.Module, scale: int) -> nn.Module:
+    """Set `network` (in place) so that it starts as a bicubic upscaler, and return it.
+
+    Each network keeps a linear path through three of its channels: the first layers copy the
+    RGB input (pixels are >= 0, so ReLU and PReLU let the copies through), the upsampling layer
+    applies the cubic kernel, and every weight from the other (random) channels into that path,
+    or into the output, is zero. Training starts at bicubic quality instead of far below it; the
+    zeroed weights next to the path get gradients, so the first steps open it to the random
+    channels (as a zero-initialised last layer of a residual branch does)."""
+    convs = [m for m in network.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    if isinstance(network, ESPCN):
+        _copy_rgb(convs[:2])
+        _espcn_upsampler(convs[2], convs[3], scale)
+    elif isinstance(network, SRCNN):  # the bicubic resize is in the graph: copy RGB through
+        _copy_rgb(convs)
+    elif isinstance(network, FSRCNN):
+        _copy_rgb(convs[:-1])
+        _transposed_upsampler(convs[-1], scale)
+    elif isinstance(network, EDSR):
+        _copy_rgb(convs[:1])
+        for branch_end in [block.body[-1] for block in network.body[:-1]] + [network.body[-1]]:
+            branch_end.weight[:3].zero_()  # residual branches and the body add nothing to RGB
+            branch_end.bias[:3].zero_()
+        ups = [m for m in network.tail if isinstance(m, nn.Conv2d)]
+        for up, factor in zip(ups[:-1], [2, 2] if scale == 4 else [scale], strict=True):
+            up.weight[:3 * factor * factor].zero_()
+            up.bias[:3 * factor * factor].zero_()
+            for c, py, px in itertools.product(range(3), range(factor), range(factor)):
+                up.weight[(c * factor + py) * factor + px, c] = phase_kernel(factor, py, px, range(-1, 2))
+        _copy_rgb(ups[-1:])
+    return network
+
+
+def _espcn_upsampler(third: nn.Conv2d, last: nn.Conv2d, scale: int) -> None:
+    """ESPCN's last two convs as the bicubic upsampler over LR offsets -2..2: the third conv makes
+    nine copies of RGB shifted by -1..1 in each direction, the last conv weighs them per phase
+    (its channel c * s^2 + py * s + px, PixelShuffle's order)."""
+    shifts = list(itertools.product((-1, 0, 1), repeat=2))
+    third.weight[:3 * len(shifts)].zero_()
+    third.bias[:3 * len(shifts)].zero_()
+    for n, (dy, dx) in enumerate(shifts):
+        for c in range(3):
+            third.weight[3 * n + c, c, 1 + dy, 1 + dx] = 1.0
+    last.weight.zero_()
+    last.bias.zero_()
+    for c, py, px in itertools.product(range(3), range(scale), range(scale)):
+        kernel = phase_kernel(scale, py, px, range(-2, 3))
+        for ty, tx in itertools.product(range(-2, 3), repeat=2):  # offset = shift + kernel tap - 1
+            sy, sx = max(-1, min(1, ty)), max(-1, min(1, tx))
+            last.weight[(c * scale + py) * scale + px, 3 * shifts.index((sy, sx)) + c,
+                        ty - sy + 1, tx - sx + 1] = kernel[ty + 2, tx + 2]
+
+
+def _transposed_upsampler(tail: nn.ConvTranspose2d, scale: int) -> None:
+    """FSRCNN's transposed conv as the cubic upsampler: out[s*i - 4 + k] += x[i] * w[k], so tap k
+    serves HR phase p = (k - 4) mod s at LR offset (p + 4 - k) / s; renormalised per phase
+    where the 9 taps cut the kernel short (x3, x4)."""
+    tail.weight.zero_()
+    tail.bias.zero_()
+    size = tail.kernel_size[0]
+    phases = [(k - 4) % scale for k in range(size)]
+    raw = torch.tensor([cubic((p + 4 - k) // scale - ((p + 0.5) / scale - 0.5))
+                        for k, p in zip(range(size), phases, strict=True)], dtype=torch.float64)
+    totals = {p: float(sum(raw[k] for k in range(size) if phases[k] == p)) for p in set(phases)}
+    taps = torch.stack([raw[k] / totals[phases[k]] for k in range(size)])
+    for c in range(3):
+        tail.weight[c, c] = torch.outer(taps, taps).float()
+
+
+def _copy_rgb(convs: list[nn.Conv2d]) -> None:
+    """Each conv's channels 0-2 become a copy of its input's channels 0-2 (the centre tap), with
+    no weight from any other input channel."""
+    for conv in convs:
+        conv.weight[:3].zero_()
+        centre = conv.kernel_size[0] // 2
+        for c in range(3):
+            conv.weight[c, c, centre, centre] = 1.0
+        if conv.bias is not None:
+            conv.bias[:3].zero_()
 
 
 class SRGraph(nn.Module):

@@ -1,0 +1,117 @@
+"""EMT delivery: chunk k of a video published as version k of one model, every version kept,
+each with its weights, its delta from the previous chunk and a manifest of its tuning."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tritonforge.cli import app
+from tritonforge.errors import TritonForgeError
+from tritonforge.export.sr import emt
+from tritonforge.export.sr.delivery import DELTA_FILE, META_FILE, SECTION, TuneRecipe, publish_video
+from tritonforge.export.sr.model import load_checkpoint
+from tritonforge.export.sr.video import demo_clip
+from tritonforge.serving.repository import ModelRepository
+
+SCALE = 2
+# three 1-s shots at 10 fps, 96x48 (LR 48x24): three chunks of 10 frames, each its own photo
+RECIPE = TuneRecipe(first_fraction=0.2, later_fraction=0.01, full_steps=5, masked_steps=10, lr=1e-3,
+                    patch=32, batch=4, pool=32, chunk_seconds=1.0)
+
+
+@pytest.fixture(scope="module")
+def clip_path(tmp_path_factory):
+    return demo_clip(size=(96, 48), fps=10, shot_seconds=1, shots=3).write(
+        tmp_path_factory.mktemp("clip") / "clip.mp4")
+
+
+@pytest.fixture(scope="module")
+def meta():
+    return emt.fresh_network("espcn", SCALE, "bicubic")
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory, clip_path, meta):
+    repo = tmp_path_factory.mktemp("emt") / "repo"
+    return repo, publish_video(clip_path, "clip_sr", repo, meta, SCALE, RECIPE)
+
+
+def test_chunk_k_is_version_k_and_every_version_is_served(published):
+    repo, results = published
+    assert [r.version for r in results] == [1, 2, 3]
+    assert ModelRepository(repo).versions("clip_sr") == [1, 2, 3]
+    config = ModelRepository(repo).read_config("clip_sr")
+    assert config.version_policy.WhichOneof("policy_choice") == "all"
+    for result in results:
+        section = result.manifest[SECTION]
+        k = result.version
+        assert (section["index"], section["start_s"], section["end_s"]) == (k, k - 1.0, float(k))
+        assert section["mask_fraction"] == (0.2 if result.version == 1 else 0.01)
+        assert section["frames"] == 10 and section["heldout_frames"] == 2
+        assert section["psnr_after"] > 0 and section["psnr_before"] > 0
+        assert section["delta_bytes"] == (result.folder / DELTA_FILE).stat().st_size
+        assert section["full_bytes"] == 4 * sum(t.numel() for t in load_checkpoint(
+            result.folder / "weights.pt")[0].state_dict().values())
+        assert result.manifest["parity"]["passed"]
+    # chunks 2+ change 1% of the conv weights (and every bias): a delta of under 5% of the model
+    sections = [r.manifest[SECTION] for r in results[1:]]
+    assert all(section["delta_bytes"] <= 0.05 * section["full_bytes"] for section in sections)
+
+
+def test_meta_and_the_deltas_rebuild_every_chunk_model_exactly(published, meta):
+    repo, results = published
+    model = load_checkpoint(results[0].folder / META_FILE)[0]
+    for name, value in meta.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value)
+    for result in results:
+        model = emt.apply_delta(model, (result.folder / DELTA_FILE).read_bytes())
+        shipped = load_checkpoint(result.folder / "weights.pt")[0]
+        for name, value in shipped.state_dict().items():
+            assert torch.equal(model.state_dict()[name], value), (result.version, name)
+
+
+def test_each_versions_onnx_computes_its_chunks_model(published, clip_path):
+    repo, results = published
+    lr = np.random.default_rng(0).integers(0, 256, (2, 3, 24, 48), dtype=np.uint8)
+    outputs = []
+    for result in results:
+        session = ort.InferenceSession(str(result.folder / "model.onnx"), providers=["CPUExecutionProvider"])
+        served = session.run(None, {"lr": lr})[0]
+        network = load_checkpoint(result.folder / "weights.pt")[0]
+        expected = emt.upscale(network, torch.from_numpy(lr).float()).numpy()
+        assert np.abs(served.astype(int) - expected.astype(int)).max() <= 1
+        outputs.append(served)
+    assert not np.array_equal(outputs[0], outputs[1])  # the versions are different models
+
+
+def test_verify_rebuilds_a_chunk_version_from_its_own_weights(published, tmp_path):
+    repo, _results = published
+    # the recipe names no checkpoint: without weights.pt the reference would be random weights
+    # and parity would fail
+    output = CliRunner().invoke(app, ["verify", "clip_sr", "--version", "2", "--repo", str(repo), "--samples",
+                                      "4", "--iterations", "1", "--json", str(tmp_path / "v.json")],
+                                terminal_width=200)
+    assert output.exit_code == 0, output.output
+    report = json.loads((tmp_path / "v.json").read_text())
+    assert report["parity"]["passed"] and report["version"] == 2
+
+
+def test_a_name_with_versions_is_refused_without_force(published, clip_path, meta):
+    repo, _results = published
+    before = (repo / "clip_sr" / "1" / "model.onnx").stat().st_mtime_ns
+    with pytest.raises(TritonForgeError, match=r"clip_sr already has versions \[1, 2, 3\].*--force"):
+        publish_video(clip_path, "clip_sr", repo, meta, SCALE, RECIPE)
+    assert (repo / "clip_sr" / "1" / "model.onnx").stat().st_mtime_ns == before
+
+
+def test_versions_beyond_the_videos_chunks_are_refused_even_with_force(tmp_path, published, meta):
+    repo, _results = published
+    short = demo_clip(size=(96, 48), fps=10, shot_seconds=1, shots=2).write(tmp_path / "short.mp4")
+    with pytest.raises(TritonForgeError, match=r"versions \[3\] beyond this video's 2 chunks"):
+        publish_video(short, "clip_sr", repo, meta, SCALE, RECIPE, force=True)

@@ -1,0 +1,208 @@
+"""`tritonforge emt ...` (also `tritonforge sr ...`): EMT neural video delivery.
+
+clip -> meta-train -> tune (chunk k published as version k) -> serve -> play; `compare` measures
+EMT against bicubic and against training from scratch, per architecture.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tritonforge.cli import (
+    DEFAULT_REPO,
+    RepoOption,
+    UrlOption,
+    console,
+    new_table,
+    progress_bar,
+    remote_options,
+)
+from tritonforge.errors import TritonForgeError
+from tritonforge.serving.endpoint import Endpoint
+
+VideoArgument = Annotated[Path, typer.Argument(
+    help="A video file (.mp4, ...) or a folder of PNG/JPEG frames; `emt clip` writes a demo clip.")]
+FpsOption = Annotated[float | None, typer.Option(
+    help="Frame rate of a folder of frames (default 30), or an override of the file's own.")]
+ChunkSecondsOption = Annotated[float, typer.Option(help="Chunk length in seconds (one model per chunk).")]
+ArchOption = Annotated[str, typer.Option(help="Network: espcn, srcnn, fsrcnn or edsr.")]
+ScaleOption = Annotated[int, typer.Option(help="Upscaling factor: 2, 3 or 4.")]
+BlocksOption = Annotated[int | None, typer.Option(help="EDSR only: residual blocks (EDSR-1 is 1).")]
+InitOption = Annotated[str, typer.Option(
+    help="Starting weights: bicubic (random weights with a bicubic upscaler set in, the default: "
+         "training starts at bicubic quality) or random (PyTorch's initialisation, the reference's).")]
+
+
+def emt_commands() -> typer.Typer:
+    commands = typer.Typer(no_args_is_help=True,
+                           help="EMT neural video delivery: SR models tuned per chunk, served as versions.")
+
+    @commands.command("clip")
+    def clip_command(
+        out: Annotated[Path, typer.Argument(help="Where to write it: a .mp4, or a folder for PNG frames.")],
+        shots: Annotated[int, typer.Option(help="Shots, one photograph each (one per chunk).")] = 4,
+        seconds: Annotated[float, typer.Option(help="Seconds per shot.")] = 5.0,
+        fps: Annotated[float, typer.Option(help="Frames per second.")] = 30.0,
+        seed: Annotated[int, typer.Option(help="Seed of the camera moves and photo order.")] = 0,
+    ):
+        """Write the demo clip: pans, zooms and cuts across the bundled photographs (384x216)."""
+        from tritonforge.export.sr.video import demo_clip
+
+        video = demo_clip(fps=fps, shot_seconds=seconds, shots=shots, seed=seed)
+        path = video.write(out)
+        console.print(f"{len(video.frames)} frames ({video.seconds:.1f} s at {fps:g} fps) written to {path}")
+
+    @commands.command("meta-train")
+    def meta_train_command(
+        video: VideoArgument,
+        arch: ArchOption = "espcn",
+        scale: ScaleOption = 2,
+        blocks: BlocksOption = None,
+        init: InitOption = "bicubic",
+        steps: Annotated[int, typer.Option(help="Outer (meta) steps.")] = 1000,
+        outer_lr: Annotated[float, typer.Option(help="Adam learning rate of the outer step.")] = 1e-4,
+        inner_steps: Annotated[int, typer.Option(help="Inner SGD steps per task.")] = 2,
+        inner_lr: Annotated[float, typer.Option(help="Inner SGD learning rate.")] = 5e-6,
+        task_frames: Annotated[int, typer.Option(help="Frames per temporal task.")] = 50,
+        tasks_per_step: Annotated[int, typer.Option(help="Tasks per outer step.")] = 1,
+        patch: Annotated[int, typer.Option(help="HR patch size (LR: patch / scale).")] = 96,
+        batch: Annotated[int, typer.Option(help="Patches per task.")] = 8,
+        chunk_seconds: ChunkSecondsOption = 5.0,
+        fps: FpsOption = None,
+        seed: Annotated[int, typer.Option(help="Seed of the weights and of the sampling.")] = 0,
+        out: Annotated[Path, typer.Option(help="Where to write the meta-learned checkpoint.")
+                       ] = Path("emt_meta.pt"),
+    ):
+        """First-order MAML over temporal tasks of the video (held-out frames never used): the
+        starting point that `emt tune` adapts to each chunk."""
+        from tritonforge.export.sr.delivery import read_chunks
+        from tritonforge.export.sr.emt import meta_train
+        from tritonforge.export.sr.model import architecture, check_architecture, save_checkpoint
+
+        check_architecture(arch, scale, blocks)
+        chunks, note, clip = read_chunks(video, scale, chunk_seconds, fps)
+        if note:
+            console.print(f"[yellow]{note}[/yellow]")
+        with progress_bar() as bar:
+            task = bar.add_task(f"meta-training {arch} x{scale} on {len(chunks)} chunks", total=steps)
+            meta = meta_train(arch, chunks, scale, steps, inner_steps, inner_lr, outer_lr, patch, task_frames,
+                              tasks_per_step, batch, seed, init, blocks,
+                              progress=lambda step: bar.update(task, completed=step))
+        recipe = {"video": clip.source, "init": init, "steps": steps, "outer_lr": outer_lr,
+                  "inner_steps": inner_steps, "inner_lr": inner_lr, "task_frames": task_frames,
+                  "tasks_per_step": tasks_per_step, "patch": patch, "batch": batch,
+                  "chunk_seconds": chunk_seconds, "seed": seed}
+        name, blocks_of = architecture(meta)
+        path = save_checkpoint(meta, out, name, scale, blocks_of, meta_training=recipe)
+        console.print(f"meta-learned {arch} x{scale} written to {path}; next: "
+                      f"tritonforge emt tune {video} --name NAME --meta {path}")
+
+    @commands.command("tune")
+    def tune_command(
+        video: VideoArgument,
+        name: Annotated[str, typer.Option(help="Model name: chunk k becomes its version k.")],
+        meta: Annotated[Path, typer.Option(help="The meta-learned checkpoint (`emt meta-train`).")],
+        repo: RepoOption = DEFAULT_REPO,
+        bits: Annotated[int, typer.Option(help="Served precision: 32, 16 or 8.")] = 32,
+        first_fraction: Annotated[float, typer.Option(help="Chunk 1: share of conv weights tuned.")] = 0.2,
+        later_fraction: Annotated[float, typer.Option(help="Chunks 2+: share of conv weights tuned.")] = 0.01,
+        full_steps: Annotated[int, typer.Option(help="Steps of full fine-tuning that choose the mask.")] = 50,
+        masked_steps: Annotated[int, typer.Option(help="Steps of masked fine-tuning.")] = 190,
+        lr: Annotated[float, typer.Option(help="Adam learning rate (the paper: 1e-4).")] = 1e-3,
+        patch: Annotated[int, typer.Option(help="HR patch size.")] = 96,
+        batch: Annotated[int, typer.Option(help="Patches per step.")] = 8,
+        pool: Annotated[int, typer.Option(help="Hard patches sampled per chunk.")] = 256,
+        hard_fraction: Annotated[float, typer.Option(help="Sample among the worst share of windows.")] = 0.2,
+        chunk_seconds: ChunkSecondsOption = 5.0,
+        fps: FpsOption = None,
+        seed: Annotated[int, typer.Option(help="Seed of the patch sampling.")] = 0,
+        force: Annotated[bool, typer.Option(help="Replace the versions of an existing --name.")] = False,
+    ):
+        """Tune each chunk from the previous one's model (chunk 1 from --meta), export and verify
+        it, and publish it as version k of --name (every version served)."""
+        from tritonforge.export.sr.delivery import TuneRecipe, publish_video
+        from tritonforge.export.sr.model import load_checkpoint
+
+        start, recorded = load_checkpoint(meta)
+        recipe = TuneRecipe(first_fraction, later_fraction, full_steps, masked_steps, lr, patch, batch, pool,
+                            hard_fraction, seed, chunk_seconds)
+        table = new_table(f"{name}: one version per chunk", "version", "time (s)", "mask", "PSNR before",
+                          "PSNR after", "full bytes", "delta bytes")
+        with progress_bar() as bar:
+            task = bar.add_task("tuning", total=None)
+
+            def done(result) -> None:
+                chunk = result.manifest["emt"]
+                share = chunk["delta_bytes"] / chunk["full_bytes"]
+                table.add_row(str(result.version), f"{chunk['start_s']:.1f}-{chunk['end_s']:.1f}",
+                              f"{chunk['mask_fraction']:.0%}", f"{chunk['psnr_before']:.2f} dB",
+                              f"{chunk['psnr_after']:.2f} dB", f"{chunk['full_bytes']:,}",
+                              f"{chunk['delta_bytes']:,} ({share:.1%})")
+
+            results = publish_video(video, name, repo, start, int(recorded["scale"]), recipe, bits, force,
+                                    fps, stage=lambda message: bar.update(task, description=message),
+                                    done=done)
+        console.print(table)
+        console.print(f"{len(results)} versions of {name} in {repo}, verified against PyTorch; serve them "
+                      f"with `tritonforge serve --repo {repo}`, then "
+                      f"`tritonforge emt play {video} --name {name}`")
+
+    @commands.command("play")
+    @remote_options("url")
+    def play_command(
+        video: VideoArgument,
+        name: Annotated[str, typer.Option(help="The model `emt tune` published.")],
+        url: UrlOption = "127.0.0.1:8001",
+        repo: Annotated[Path, typer.Option(help="The repository with its versions (for the chunks' "
+                                                "manifests and the meta-learned model).")] = DEFAULT_REPO,
+        out: Annotated[Path | None, typer.Option(help="Write the SR video here (.mp4) or PNG frames "
+                                                      "into this folder.")] = None,
+        plot: Annotated[Path | None, typer.Option(help="PNG of PSNR and bytes per chunk (default: "
+                                                       "<name>_play.png).")] = None,
+        json_path: Annotated[Path | None, typer.Option("--json", help="Write the per-chunk figures here.")
+                             ] = None,
+        fps: FpsOption = None,
+        endpoint: Endpoint | None = None,
+    ):
+        """Upscale each chunk through Triton with that chunk's version and report PSNR per chunk
+        against HR, bicubic upscaling and the meta-learned model untuned."""
+        from tritonforge.export.sr.delivery import play_video, plot_played
+
+        with progress_bar() as bar:
+            task = bar.add_task(f"playing through {name}", total=None)
+            played = play_video(video, name, endpoint, repo, out, fps,
+                                progress=lambda done, total: bar.update(task, completed=done, total=total))
+        table = new_table(f"{name}: PSNR vs HR per chunk (dB)", "chunk", "time (s)", "version", "EMT",
+                          "EMT held-out", "bicubic", "meta, untuned", "delta / full bytes")
+        for p in played:
+            table.add_row(str(p.index), f"{p.start_s:.1f}-{p.end_s:.1f}", str(p.version), f"{p.psnr_db:.2f}",
+                          f"{p.heldout_psnr_db:.2f}", f"{p.bicubic_db:.2f}",
+                          "-" if p.meta_db is None else f"{p.meta_db:.2f}",
+                          f"{p.delta_bytes:,} / {p.full_bytes:,}")
+        console.print(table)
+        path = plot_played(played, plot or Path(f"{name}_play.png"), f"{name} on {video.name}")
+        console.print(f"plot written to {path}" + (f"; SR frames written to {out}" if out else ""))
+        if json_path:
+            json_path.write_text(json.dumps([dataclasses.asdict(p) for p in played], indent=2) + "\n")
+
+    return commands
+
+
+def parse_archs(text: str) -> list[tuple[str, int | None]]:
+    """"espcn,edsr1" -> [("espcn", None), ("edsr", 1)]: EDSR takes its block count as a suffix."""
+    archs = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        base = item.rstrip("0123456789")
+        blocks = int(item[len(base):]) if item != base else None
+        if base not in ("espcn", "srcnn", "fsrcnn", "edsr") or (blocks is not None and base != "edsr"):
+            raise TritonForgeError(f"--archs: {item!r} is not espcn, srcnn, fsrcnn or edsrN (EDSR with "
+                                   "N blocks, e.g. edsr1)")
+        archs.append((base, blocks))
+    if not archs:
+        raise TritonForgeError("--archs is empty: name at least one, e.g. espcn")
+    return archs
