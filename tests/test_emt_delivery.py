@@ -115,3 +115,35 @@ def test_versions_beyond_the_videos_chunks_are_refused_even_with_force(tmp_path,
     short = demo_clip(size=(96, 48), fps=10, shot_seconds=1, shots=2).write(tmp_path / "short.mp4")
     with pytest.raises(TritonForgeError, match=r"versions \[3\] beyond this video's 2 chunks"):
         publish_video(short, "clip_sr", repo, meta, SCALE, RECIPE, force=True)
+
+
+def test_compare_reports_every_chunk_of_every_network_and_writes_its_figures(clip_path, tmp_path):
+    output = CliRunner().invoke(app, [
+        "emt", "compare", str(clip_path), "--archs", "espcn,edsr1", "--chunks", "2", "--meta-steps", "3",
+        "--full-steps", "3", "--masked-steps", "5", "--scratch-factor", "2", "--chunk-seconds", "1",
+        "--patch", "32", "--batch", "4", "--task-frames", "4",
+        "--no-speed", "--json", str(tmp_path / "c.json"), "--plot", str(tmp_path / "c.png")],
+        terminal_width=220, env={"COLUMNS": "220"})
+    assert output.exit_code == 0, output.output
+    figures = json.loads((tmp_path / "c.json").read_text())
+    assert [(r["arch"], r["chunk"]) for r in figures["chunks"]] == [("espcn", 1), ("espcn", 2), ("edsr1", 1),
+                                                                     ("edsr1", 2)]
+    assert all(r["scratch_steps"] == 2 * (3 + 5) for r in figures["chunks"])
+    # bicubic is the same frames whatever the network; the networks start at bicubic quality
+    assert figures["chunks"][0]["bicubic_db"] == figures["chunks"][2]["bicubic_db"]
+    assert all(abs(r["meta_db"] - r["bicubic_db"]) < 1.5 for r in figures["chunks"])
+    assert (tmp_path / "c.png").stat().st_size > 10_000
+    assert "EMT - bicubic" in output.output
+
+
+def test_compare_refuses_an_unknown_network(clip_path):
+    output = CliRunner().invoke(app, ["emt", "compare", str(clip_path), "--archs", "espcn,vdsr"])
+    assert output.exit_code == 2 and "'vdsr' is not espcn, srcnn, fsrcnn or edsrN" in output.output
+
+
+def test_speed_times_both_runtimes_on_one_frame_of_the_asked_size():
+    from tritonforge.export.sr.compare import measure_speed
+
+    speed = measure_speed("fsrcnn", None, 2, frame=(64, 36), iterations=3)
+    assert speed.frame == "64x36" and speed.pytorch_ms > 0 and speed.onnxruntime_ms > 0
+    assert speed.speedup == pytest.approx(speed.pytorch_ms / speed.onnxruntime_ms)

@@ -190,7 +190,92 @@ def emt_commands() -> typer.Typer:
         if json_path:
             json_path.write_text(json.dumps([dataclasses.asdict(p) for p in played], indent=2) + "\n")
 
+    @commands.command("compare")
+    def compare_command(
+        video: VideoArgument,
+        archs: Annotated[str, typer.Option(help="Networks, comma-separated; edsrN is EDSR with N blocks.")
+                         ] = "espcn,srcnn,fsrcnn,edsr1",
+        scale: ScaleOption = 2,
+        meta_steps: Annotated[int, typer.Option(help="Meta-training steps per network.")] = 1000,
+        outer_lr: Annotated[float, typer.Option(help="Meta-training's outer Adam learning rate.")] = 1e-4,
+        full_steps: Annotated[int, typer.Option(help="EMT: full fine-tuning steps (the mask).")] = 50,
+        masked_steps: Annotated[int, typer.Option(help="EMT: masked fine-tuning steps.")] = 190,
+        lr: Annotated[float, typer.Option(help="Adam learning rate of tuning and of scratch.")] = 1e-3,
+        scratch_factor: Annotated[int, typer.Option(help="Scratch trains this many times EMT's steps.")] = 5,
+        chunks: Annotated[int | None, typer.Option(help="Only the first N chunks.")] = None,
+        patch: Annotated[int, typer.Option(help="HR patch size (meta-training, tuning, scratch).")] = 96,
+        batch: Annotated[int, typer.Option(help="Patches per step (per task when meta-training).")] = 8,
+        task_frames: Annotated[int, typer.Option(help="Frames per meta-training task.")] = 50,
+        speed: Annotated[bool, typer.Option(help="Also time ONNX Runtime against PyTorch on one "
+                                                 "640x360 LR frame.")] = True,
+        chunk_seconds: ChunkSecondsOption = 5.0,
+        fps: FpsOption = None,
+        json_path: Annotated[Path | None, typer.Option("--json", help="Write the figures here (after each "
+                                                                      "network).")] = None,
+        plot: Annotated[Path, typer.Option(help="PNG of PSNR per chunk per network.")
+                        ] = Path("emt_compare.png"),
+    ):
+        """EMT against bicubic, the meta-learned model untuned and training from scratch (5x the
+        steps), per chunk and network, on held-out frames; ONNX Runtime vs PyTorch speed."""
+        from tritonforge.export.sr.compare import MetaRecipe, compare_arch, measure_speed, plot_comparison
+        from tritonforge.export.sr.delivery import TuneRecipe, read_chunks
+
+        networks = parse_archs(archs)
+        counts = (("--meta-steps", meta_steps), ("--scratch-factor", scratch_factor),
+                  ("--chunks", chunks or 1))
+        for option, value in counts:
+            if value < 1:
+                raise TritonForgeError(f"{option} {value} must be at least 1")
+        clips, note, _clip = read_chunks(video, scale, chunk_seconds, fps)
+        if note:
+            console.print(f"[yellow]{note}[/yellow]")
+        clips = clips[:chunks] if chunks else clips
+        meta_recipe = MetaRecipe(steps=meta_steps, outer_lr=outer_lr, task_frames=task_frames, patch=patch,
+                                 batch=batch)
+        recipe = TuneRecipe(full_steps=full_steps, masked_steps=masked_steps, lr=lr, patch=patch, batch=batch,
+                            chunk_seconds=chunk_seconds)
+        rows, speeds = [], []
+        with progress_bar() as bar:
+            task = bar.add_task("comparing", total=len(networks))
+            for arch, blocks in networks:
+                rows += compare_arch(clips, arch, blocks, scale, meta_recipe, recipe, scratch_factor,
+                                     stage=lambda message: bar.update(task, description=message))
+                if speed:
+                    bar.update(task, description=f"{arch}: timing one 640x360 frame")
+                    speeds.append(measure_speed(arch, blocks, scale))
+                bar.advance(task)
+                if json_path:
+                    json_path.write_text(json.dumps({
+                        "video": str(video), "scale": scale, "meta": dataclasses.asdict(meta_recipe),
+                        "tuning": dataclasses.asdict(recipe), "scratch_factor": scratch_factor,
+                        "chunks": [dataclasses.asdict(r) for r in rows],
+                        "speed": [{**dataclasses.asdict(s), "speedup": s.speedup} for s in speeds]},
+                        indent=2) + "\n")
+        print_comparison(rows, speeds)
+        console.print(f"plot written to {plot_comparison(rows, plot)}")
+
     return commands
+
+
+def print_comparison(rows, speeds) -> None:
+    """The held-out PSNR table, with EMT's margins over bicubic (bar: +1 dB) and scratch (>= 0)."""
+    table = new_table("held-out PSNR per chunk (dB)", "network", "chunk", "bicubic", "meta, untuned", "EMT",
+                      "scratch", "EMT - bicubic", "EMT - scratch", "delta / full bytes")
+    for r in rows:
+        over_bicubic, over_scratch = r.emt_db - r.bicubic_db, r.emt_db - r.scratch_db
+        table.add_row(r.arch, str(r.chunk), f"{r.bicubic_db:.2f}", f"{r.meta_db:.2f}", f"{r.emt_db:.2f}",
+                      f"{r.scratch_db:.2f} ({r.scratch_steps} steps)",
+                      f"[{'green' if over_bicubic >= 1 else 'red'}]{over_bicubic:+.2f}[/]",
+                      f"[{'green' if over_scratch >= 0 else 'red'}]{over_scratch:+.2f}[/]",
+                      f"{r.delta_bytes:,} / {r.full_bytes:,}")
+    console.print(table)
+    if speeds:
+        timing = new_table("one LR frame, 2 threads, median of interleaved runs", "network", "frame",
+                           "PyTorch eager ms", "ONNX Runtime ms", "ONNX Runtime speed-up")
+        for s in speeds:
+            timing.add_row(s.arch, s.frame, f"{s.pytorch_ms:.1f}", f"{s.onnxruntime_ms:.1f}",
+                           f"{s.speedup:.2f}x")
+        console.print(timing)
 
 
 def parse_archs(text: str) -> list[tuple[str, int | None]]:

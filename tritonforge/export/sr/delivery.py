@@ -123,7 +123,7 @@ def read_chunks(video: str | Path, scale: int, seconds: float,
 
 
 def publish_video(video: str | Path, name: str, repo: Path | str, meta: nn.Module, scale: int,
-                  recipe: TuneRecipe = TuneRecipe(), bits: int = 32, force: bool = False,
+                  recipe: TuneRecipe | None = None, bits: int = 32, force: bool = False,
                   fps: float | None = None, stage: Callable[[str], None] | None = None,
                   done: Callable[[Any], None] | None = None) -> list[Any]:
     """Tune every chunk of `video` from `meta` and publish chunk k as version k of `name`.
@@ -135,6 +135,7 @@ def publish_video(video: str | Path, name: str, repo: Path | str, meta: nn.Modul
     from tritonforge.serving.repository import ModelRepository, ServingOptions
 
     stage = stage or (lambda _message: None)
+    recipe = recipe or TuneRecipe()
     chunks, _note, clip = read_chunks(video, scale, recipe.chunk_seconds, fps)
     existing = ModelRepository(repo).versions(name) if (Path(repo) / name).is_dir() else []
     if existing and not force:
@@ -191,6 +192,11 @@ def bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
     """PIL bicubic upscaling of uint8 frames [N, h, w, 3]."""
     return np.stack([np.asarray(PILImage.fromarray(frame).resize(
         (frame.shape[1] * scale, frame.shape[0] * scale), PILImage.BICUBIC)) for frame in lr])
+
+
+def bicubic_psnr(lr: np.ndarray, hr: np.ndarray, scale: int) -> float:
+    """PSNR (EMT's metric) of PIL bicubic upscaling of LR frames [N, h, w, 3] against HR."""
+    return psnr(bicubic_upscale(lr, scale).transpose(0, 3, 1, 2), hr.transpose(0, 3, 1, 2), scale)
 
 
 def chunk_versions(repo: Path | str, name: str) -> dict[int, dict[str, Any]]:
@@ -268,7 +274,7 @@ def _judge(chunk: Chunk, scale: int, sr: np.ndarray, meta: nn.Module | None,
         meta_db = db(upscale(meta, frames_to_tensor(lr)).numpy().transpose(0, 2, 3, 1))
     section = manifest.get(SECTION, {})
     return PlayedChunk(chunk.index, chunk.start_s, chunk.end_s, chunk.index, len(hr), db(sr), db(sr, held),
-                       db(bicubic_upscale(lr, scale)), meta_db, int(section.get("full_bytes", 0)),
+                       bicubic_psnr(lr, hr, scale), meta_db, int(section.get("full_bytes", 0)),
                        int(section.get("delta_bytes", 0)))
 
 
@@ -278,6 +284,8 @@ def plot_played(played: Sequence[PlayedChunk], path: Path, title: str) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from tritonforge.serving.bench import save_figure
 
     index = [p.index for p in played]
     figure, (quality, size) = plt.subplots(1, 2, figsize=(11, 4))
@@ -293,8 +301,4 @@ def plot_played(played: Sequence[PlayedChunk], path: Path, title: str) -> Path:
     size.set(xlabel="chunk", ylabel="KiB shipped", xticks=index, title="bytes per chunk")
     size.legend()
     figure.suptitle(title)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
