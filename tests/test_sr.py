@@ -238,3 +238,16 @@ def test_lr_hr_pairs_are_bicubic_downscales_of_real_crops():
     lr, hr = lr_hr_pairs(3, 4)
     assert lr.shape == (4, 3, 48, 48) and hr.shape == (4, 3, 144, 144) and lr.dtype == np.uint8
     assert hr.std() > 20  # real content, not a flat image
+
+
+def test_frame_size_fits_every_photograph_to_one_frame_and_refuses_too_many_pixels():
+    modality = ImagePixels(input="lr")
+    raw = modality.sample_raw()
+    frames = [modality.encode([item], None, None, {"frame_width": 640, "frame_height": 360})["lr"]
+              for item in raw]
+    assert {f.shape for f in frames} == {(1, 3, 360, 640)} and all(f.dtype == np.uint8 for f in frames)
+    assert len({f.tobytes() for f in frames}) == len(raw)  # each photograph's own content
+    with pytest.raises(TritonForgeError, match="--frame-size 2000x1200 is above the model's limit of 2,073"):
+        modality.encode(raw[:1], None, None, {"frame_width": 2000, "frame_height": 1200})
+    with pytest.raises(TritonForgeError, match="--seq-len does not apply to a model that takes image_pixels"):
+        modality.encode(raw[:1], None, None, {"seq_len": 16})

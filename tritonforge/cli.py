@@ -380,6 +380,16 @@ ImageSizeOption = Annotated[int | None, typer.Option(help="Images: height and wi
 TimestepsOption = Annotated[int | None, typer.Option(help="Streams: time steps per sample.")]
 
 
+def parse_frame_size(text: str | None) -> dict[str, int]:
+    """--frame-size WxH as the image_pixels shape options (none when not given)."""
+    if text is None:
+        return {}
+    width, _, height = text.lower().partition("x")
+    if not (width.isdigit() and height.isdigit()) or int(width) < 1 or int(height) < 1:
+        raise TritonForgeError(f"--frame-size {text!r} is not WIDTHxHEIGHT in pixels, e.g. 640x360")
+    return {"frame_width": int(width), "frame_height": int(height)}
+
+
 def shape_options(seq_len: int | None, image_size: int | None, timesteps: int | None) -> dict[str, int]:
     given = {"seq_len": seq_len, "image_size": image_size, "timesteps": timesteps}
     return {k: v for k, v in given.items() if v is not None}
@@ -800,6 +810,9 @@ def bench(
         "--repo", help="Repository with the model's export (a token model's tokenizer, a tensor "
                        "model's saved samples).")] = None,
     seq_len: SeqLenOption = None,
+    frame_size: Annotated[str | None, typer.Option(
+        help="Image models that take any size (super-resolution): send the photographs fitted to "
+             "WxH, e.g. 640x360 (default: each at its own size).")] = None,
     perf_analyzer: Annotated[bool, typer.Option(
         "--perf-analyzer", help="Also measure each level with Triton's perf_analyzer (same inputs, "
                                 "about as many requests) and compare (`make perf-analyzer` installs it).")
@@ -862,7 +875,8 @@ def bench(
                                        requests, stages)
             stages.finish()
     else:
-        kind, payloads = bench_payloads(info, tokenizer_repo(repo), shape_options(seq_len, None, None))
+        shape = {**shape_options(seq_len, None, None), **parse_frame_size(frame_size)}
+        kind, payloads = bench_payloads(info, tokenizer_repo(repo), shape)
         models = [(name, "dynamic")]
         if name + NOBATCH_SUFFIX in served_models(client, endpoint):
             models.append((name + NOBATCH_SUFFIX, "none"))

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image as PILImage
+from PIL import ImageOps as PILImageOps
 
 from tritonforge.errors import TritonForgeError
 from tritonforge.modalities.base import Modality, preprocessing_companions, raw_bytes_array
@@ -196,6 +197,8 @@ class ImagePixels(Modality):
     kind: ClassVar[str] = "image_pixels"
     raw_input: ClassVar[str] = "IMAGE"
     query_option: ClassVar[str] = "image"
+    # `bench --frame-size WxH`: each image fitted (centre crop to the aspect, Lanczos) to one size
+    shape_defaults: ClassVar[dict[str, int | None]] = {"frame_width": None, "frame_height": None}
 
     input: str = "pixels"
     channels: int = 3
@@ -219,6 +222,13 @@ class ImagePixels(Modality):
                shape: Mapping[str, int | None] | None = None) -> dict[str, np.ndarray]:
         if not len(raw):
             raise TritonForgeError("IMAGE holds no images: send at least one encoded image")
+        shape = self.resolve_shape(shape)
+        frame = (shape["frame_width"], shape["frame_height"])
+        if (frame[0] is None) != (frame[1] is None):
+            raise TritonForgeError("a frame size needs a width and a height: --frame-size WxH, e.g. 640x360")
+        if frame[0] is not None and frame[0] * frame[1] > self.max_pixels:
+            raise TritonForgeError(f"--frame-size {frame[0]}x{frame[1]} is above the model's limit of "
+                                   f"{self.max_pixels:,} pixels: ask for a smaller frame")
         arrays = []
         for index, data in enumerate(raw):
             try:
@@ -226,6 +236,8 @@ class ImagePixels(Modality):
                                 "L" if self.channels == 1 else "RGB", 0)
             except ImageError as exc:
                 raise TritonForgeError(f"IMAGE[{index}] {exc}") from None
+            if frame[0] is not None:
+                image = PILImageOps.fit(image, frame, PILImage.LANCZOS)
             pixels = np.asarray(image, dtype=np.uint8)
             arrays.append(pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1))
         sizes = sorted({a.shape[1:] for a in arrays})
