@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 REPO   ?= model_repo
 
-.PHONY: setup demo test gpu-check lint clean perf-analyzer
+.PHONY: setup demo emt test gpu-check lint clean perf-analyzer
 
 setup: $(VENV)/.installed
 
@@ -24,6 +24,11 @@ demo: setup
 	$(BIN)/tritonforge verify bert_w6a6 --repo $(REPO) --json $(REPO)/bert_w6a6.verify.json
 	$(BIN)/tritonforge ls --repo $(REPO)
 	bash scripts/demo-serving.sh $(BIN) $(REPO)
+
+# EMT neural video delivery on the demo clip (scripts/demo-emt.sh): meta-train ESPCN x2, tune
+# each 5-s chunk into version k of emt_demo, serve, play the clip through Triton, bench frames.
+emt: setup
+	bash scripts/demo-emt.sh $(BIN) $(REPO)
 
 test: setup
 	$(BIN)/python -m pytest -q
@@ -62,4 +67,4 @@ lint: setup
 	$(BIN)/ruff check tritonforge tests
 
 clean:
-	rm -rf $(VENV) $(REPO)/*/
+	rm -rf $(VENV) $(REPO)/*/ emt_demo

@@ -23,7 +23,10 @@ from tritonforge.cli import (
     remote_options,
 )
 from tritonforge.errors import TritonForgeError
+from tritonforge.export.sr.delivery import MetaRecipe, TuneRecipe
 from tritonforge.serving.endpoint import Endpoint
+
+META, TUNE = MetaRecipe(), TuneRecipe()  # the defaults of the options below
 
 VideoArgument = Annotated[Path, typer.Argument(
     help="A video file (.mp4, ...) or a folder of PNG/JPEG frames; `emt clip` writes a demo clip.")]
@@ -63,18 +66,21 @@ def emt_commands() -> typer.Typer:
         arch: ArchOption = "espcn",
         scale: ScaleOption = 2,
         blocks: BlocksOption = None,
-        init: InitOption = "bicubic",
-        steps: Annotated[int, typer.Option(help="Outer (meta) steps.")] = 1000,
-        outer_lr: Annotated[float, typer.Option(help="Adam learning rate of the outer step.")] = 1e-4,
-        inner_steps: Annotated[int, typer.Option(help="Inner SGD steps per task.")] = 2,
-        inner_lr: Annotated[float, typer.Option(help="Inner SGD learning rate.")] = 5e-6,
-        task_frames: Annotated[int, typer.Option(help="Frames per temporal task.")] = 50,
-        tasks_per_step: Annotated[int, typer.Option(help="Tasks per outer step.")] = 1,
-        patch: Annotated[int, typer.Option(help="HR patch size (LR: patch / scale).")] = 96,
-        batch: Annotated[int, typer.Option(help="Patches per task.")] = 8,
+        init: InitOption = META.init,
+        steps: Annotated[int, typer.Option(help="Outer (meta) steps.")] = META.steps,
+        outer_lr: Annotated[float, typer.Option(help="Adam learning rate of the outer step.")
+                            ] = META.outer_lr,
+        schedule: Annotated[str, typer.Option(help="Outer learning rate: constant (the reference's) or "
+                                                   "cosine (decayed to 0 over the steps).")] = META.schedule,
+        inner_steps: Annotated[int, typer.Option(help="Inner SGD steps per task.")] = META.inner_steps,
+        inner_lr: Annotated[float, typer.Option(help="Inner SGD learning rate.")] = META.inner_lr,
+        task_frames: Annotated[int, typer.Option(help="Frames per temporal task.")] = META.task_frames,
+        tasks_per_step: Annotated[int, typer.Option(help="Tasks per outer step.")] = META.tasks_per_step,
+        patch: Annotated[int, typer.Option(help="HR patch size (LR: patch / scale).")] = META.patch,
+        batch: Annotated[int, typer.Option(help="Patches per task.")] = META.batch,
         chunk_seconds: ChunkSecondsOption = 5.0,
         fps: FpsOption = None,
-        seed: Annotated[int, typer.Option(help="Seed of the weights and of the sampling.")] = 0,
+        seed: Annotated[int, typer.Option(help="Seed of the weights and of the sampling.")] = META.seed,
         out: Annotated[Path, typer.Option(help="Where to write the meta-learned checkpoint.")
                        ] = Path("emt_meta.pt"),
     ):
@@ -85,20 +91,18 @@ def emt_commands() -> typer.Typer:
         from tritonforge.export.sr.model import architecture, check_architecture, save_checkpoint
 
         check_architecture(arch, scale, blocks)
+        recipe = MetaRecipe(steps, outer_lr, inner_steps, inner_lr, task_frames, tasks_per_step, patch, batch,
+                            init, seed, schedule)
         chunks, note, clip = read_chunks(video, scale, chunk_seconds, fps)
         if note:
             console.print(f"[yellow]{note}[/yellow]")
         with progress_bar() as bar:
             task = bar.add_task(f"meta-training {arch} x{scale} on {len(chunks)} chunks", total=steps)
-            meta = meta_train(arch, chunks, scale, steps, inner_steps, inner_lr, outer_lr, patch, task_frames,
-                              tasks_per_step, batch, seed, init, blocks,
+            meta = meta_train(arch, chunks, scale, blocks=blocks, **dataclasses.asdict(recipe),
                               progress=lambda step: bar.update(task, completed=step))
-        recipe = {"video": clip.source, "init": init, "steps": steps, "outer_lr": outer_lr,
-                  "inner_steps": inner_steps, "inner_lr": inner_lr, "task_frames": task_frames,
-                  "tasks_per_step": tasks_per_step, "patch": patch, "batch": batch,
-                  "chunk_seconds": chunk_seconds, "seed": seed}
         name, blocks_of = architecture(meta)
-        path = save_checkpoint(meta, out, name, scale, blocks_of, meta_training=recipe)
+        path = save_checkpoint(meta, out, name, scale, blocks_of, video=clip.source,
+                               chunk_seconds=chunk_seconds, meta_training=dataclasses.asdict(recipe))
         console.print(f"meta-learned {arch} x{scale} written to {path}; next: "
                       f"tritonforge emt tune {video} --name NAME --meta {path}")
 
@@ -109,23 +113,27 @@ def emt_commands() -> typer.Typer:
         meta: Annotated[Path, typer.Option(help="The meta-learned checkpoint (`emt meta-train`).")],
         repo: RepoOption = DEFAULT_REPO,
         bits: Annotated[int, typer.Option(help="Served precision: 32, 16 or 8.")] = 32,
-        first_fraction: Annotated[float, typer.Option(help="Chunk 1: share of conv weights tuned.")] = 0.2,
-        later_fraction: Annotated[float, typer.Option(help="Chunks 2+: share of conv weights tuned.")] = 0.01,
-        full_steps: Annotated[int, typer.Option(help="Steps of full fine-tuning that choose the mask.")] = 50,
-        masked_steps: Annotated[int, typer.Option(help="Steps of masked fine-tuning.")] = 190,
-        lr: Annotated[float, typer.Option(help="Adam learning rate (the paper: 1e-4).")] = 1e-3,
-        patch: Annotated[int, typer.Option(help="HR patch size.")] = 96,
-        batch: Annotated[int, typer.Option(help="Patches per step.")] = 8,
-        pool: Annotated[int, typer.Option(help="Hard patches sampled per chunk.")] = 256,
-        hard_fraction: Annotated[float, typer.Option(help="Sample among the worst share of windows.")] = 0.2,
-        chunk_seconds: ChunkSecondsOption = 5.0,
+        first_fraction: Annotated[float, typer.Option(help="Chunk 1: share of conv weights tuned.")
+                                  ] = TUNE.first_fraction,
+        later_fraction: Annotated[float, typer.Option(help="Chunks 2+: share of conv weights tuned.")
+                                  ] = TUNE.later_fraction,
+        full_steps: Annotated[int, typer.Option(help="Steps of full fine-tuning that choose the mask.")
+                              ] = TUNE.full_steps,
+        masked_steps: Annotated[int, typer.Option(help="Steps of masked fine-tuning.")] = TUNE.masked_steps,
+        lr: Annotated[float, typer.Option(help="Adam learning rate (the paper: 1e-4).")] = TUNE.lr,
+        patch: Annotated[int, typer.Option(help="HR patch size.")] = TUNE.patch,
+        batch: Annotated[int, typer.Option(help="Patches per step.")] = TUNE.batch,
+        pool: Annotated[int, typer.Option(help="Hard patches sampled per chunk.")] = TUNE.pool,
+        hard_fraction: Annotated[float, typer.Option(help="Sample among the worst share of windows.")
+                                 ] = TUNE.hard_fraction,
+        chunk_seconds: ChunkSecondsOption = TUNE.chunk_seconds,
         fps: FpsOption = None,
-        seed: Annotated[int, typer.Option(help="Seed of the patch sampling.")] = 0,
+        seed: Annotated[int, typer.Option(help="Seed of the patch sampling.")] = TUNE.seed,
         force: Annotated[bool, typer.Option(help="Replace the versions of an existing --name.")] = False,
     ):
         """Tune each chunk from the previous one's model (chunk 1 from --meta), export and verify
         it, and publish it as version k of --name (every version served)."""
-        from tritonforge.export.sr.delivery import TuneRecipe, publish_video
+        from tritonforge.export.sr.delivery import publish_video
         from tritonforge.export.sr.model import load_checkpoint
 
         start, recorded = load_checkpoint(meta)
@@ -196,19 +204,20 @@ def emt_commands() -> typer.Typer:
         archs: Annotated[str, typer.Option(help="Networks, comma-separated; edsrN is EDSR with N blocks.")
                          ] = "espcn,srcnn,fsrcnn,edsr1",
         scale: ScaleOption = 2,
-        meta_steps: Annotated[int, typer.Option(help="Meta-training steps per network.")] = 1000,
-        outer_lr: Annotated[float, typer.Option(help="Meta-training's outer Adam learning rate.")] = 1e-4,
-        full_steps: Annotated[int, typer.Option(help="EMT: full fine-tuning steps (the mask).")] = 50,
-        masked_steps: Annotated[int, typer.Option(help="EMT: masked fine-tuning steps.")] = 190,
-        lr: Annotated[float, typer.Option(help="Adam learning rate of tuning and of scratch.")] = 1e-3,
+        meta_steps: Annotated[int, typer.Option(help="Meta-training steps per network.")] = META.steps,
+        outer_lr: Annotated[float, typer.Option(help="Meta-training's outer Adam learning rate.")
+                            ] = META.outer_lr,
+        full_steps: Annotated[int, typer.Option(help="EMT: full fine-tuning steps.")] = TUNE.full_steps,
+        masked_steps: Annotated[int, typer.Option(help="EMT: masked fine-tuning steps.")] = TUNE.masked_steps,
+        lr: Annotated[float, typer.Option(help="Adam learning rate of tuning and of scratch.")] = TUNE.lr,
         scratch_factor: Annotated[int, typer.Option(help="Scratch trains this many times EMT's steps.")] = 5,
         chunks: Annotated[int | None, typer.Option(help="Only the first N chunks.")] = None,
-        patch: Annotated[int, typer.Option(help="HR patch size (meta-training, tuning, scratch).")] = 96,
-        batch: Annotated[int, typer.Option(help="Patches per step (per task when meta-training).")] = 8,
-        task_frames: Annotated[int, typer.Option(help="Frames per meta-training task.")] = 50,
+        patch: Annotated[int, typer.Option(help="HR patch size (all training).")] = TUNE.patch,
+        batch: Annotated[int, typer.Option(help="Patches per step (per task, meta).")] = TUNE.batch,
+        task_frames: Annotated[int, typer.Option(help="Frames per meta-training task.")] = META.task_frames,
         speed: Annotated[bool, typer.Option(help="Also time ONNX Runtime against PyTorch on one "
                                                  "640x360 LR frame.")] = True,
-        chunk_seconds: ChunkSecondsOption = 5.0,
+        chunk_seconds: ChunkSecondsOption = TUNE.chunk_seconds,
         fps: FpsOption = None,
         json_path: Annotated[Path | None, typer.Option("--json", help="Write the figures here (after each "
                                                                       "network).")] = None,
@@ -217,8 +226,8 @@ def emt_commands() -> typer.Typer:
     ):
         """EMT against bicubic, the meta-learned model untuned and training from scratch (5x the
         steps), per chunk and network, on held-out frames; ONNX Runtime vs PyTorch speed."""
-        from tritonforge.export.sr.compare import MetaRecipe, compare_arch, measure_speed, plot_comparison
-        from tritonforge.export.sr.delivery import TuneRecipe, read_chunks
+        from tritonforge.export.sr.compare import compare_arch, measure_speed, plot_comparison
+        from tritonforge.export.sr.delivery import read_chunks
 
         networks = parse_archs(archs)
         counts = (("--meta-steps", meta_steps), ("--scratch-factor", scratch_factor),
@@ -230,10 +239,10 @@ def emt_commands() -> typer.Typer:
         if note:
             console.print(f"[yellow]{note}[/yellow]")
         clips = clips[:chunks] if chunks else clips
-        meta_recipe = MetaRecipe(steps=meta_steps, outer_lr=outer_lr, task_frames=task_frames, patch=patch,
-                                 batch=batch)
-        recipe = TuneRecipe(full_steps=full_steps, masked_steps=masked_steps, lr=lr, patch=patch, batch=batch,
-                            chunk_seconds=chunk_seconds)
+        meta_recipe = dataclasses.replace(META, steps=meta_steps, outer_lr=outer_lr, task_frames=task_frames,
+                                          patch=patch, batch=batch)
+        recipe = dataclasses.replace(TUNE, full_steps=full_steps, masked_steps=masked_steps, lr=lr,
+                                     patch=patch, batch=batch, chunk_seconds=chunk_seconds)
         rows, speeds = [], []
         with progress_bar() as bar:
             task = bar.add_task("comparing", total=len(networks))

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tritonforge.export.sr.delivery import TuneRecipe, bicubic_psnr
+from tritonforge.export.sr.delivery import MetaRecipe, TuneRecipe, bicubic_psnr
 from tritonforge.export.sr.emt import (
     frames_psnr,
     frames_to_tensor,
@@ -32,22 +32,6 @@ from tritonforge.export.sr.video import Chunk
 
 SPEED_FRAME = (640, 360)  # width, height of the LR frame timed
 SCRATCH_FACTOR = 5  # the scratch baseline trains this many times EMT's tuning steps
-
-
-@dataclass(frozen=True)
-class MetaRecipe:
-    """`emt.meta_train`'s options, as `emt meta-train` defaults them."""
-
-    steps: int = 1000
-    outer_lr: float = 1e-4
-    inner_steps: int = 2
-    inner_lr: float = 5e-6
-    task_frames: int = 50
-    tasks_per_step: int = 1
-    patch: int = 96
-    batch: int = 8
-    init: str = "bicubic"
-    seed: int = 0
 
 
 @dataclass(frozen=True)

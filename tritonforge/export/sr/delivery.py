@@ -62,6 +62,24 @@ PLAY_BATCH = 8  # LR frames per request
 
 
 @dataclass(frozen=True)
+class MetaRecipe:
+    """How the starting point is meta-learned (`emt.meta_train`'s options); recorded in its
+    checkpoint."""
+
+    steps: int = 1000
+    outer_lr: float = 1e-4
+    inner_steps: int = 2
+    inner_lr: float = 5e-6
+    task_frames: int = 50
+    tasks_per_step: int = 1
+    patch: int = 96
+    batch: int = 8
+    init: str = "bicubic"
+    seed: int = 0
+    schedule: str = "constant"
+
+
+@dataclass(frozen=True)
 class TuneRecipe:
     """How each chunk is tuned (`emt.tune_chunk`'s options); recorded in every version."""
 

@@ -40,6 +40,7 @@ HARD_FRACTION = 0.2  # sample among the worst 20% of windows
 FIRST_FRACTION, LATER_FRACTION = 0.2, 0.01  # mask fractions: chunk 1, chunks 2+
 EVAL_BATCH = 8  # frames per forward pass when scoring whole frames
 INITS = ("bicubic", "random")
+SCHEDULES = ("constant", "cosine")  # the outer learning rate: the reference's, or decayed to 0
 
 
 # ---------------------------------------------------------------------------------- frames
@@ -183,7 +184,7 @@ def fresh_network(arch: str, scale: int, init: str = "bicubic", blocks: int | No
 def meta_train(arch: str | nn.Module, chunks: Sequence[Chunk], scale: int, steps: int = 200,
                inner_steps: int = 2, inner_lr: float = 5e-6, outer_lr: float = 1e-3, patch: int = 96,
                task_frames: int = 50, tasks_per_step: int = 4, batch: int = 8,
-               seed: int = 0, init: str = "bicubic", blocks: int | None = None,
+               seed: int = 0, init: str = "bicubic", blocks: int | None = None, schedule: str = "constant",
                progress: Callable[[int], None] | None = None) -> nn.Module:
     """First-order MAML over temporal tasks: returns the meta-learned network, from fresh weights
     of `arch` (`fresh_network(arch, scale, init, blocks, seed)`) or from a copy of the given
@@ -193,7 +194,8 @@ def meta_train(arch: str | nn.Module, chunks: Sequence[Chunk], scale: int, steps
     are never used). Each step draws `tasks_per_step` tasks and `batch` random patches from
     each; per task, `inner_steps` SGD steps on the L1 loss from the meta weights, then the L1
     loss of the adapted weights on the same patches; its gradient (taken at the adapted weights:
-    first order) summed over tasks is one outer Adam step on the meta weights."""
+    first order) summed over tasks is one outer Adam step on the meta weights. `schedule`: the
+    outer learning rate constant (the reference's) or decayed to 0 along a cosine."""
     if steps < 1 or inner_steps < 0 or task_frames < 1:
         raise TritonForgeError(f"meta-training needs steps >= 1, inner_steps >= 0 and task_frames >= 1, "
                                f"got {steps}, {inner_steps}, {task_frames}")
@@ -210,6 +212,10 @@ def meta_train(arch: str | nn.Module, chunks: Sequence[Chunk], scale: int, steps
     meta = copy.deepcopy(network).train()
     fast = copy.deepcopy(network).train()
     optimizer = torch.optim.Adam(meta.parameters(), lr=outer_lr)
+    if schedule not in SCHEDULES:
+        raise TritonForgeError(f"unknown --schedule {schedule!r}: choose {' or '.join(SCHEDULES)}")
+    decay = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps) if schedule == "cosine"
+             else torch.optim.lr_scheduler.ConstantLR(optimizer, 1.0))
     for p in meta.parameters():
         p.grad = torch.zeros_like(p)
     for step in range(steps):
@@ -228,6 +234,7 @@ def meta_train(arch: str | nn.Module, chunks: Sequence[Chunk], scale: int, steps
             for p, q in zip(meta.parameters(), fast.parameters(), strict=True):
                 p.grad += q.grad
         optimizer.step()
+        decay.step()
         if progress:
             progress(step + 1)
     return meta.eval()
