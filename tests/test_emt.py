@@ -191,3 +191,11 @@ def test_bicubic_init_starts_each_network_at_bicubic_quality(arch, scale):
         F.l1_loss(network(torch.from_numpy(lr[:2]).float()), torch.from_numpy(hr[:2]).float()).backward()
         optimizer.step()
     assert all(p.grad.abs().sum() > 0 for p in emt.conv_weights(network).values())
+
+
+def test_meta_training_refuses_an_unknown_schedule_or_init(chunks):
+    with pytest.raises(TritonForgeError, match="unknown --schedule 'warm': choose constant or cosine"):
+        emt.meta_train("espcn", chunks, SCALE, steps=1, patch=PATCH, task_frames=4, schedule="warm")
+    with pytest.raises(TritonForgeError, match="unknown --init 'zeros': choose bicubic or random"):
+        emt.meta_train("espcn", chunks, SCALE, steps=1, patch=PATCH, task_frames=4, init="zeros")
+

@@ -37,8 +37,8 @@ ArchOption = Annotated[str, typer.Option(help="Network: espcn, srcnn, fsrcnn or 
 ScaleOption = Annotated[int, typer.Option(help="Upscaling factor: 2, 3 or 4.")]
 BlocksOption = Annotated[int | None, typer.Option(help="EDSR only: residual blocks (EDSR-1 is 1).")]
 InitOption = Annotated[str, typer.Option(
-    help="Starting weights: bicubic (random weights with a bicubic upscaler set in, the default: "
-         "training starts at bicubic quality) or random (PyTorch's initialisation, the reference's).")]
+    help="Starting weights: bicubic (random weights with a bicubic upscaler set in: training starts "
+         "at bicubic quality) or random (PyTorch's initialisation, the reference's).")]
 
 
 def emt_commands() -> typer.Typer:
