@@ -24,6 +24,7 @@ from tritonforge.cli import (
 )
 from tritonforge.errors import TritonForgeError
 from tritonforge.export.sr.delivery import MetaRecipe, TuneRecipe
+from tritonforge.export.sr.model import ARCHS
 from tritonforge.serving.endpoint import Endpoint
 
 META, TUNE = MetaRecipe(), TuneRecipe()  # the defaults of the options below
@@ -293,7 +294,7 @@ def parse_archs(text: str) -> list[tuple[str, int | None]]:
     for item in filter(None, (part.strip() for part in text.split(","))):
         base = item.rstrip("0123456789")
         blocks = int(item[len(base):]) if item != base else None
-        if base not in ("espcn", "srcnn", "fsrcnn", "edsr") or (blocks is not None and base != "edsr"):
+        if base not in ARCHS or (blocks is not None and base != "edsr"):
             raise TritonForgeError(f"--archs: {item!r} is not espcn, srcnn, fsrcnn or edsrN (EDSR with "
                                    "N blocks, e.g. edsr1)")
         archs.append((base, blocks))

@@ -43,7 +43,6 @@ from tritonforge.export.sr.emt import (
     heldout_split,
     tune_chunk,
     upscale,
-    weight_delta,
 )
 from tritonforge.export.sr.model import architecture, load_checkpoint, save_checkpoint
 from tritonforge.export.sr.video import (
@@ -126,7 +125,7 @@ class ChunkFamily(SRFamily):
 
     def write_side_files(self, model: SRReference, version_dir: Path) -> None:
         super().write_side_files(model, version_dir)
-        (version_dir / DELTA_FILE).write_bytes(weight_delta(self.start, model.network).to_bytes())
+        (version_dir / DELTA_FILE).write_bytes(self.tuned.delta.to_bytes())
         if self.first:
             arch, blocks = architecture(self.start)
             save_checkpoint(self.start, version_dir / META_FILE, arch, model.scale, blocks)
@@ -159,7 +158,7 @@ def publish_video(video: str | Path, name: str, repo: Path | str, meta: nn.Modul
     stage = stage or (lambda _message: None)
     recipe = recipe or TuneRecipe()
     chunks, _note, clip = read_chunks(video, scale, recipe.chunk_seconds, fps)
-    existing = ModelRepository(repo).versions(name) if (Path(repo) / name).is_dir() else []
+    existing = ModelRepository(repo).versions(name)
     if existing and not force:
         raise TritonForgeError(f"{name} already has versions {existing} in {repo}: tuning would replace "
                                "served chunk models; choose another --name, or pass --force")
@@ -272,7 +271,7 @@ def play_video(video: str | Path, name: str, url: Any, repo: Path | str, out: Pa
         sr = np.concatenate(outputs).transpose(0, 2, 3, 1)
         if out is not None:
             sr_frames.extend(sr)
-        played.append(_judge(chunk, scale, sr, meta, manifests.get(chunk.index, {})))
+        played.append(_judge(chunk, lr, scale, sr, meta, manifests.get(chunk.index, {})))
     if out is not None:
         write_video(sr_frames, out, clip.fps)
     return played
@@ -283,9 +282,10 @@ def _meta_model(repo: Path | str, name: str, manifests: dict[int, dict[str, Any]
     return load_checkpoint(path)[0] if path.is_file() else None
 
 
-def _judge(chunk: Chunk, scale: int, sr: np.ndarray, meta: nn.Module | None,
+def _judge(chunk: Chunk, lr: np.ndarray, scale: int, sr: np.ndarray, meta: nn.Module | None,
            manifest: dict[str, Any]) -> PlayedChunk:
-    hr, lr = chunk.frames, chunk.lr(scale)
+    """The chunk's figures from its LR frames `lr` and the served output `sr` (both [N, h, w, 3])."""
+    hr = chunk.frames
     _train, held = heldout_split(len(hr))
 
     def db(frames: np.ndarray, index: Sequence[int] | slice = slice(None)) -> float:

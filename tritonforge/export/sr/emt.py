@@ -310,6 +310,7 @@ class TunedChunk(NamedTuple):
     network: nn.Module
     mask: dict[str, torch.Tensor]
     report: ChunkReport
+    delta: WeightDelta  # from the starting model to `network`: what a server ships
 
 
 def tune_chunk(network: nn.Module, chunk: Chunk, scale: int, mask_fraction: float,
@@ -339,13 +340,14 @@ def tune_chunk(network: nn.Module, chunk: Chunk, scale: int, mask_fraction: floa
     full = _fine_tune(copy.deepcopy(start), patches, full_steps, lr, batch, generator)
     mask = top_fraction_mask(start, full, mask_fraction)
     tuned = _fine_tune(copy.deepcopy(start), patches, masked_steps, lr, batch, generator, mask)
+    delta = weight_delta(start, tuned)
     report = ChunkReport(
         index=chunk.index, start_s=chunk.start_s, end_s=chunk.end_s, mask_fraction=mask_fraction,
         psnr_before=frames_psnr(start, lr_frames[held], hr_frames[held], scale),
         psnr_after=frames_psnr(tuned, lr_frames[held], hr_frames[held], scale),
-        full_bytes=model_bytes(tuned), delta_bytes=weight_delta(start, tuned).nbytes,
+        full_bytes=model_bytes(tuned), delta_bytes=delta.nbytes,
         train_frames=len(train), heldout_frames=len(held))
-    return TunedChunk(tuned, mask, report)
+    return TunedChunk(tuned, mask, report, delta)
 
 
 def tune_video(meta_network: nn.Module, chunks: Sequence[Chunk], scale: int,
