@@ -103,6 +103,10 @@ class Family(ABC):
         the family's evaluation set against the full-precision model. None when lossless."""
         return None
 
+    def parity_advice(self, options: Any) -> str:
+        """What to try when the export misses its parity bar (ends the error message)."""
+        return "Report the model"
+
     def latency_baseline(self, model: Any) -> Any:
         """The PyTorch model an export's speed is compared with: the reference itself, except
         where the reference only simulates the export (fake quantization): then the FP model."""

@@ -80,7 +80,7 @@ def export_model(family: str | Family, options: Any, repo: Path | str = "model_r
         if not parity.passed:
             raise TritonForgeError(
                 f"the exported graph does not match PyTorch ({parity.describe()}); "
-                "nothing was written. Try --graph plain, or report the model")
+                f"nothing was written. {family.parity_advice(options)}")
         stage("measuring quality against full precision")
         quality = family.quality(model, options, lambda batch: run_session(session, batch))
         stage("writing the version")

@@ -258,6 +258,9 @@ class BertFamily(Family):
         # Manifests written before targets existed ran on ONNX Runtime.
         return super().options_from_json({"target": "onnxruntime", **data})
 
+    def parity_advice(self, options: BertOptions) -> str:
+        return "Try --graph plain, or report the model"
+
     def default_name(self, options: BertOptions) -> str:
         # bert_w6a6 for the default method, bert_w6a6_os / _minmax / _percentile otherwise
         suffix = "" if not options.quantized or options.method == DEFAULT_METHOD else "_" + options.method

@@ -34,7 +34,7 @@ from tritonforge.export.sr.model import (
     load_checkpoint,
     save_checkpoint,
 )
-from tritonforge.export.sr.quantize import KEEP_FLOAT, quantize_int8
+from tritonforge.export.sr.quantize import KEEP_FLOAT, ROUNDINGS, gptq_round, quantize_int8
 from tritonforge.modalities.image import ImagePixels
 from tritonforge.spec import IMAGE, Check, ModelIO, Parity, TensorSpec
 
@@ -67,6 +67,9 @@ class SROptions:
     keep_float: str = option("ends", help="INT8: convolutions kept in float: none, first, last or "
                                           "ends (first and last).")
     calibration: int = option(32, help="INT8: LR calibration patches from the bundled photographs.")
+    rounding: str = option("gptq", help="INT8 weight rounding: gptq (each conv's rounding error made up "
+                                        "for by the weights not yet rounded, on the calibration patches) "
+                                        "or nearest (ONNX Runtime's own).")
     seed: int = option(0, help="Seed of the random weights (without --checkpoint).")
     width: int | None = option(None, cli=False)  # a narrower network (tests)
 
@@ -77,6 +80,9 @@ class SROptions:
         if self.keep_float not in KEEP_FLOAT:
             raise TritonForgeError(f"unknown --keep-float {self.keep_float!r}: choose one of "
                                    f"{', '.join(KEEP_FLOAT)}")
+        if self.rounding not in ROUNDINGS:
+            raise TritonForgeError(f"unknown --rounding {self.rounding!r}: choose one of "
+                                   f"{', '.join(ROUNDINGS)}")
         if self.calibration < 1:
             raise TritonForgeError(f"--calibration {self.calibration} must be at least 1")
 
@@ -107,6 +113,12 @@ class SRFamily(Family):
 
     name = "sr"
     options_type = SROptions
+
+    def parity_advice(self, options: SROptions) -> str:
+        if options.bits == 8:
+            return ("Keep more convolutions in float (--keep-float ends), use --rounding gptq, or "
+                    "export FP16 (--bits 16)")
+        return "Report the model"
 
     def default_name(self, options: SROptions) -> str:
         blocks = f"{options.blocks}" if options.blocks is not None else ""
@@ -172,11 +184,16 @@ class SRFamily(Family):
             torch_to_onnx(half, sample, path, io, axes, MIN_OPSET)
             details["float"] = "float16 arithmetic; uint8 pixels in and out"
         elif options.bits == 8:
+            calibration = lr_hr_pairs(options.scale, options.calibration)[0]
+            graph, scales = model, None
+            if options.rounding == "gptq":
+                network, scales = gptq_round(model.network, calibration, options.keep_float)
+                graph = SRGraph(network, options.scale).eval()
             with tempfile.TemporaryDirectory() as tmp:
                 fp32 = Path(tmp) / "fp32.onnx"
-                torch_to_onnx(model, sample, fp32, io, axes, MIN_OPSET)
-                calibration = lr_hr_pairs(options.scale, options.calibration)[0]
-                details["quantization"] = quantize_int8(fp32, path, "lr", calibration, options.keep_float)
+                torch_to_onnx(graph, sample, fp32, io, axes, MIN_OPSET)
+                details["quantization"] = quantize_int8(fp32, path, "lr", calibration, options.keep_float,
+                                                        scales)
         else:
             torch_to_onnx(model, sample, path, io, axes, MIN_OPSET)
         return ExportInfo(opset=check_onnx(path), precision=PRECISIONS[options.bits], details=details)
