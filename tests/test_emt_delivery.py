@@ -138,14 +138,33 @@ def test_compare_reports_every_chunk_of_every_network_and_writes_its_figures(cli
     assert "EMT - bicubic" in output.output
 
 
-def test_compare_refuses_an_unknown_network(clip_path):
-    output = CliRunner().invoke(app, ["emt", "compare", str(clip_path), "--archs", "espcn,vdsr"])
-    assert output.exit_code == 2 and "'vdsr' is not espcn, srcnn, fsrcnn or edsrN" in output.output
+def test_compare_without_quality_times_fp32_and_int8_and_trains_nothing(clip_path, tmp_path):
+    output = CliRunner().invoke(app, [
+        "emt", "compare", str(clip_path), "--archs", "espcn", "--no-quality",
+        "--json", str(tmp_path / "s.json"), "--plot", str(tmp_path / "s.png")],
+        terminal_width=220, env={"COLUMNS": "220"})
+    assert output.exit_code == 0, output.output
+    figures = json.loads((tmp_path / "s.json").read_text())
+    assert figures["chunks"] == [] and not (tmp_path / "s.png").exists()
+    (speed,) = figures["speed"]
+    assert speed["frame"] == "640x360" and speed["int8_ms"] > 0
+    assert speed["int8_speedup"] == pytest.approx(speed["onnxruntime_ms"] / speed["int8_ms"])
+    assert "INT8 vs FP32" in output.output and "EMT - bicubic" not in output.output
 
 
-def test_speed_times_both_runtimes_on_one_frame_of_the_asked_size():
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["--archs", "espcn,vdsr"], "'vdsr' is not espcn, srcnn, fsrcnn or edsrN"),
+    (["--no-quality", "--no-speed"], "--no-quality and --no-speed leave nothing to compare"),
+])
+def test_compare_refuses_what_it_cannot_do(clip_path, arguments, message):
+    output = CliRunner().invoke(app, ["emt", "compare", str(clip_path), *arguments])
+    assert output.exit_code != 0 and message in output.output
+
+
+def test_speed_times_the_three_runtimes_on_one_frame_of_the_asked_size():
     from tritonforge.export.sr.compare import measure_speed
 
     speed = measure_speed("fsrcnn", None, 2, frame=(64, 36), iterations=3)
-    assert speed.frame == "64x36" and speed.pytorch_ms > 0 and speed.onnxruntime_ms > 0
+    assert speed.frame == "64x36" and min(speed.pytorch_ms, speed.onnxruntime_ms, speed.int8_ms) > 0
     assert speed.speedup == pytest.approx(speed.pytorch_ms / speed.onnxruntime_ms)
+    assert speed.int8_speedup == pytest.approx(speed.onnxruntime_ms / speed.int8_ms)

@@ -174,6 +174,13 @@ def test_gptq_weights_are_stored_as_chosen_and_cost_less_than_round_to_nearest(t
     assert zero_points and all(int(zp) == 0 for zp in zero_points)
 
 
+def test_a_missed_int8_bar_suggests_what_the_recipe_does_not_use_yet():
+    family = SRFamily()
+    advice = family.parity_advice(SROptions(bits=8, keep_float="none", rounding="nearest"))
+    assert "--keep-float ends" in advice and "--rounding gptq" in advice and "--bits 16" in advice
+    assert family.parity_advice(SROptions(bits=8)) == "Try: export FP16 (--bits 16)"
+
+
 def int8_grid_nearest(network: torch.nn.Module, position: int) -> np.ndarray:
     weight = [m for m in network.modules() if isinstance(m, torch.nn.Conv2d)][position].weight.detach()
     scale = weight.abs().amax(dim=(1, 2, 3), keepdim=True) / 127

@@ -115,10 +115,14 @@ class SRFamily(Family):
     options_type = SROptions
 
     def parity_advice(self, options: SROptions) -> str:
-        if options.bits == 8:
-            return ("Keep more convolutions in float (--keep-float ends), use --rounding gptq, or "
-                    "export FP16 (--bits 16)")
-        return "Report the model"
+        if options.bits != 8:
+            return "Report the model"
+        steps = []
+        if options.keep_float != "ends":
+            steps.append("keep the first and last convolutions in float (--keep-float ends)")
+        if options.rounding != "gptq":
+            steps.append("round with GPTQ (--rounding gptq)")
+        return f"Try: {', or '.join([*steps, 'export FP16 (--bits 16)'])}"
 
     def default_name(self, options: SROptions) -> str:
         blocks = f"{options.blocks}" if options.blocks is not None else ""

@@ -216,8 +216,10 @@ def emt_commands() -> typer.Typer:
         patch: Annotated[int, typer.Option(help="HR patch size (all training).")] = TUNE.patch,
         batch: Annotated[int, typer.Option(help="Patches per step (per task, meta).")] = TUNE.batch,
         task_frames: Annotated[int, typer.Option(help="Frames per meta-training task.")] = META.task_frames,
-        speed: Annotated[bool, typer.Option(help="Also time ONNX Runtime against PyTorch on one "
-                                                 "640x360 LR frame.")] = True,
+        quality: Annotated[bool, typer.Option(help="Meta-train, tune and compare PSNR (--no-quality: "
+                                                   "the speed table only).")] = True,
+        speed: Annotated[bool, typer.Option(help="Also time ONNX Runtime (FP32 and INT8) against "
+                                                 "PyTorch on one 640x360 LR frame.")] = True,
         chunk_seconds: ChunkSecondsOption = TUNE.chunk_seconds,
         fps: FpsOption = None,
         json_path: Annotated[Path | None, typer.Option("--json", help="Write the figures here (after each "
@@ -226,11 +228,14 @@ def emt_commands() -> typer.Typer:
                         ] = Path("emt_compare.png"),
     ):
         """EMT against bicubic, the meta-learned model untuned and training from scratch (5x the
-        steps), per chunk and network, on held-out frames; ONNX Runtime vs PyTorch speed."""
+        steps), per chunk and network, on held-out frames; ONNX Runtime (FP32, INT8) vs PyTorch
+        speed."""
         from tritonforge.export.sr.compare import compare_arch, measure_speed, plot_comparison
         from tritonforge.export.sr.delivery import read_chunks
 
         networks = parse_archs(archs)
+        if not (quality or speed):
+            raise TritonForgeError("--no-quality and --no-speed leave nothing to compare: drop one of them")
         counts = (("--meta-steps", meta_steps), ("--scratch-factor", scratch_factor),
                   ("--chunks", chunks or 1))
         for option, value in counts:
@@ -248,8 +253,9 @@ def emt_commands() -> typer.Typer:
         with progress_bar() as bar:
             task = bar.add_task("comparing", total=len(networks))
             for arch, blocks in networks:
-                rows += compare_arch(clips, arch, blocks, scale, meta_recipe, recipe, scratch_factor,
-                                     stage=lambda message: bar.update(task, description=message))
+                if quality:
+                    rows += compare_arch(clips, arch, blocks, scale, meta_recipe, recipe, scratch_factor,
+                                         stage=lambda message: bar.update(task, description=message))
                 if speed:
                     bar.update(task, description=f"{arch}: timing one 640x360 frame")
                     speeds.append(measure_speed(arch, blocks, scale))
@@ -259,10 +265,12 @@ def emt_commands() -> typer.Typer:
                         "video": str(video), "scale": scale, "meta": dataclasses.asdict(meta_recipe),
                         "tuning": dataclasses.asdict(recipe), "scratch_factor": scratch_factor,
                         "chunks": [dataclasses.asdict(r) for r in rows],
-                        "speed": [{**dataclasses.asdict(s), "speedup": s.speedup} for s in speeds]},
+                        "speed": [{**dataclasses.asdict(s), "speedup": s.speedup,
+                                   "int8_speedup": s.int8_speedup} for s in speeds]},
                         indent=2) + "\n")
         print_comparison(rows, speeds)
-        console.print(f"plot written to {plot_comparison(rows, plot)}")
+        if rows:
+            console.print(f"plot written to {plot_comparison(rows, plot)}")
 
     return commands
 
@@ -278,13 +286,15 @@ def print_comparison(rows, speeds) -> None:
                       f"[{'green' if over_bicubic >= 1 else 'red'}]{over_bicubic:+.2f}[/]",
                       f"[{'green' if over_scratch >= 0 else 'red'}]{over_scratch:+.2f}[/]",
                       f"{r.delta_bytes:,} / {r.full_bytes:,}")
-    console.print(table)
+    if rows:
+        console.print(table)
     if speeds:
         timing = new_table("one LR frame, 2 threads, median of interleaved runs", "network", "frame",
-                           "PyTorch eager ms", "ONNX Runtime ms", "ONNX Runtime speed-up")
+                           "PyTorch eager ms", "ONNX Runtime FP32 ms", "ONNX Runtime INT8 ms",
+                           "FP32 vs PyTorch", "INT8 vs FP32")
         for s in speeds:
             timing.add_row(s.arch, s.frame, f"{s.pytorch_ms:.1f}", f"{s.onnxruntime_ms:.1f}",
-                           f"{s.speedup:.2f}x")
+                           f"{s.int8_ms:.1f}", f"{s.speedup:.2f}x", f"{s.int8_speedup:.2f}x")
         console.print(timing)
 
 

@@ -1,6 +1,6 @@
 """`emt compare`: EMT per chunk against bicubic, the meta-learned model untuned and the same
 network trained from scratch on the chunk with 5x the tuning steps; and the speed of each
-network's ONNX graph against PyTorch eager on one 640x360 LR frame.
+network's ONNX graphs (FP32 and INT8) against PyTorch eager on one 640x360 LR frame.
 
 All PSNR figures are on the held-out frames of each chunk (every 5th, never trained on), RGB,
 rounded output, border scale + 6 cropped (EMT's metric).
@@ -9,6 +9,7 @@ rounded output, border scale + 6 cropped (EMT's metric).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -51,16 +52,24 @@ class ChunkQuality:
 
 @dataclass(frozen=True)
 class Speed:
-    """Median latency (ms) of one LR frame through PyTorch eager and through ONNX Runtime."""
+    """Median latency (ms) of one LR frame through PyTorch eager and through ONNX Runtime, the
+    FP32 graph and the INT8 one (the default INT8 recipe)."""
 
     arch: str
     frame: str
     pytorch_ms: float
     onnxruntime_ms: float
+    int8_ms: float
 
     @property
     def speedup(self) -> float:
+        """ONNX Runtime FP32 against PyTorch eager."""
         return self.pytorch_ms / self.onnxruntime_ms
+
+    @property
+    def int8_speedup(self) -> float:
+        """ONNX Runtime INT8 against ONNX Runtime FP32."""
+        return self.onnxruntime_ms / self.int8_ms
 
 
 def label(arch: str, blocks: int | None) -> str:
@@ -100,13 +109,13 @@ def compare_arch(chunks: Sequence[Chunk], arch: str, blocks: int | None, scale: 
 
 def measure_speed(arch: str, blocks: int | None, scale: int, frame: tuple[int, int] = SPEED_FRAME,
                   threads: int = 2, iterations: int = 20) -> Speed:
-    """One uint8 LR frame of `frame` (width, height) through PyTorch eager and the exported
-    FP32 graph on ONNX Runtime's CPU provider, `threads` threads each, timed interleaved."""
+    """One uint8 LR frame of `frame` (width, height) through PyTorch eager and the exported FP32
+    and INT8 graphs on ONNX Runtime's CPU provider, `threads` threads each, timed interleaved."""
     from tritonforge.export.sr import SRFamily, SROptions
     from tritonforge.runtime import ort_session
     from tritonforge.timing import measure_interleaved
 
-    family, options = SRFamily(), SROptions(arch=arch, scale=scale, blocks=blocks)
+    family = SRFamily()
     model = family.reference(fresh_network(arch, scale, "bicubic", blocks), {}, scale, "bicubic start")
     width, height = frame
     pixels = np.random.default_rng(0).integers(0, 256, (1, 3, height, width), dtype=np.uint8)
@@ -114,23 +123,22 @@ def measure_speed(arch: str, blocks: int | None, scale: int, frame: tuple[int, i
     torch.set_num_threads(threads)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "model.onnx"
-            family.export(model, path, options)
-            session = ort_session(path, threads)
+            runs = {}
+            for precision, bits in (("fp32", 32), ("int8", 8)):
+                path = Path(tmp) / f"{precision}.onnx"
+                family.export(model, path, SROptions(arch=arch, scale=scale, blocks=blocks, bits=bits))
+                runs[precision] = functools.partial(ort_session(path, threads).run, None, {"lr": pixels})
             tensor = torch.from_numpy(pixels)
 
             def eager() -> Any:
                 with torch.inference_mode():
                     return model(tensor)
 
-            def onnxruntime() -> Any:
-                return session.run(None, {"lr": pixels})
-
-            stats = measure_interleaved({"pytorch": eager, "onnxruntime": onnxruntime}, iterations)
+            stats = measure_interleaved({"pytorch": eager, **runs}, iterations)
     finally:
         torch.set_num_threads(previous)
     return Speed(label(arch, blocks), f"{width}x{height}", stats["pytorch"].percentile(50),
-                 stats["onnxruntime"].percentile(50))
+                 stats["fp32"].percentile(50), stats["int8"].percentile(50))
 
 
 def plot_comparison(rows: Sequence[ChunkQuality], path: Path) -> Path:
