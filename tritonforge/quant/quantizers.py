@@ -91,19 +91,32 @@ def quantize_weight(weight: torch.Tensor, bits: int, method: str = "minmax",
 @torch.no_grad()
 def gptq_weight(weight: torch.Tensor, inputs: torch.Tensor, bits: int, damping: float = 0.01,
                 block: int = 128) -> QuantizedWeight:
-    """GPTQ (Frantar et al., 2023): quantize a Linear weight column by column and push each
-    column's rounding error onto the columns not yet quantized, weighted by the inverse
-    Hessian of the layer's output error on real `inputs` [tokens, in]. Per-row scales come
-    from the MSE observer; what GPTQ changes is which grid point each weight rounds to.
-    """
+    """GPTQ for a Linear weight on real `inputs` [tokens, in] (`gptq_values`). Per-row scales
+    come from the MSE observer; what GPTQ changes is which grid point each weight rounds to.
+    Input channels never active get zero weights: nothing to protect."""
     qmin, qmax = signed_range(bits)
-    w = weight.detach().double().clone()
-    scale = quantize_weight(weight, bits, "mse").scale.double()
+    scale = quantize_weight(weight, bits, "mse").scale
     x = inputs.double()
     hessian = x.T @ x / len(x)
-    dead = hessian.diagonal() == 0  # channels never active: nothing to protect
+    weight = weight.detach().clone()
+    weight[:, hessian.diagonal() == 0] = 0.0
+    values = gptq_values(weight, hessian, scale, qmin, qmax, damping, block)
+    return QuantizedWeight(values.to(torch.int8), scale.float(), bits)
+
+
+@torch.no_grad()
+def gptq_values(weight: torch.Tensor, hessian: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int,
+                damping: float = 0.01, block: int = 128) -> torch.Tensor:
+    """GPTQ (Frantar et al., 2023): round a 2-D weight [out, in] onto the per-row grid `scale`
+    [out], column by column, pushing each column's rounding error onto the columns not yet
+    rounded, weighted by the inverse of `hessian` [in, in] (sum x x^T of the layer's inputs,
+    any positive multiple). Returns the grid values, in [qmin, qmax], as floats. `damping`
+    (of the mean diagonal) keeps the inverse stable; inputs never active pass nothing on."""
+    w = weight.detach().double().clone()
+    scale = scale.double()
+    hessian = hessian.double().clone()
+    dead = hessian.diagonal() == 0
     hessian[dead, dead] = 1.0
-    w[:, dead] = 0.0
     hessian += damping * hessian.diagonal().mean() * torch.eye(len(hessian), dtype=hessian.dtype)
     inverse = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(hessian)), upper=True)
     values = torch.zeros_like(w)
@@ -117,7 +130,7 @@ def gptq_weight(weight: torch.Tensor, inputs: torch.Tensor, bits: int, damping: 
             w[:, j:end] -= error[:, None] * inverse[j, j:end][None, :]
             errors[:, j - start] = error
         w[:, end:] -= errors @ inverse[start:end, end:]
-    return QuantizedWeight(values.to(torch.int8), scale.float(), bits)
+    return values
 
 
 # -- activations ---------------------------------------------------------------------------
