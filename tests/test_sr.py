@@ -24,6 +24,7 @@ from tritonforge.export.sr.data import crop_to_scale, downscale, lr_hr_pairs, ph
 from tritonforge.export.sr.model import build_network, load_checkpoint, save_checkpoint, to_pixels
 from tritonforge.export.sr.quantize import gptq_round
 from tritonforge.modalities import ImagePixels, manifest_io
+from tritonforge.quant.quantizers import quantize_weight
 from tritonforge.serving.client import ModelInfo, TensorInfo, save_images
 from tritonforge.spec import IMAGE
 
@@ -183,8 +184,8 @@ def test_a_missed_int8_bar_suggests_what_the_recipe_does_not_use_yet():
 
 def int8_grid_nearest(network: torch.nn.Module, position: int) -> np.ndarray:
     weight = [m for m in network.modules() if isinstance(m, torch.nn.Conv2d)][position].weight.detach()
-    scale = weight.abs().amax(dim=(1, 2, 3), keepdim=True) / 127
-    return (torch.round(weight / scale) * scale).numpy()
+    rounded = quantize_weight(weight.reshape(len(weight), -1), 8, "minmax")  # max|w| / 127 per row
+    return (rounded.values.float() * rounded.scale[:, None]).reshape(weight.shape).numpy()
 
 
 # -- checkpoints ---------------------------------------------------------------------------

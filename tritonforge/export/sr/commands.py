@@ -277,16 +277,16 @@ def emt_commands() -> typer.Typer:
 
 def print_comparison(rows, speeds) -> None:
     """The held-out PSNR table, with EMT's margins over bicubic (bar: +1 dB) and scratch (>= 0)."""
-    table = new_table("held-out PSNR per chunk (dB)", "network", "chunk", "bicubic", "meta, untuned", "EMT",
-                      "scratch", "EMT - bicubic", "EMT - scratch", "delta / full bytes")
-    for r in rows:
-        over_bicubic, over_scratch = r.emt_db - r.bicubic_db, r.emt_db - r.scratch_db
-        table.add_row(r.arch, str(r.chunk), f"{r.bicubic_db:.2f}", f"{r.meta_db:.2f}", f"{r.emt_db:.2f}",
-                      f"{r.scratch_db:.2f} ({r.scratch_steps} steps)",
-                      f"[{'green' if over_bicubic >= 1 else 'red'}]{over_bicubic:+.2f}[/]",
-                      f"[{'green' if over_scratch >= 0 else 'red'}]{over_scratch:+.2f}[/]",
-                      f"{r.delta_bytes:,} / {r.full_bytes:,}")
     if rows:
+        table = new_table("held-out PSNR per chunk (dB)", "network", "chunk", "bicubic", "meta, untuned",
+                          "EMT", "scratch", "EMT - bicubic", "EMT - scratch", "delta / full bytes")
+        for r in rows:
+            over_bicubic, over_scratch = r.emt_db - r.bicubic_db, r.emt_db - r.scratch_db
+            table.add_row(r.arch, str(r.chunk), f"{r.bicubic_db:.2f}", f"{r.meta_db:.2f}", f"{r.emt_db:.2f}",
+                          f"{r.scratch_db:.2f} ({r.scratch_steps} steps)",
+                          f"[{'green' if over_bicubic >= 1 else 'red'}]{over_bicubic:+.2f}[/]",
+                          f"[{'green' if over_scratch >= 0 else 'red'}]{over_scratch:+.2f}[/]",
+                          f"{r.delta_bytes:,} / {r.full_bytes:,}")
         console.print(table)
     if speeds:
         timing = new_table("one LR frame, 2 threads, median of interleaved runs", "network", "frame",

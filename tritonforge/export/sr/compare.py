@@ -111,7 +111,7 @@ def measure_speed(arch: str, blocks: int | None, scale: int, frame: tuple[int, i
                   threads: int = 2, iterations: int = 20) -> Speed:
     """One uint8 LR frame of `frame` (width, height) through PyTorch eager and the exported FP32
     and INT8 graphs on ONNX Runtime's CPU provider, `threads` threads each, timed interleaved."""
-    from tritonforge.export.sr import SRFamily, SROptions
+    from tritonforge.export.sr import PRECISIONS, SRFamily, SROptions
     from tritonforge.runtime import ort_session
     from tritonforge.timing import measure_interleaved
 
@@ -124,7 +124,8 @@ def measure_speed(arch: str, blocks: int | None, scale: int, frame: tuple[int, i
     try:
         with tempfile.TemporaryDirectory() as tmp:
             runs = {}
-            for precision, bits in (("fp32", 32), ("int8", 8)):
+            for bits in (32, 8):
+                precision = PRECISIONS[bits]
                 path = Path(tmp) / f"{precision}.onnx"
                 family.export(model, path, SROptions(arch=arch, scale=scale, blocks=blocks, bits=bits))
                 runs[precision] = functools.partial(ort_session(path, threads).run, None, {"lr": pixels})
