@@ -10,10 +10,10 @@ import torch
 from onnxruntime.transformers.onnx_model_bert import BertOnnxModel
 
 from tritonforge.data import sentences
-from tritonforge.export.base import get_family
 from tritonforge.export.bert import INPUTS, BertOptions, tokenize
 from tritonforge.export.bert.model import eager_attention, hf_config
 from tritonforge.export.onnx import optimize_transformer, soften_mask_constants, torch_to_onnx
+from tritonforge.family import get_family
 from tritonforge.runtime import ort_session, run_session
 
 COSINE_FLOOR, ABS_CEILING = 0.99999, 1e-4  # the FP32 bars of the bert family

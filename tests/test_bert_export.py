@@ -14,12 +14,8 @@ from tritonforge.export.bert.model import embedded_model_dir, load_bert
 from tritonforge.export.onnx import onnx_io_signature
 from tritonforge.export.pipeline import export_model
 from tritonforge.runtime import ort_session, run_session
-from tritonforge.serving.repository import (
-    ModelRepository,
-    config_text,
-    onnx_io_matches_config,
-    parse_config,
-)
+from tritonforge.serving.repository import ModelRepository
+from tritonforge.triton_config import config_text, onnx_io_matches_config, parse_config
 from tritonforge.verify.runner import verify_model
 
 
@@ -120,7 +116,7 @@ def test_fp16_export_keeps_fp32_interface_and_stays_close(tiny_bert, tmp_path):
 
 
 def test_gpu_export_asks_triton_for_tensorrt_on_gpu_instances(tiny_bert, tmp_path):
-    from tritonforge.serving.repository import ServingOptions
+    from tritonforge.triton_config import ServingOptions
 
     export_model("bert", BertOptions(model=str(tiny_bert), bits=16, gpu=True), tmp_path,
                  serving=ServingOptions(gpu=True, fp16=True))

@@ -11,7 +11,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 from typer.testing import CliRunner
 
 from tritonforge.cli import app
-from tritonforge.serving.repository import MANIFEST_FILE, ModelRepository, write_manifest
+from tritonforge.serving.repository import ModelRepository, write_manifest
+from tritonforge.triton_config import MANIFEST_FILE
 
 runner = CliRunner()
 

@@ -103,8 +103,8 @@ def test_ngc_image_tag_comes_from_triton_tag_with_a_default():
     assert re.search(r"^FROM nvcr\.io/nvidia/tritonserver:\$\{TRITON_TAG\}-py3$", dockerfile, re.M)
 
 
-ENSEMBLES = ROOT / "tritonforge" / "serving" / "ensembles"
-LOCAL_ONLY = {"__init__.py", "onnx_runtime.py"}  # onnx_runtime.py: only `tritonforge serve` runs it
+PACKAGE = ROOT / "tritonforge"
+LOCAL_ONLY = {"onnx_runtime.py"}  # only `tritonforge serve` runs it, never the image
 # Pins of the image that differ from constraints.txt, and why: the NGC 24.10 image runs Python
 # 3.10, and Pillow 13 is built for Python 3.11 and newer only.
 IMAGE_ONLY_PINS = {"pillow": "12.3.0"}
@@ -128,7 +128,9 @@ def pins(path: Path) -> dict[str, str]:
 def test_image_installs_what_the_companion_models_import_with_the_project_pins():
     from importlib.metadata import packages_distributions
 
-    companions = sorted(p for p in ENSEMBLES.glob("*.py") if p.name not in LOCAL_ONLY)
+    # Every python-backend model of the project, wherever its modality or family keeps it.
+    companions = sorted((p for p in PACKAGE.rglob("*.py") if p.name not in LOCAL_ONLY
+                         and "class TritonPythonModel" in p.read_text()), key=lambda p: p.name)
     assert [p.name for p in companions] == ["image_decode.py", "knowledge_injection.py", "text_tokenizer.py"]
     imported = set().union(*(third_party_imports(p) for p in companions))
     assert imported == {"numpy", "tokenizers", "PIL"}  # never tritonforge: copied alone into Triton

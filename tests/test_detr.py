@@ -12,10 +12,10 @@ import torch
 from PIL import Image as PILImage
 
 from tritonforge.errors import TritonForgeError
-from tritonforge.export.base import get_family
 from tritonforge.export.detr import DetrOptions
 from tritonforge.export.detr.model import letterbox_to_original
 from tritonforge.export.pipeline import export_model
+from tritonforge.family import get_family
 from tritonforge.modalities import Image, read_io
 from tritonforge.runtime import ort_session
 from tritonforge.serving.repository import ModelRepository

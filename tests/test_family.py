@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from tritonforge.errors import TritonForgeError
-from tritonforge.export import base
-from tritonforge.export.base import family_names, get_family
+from tritonforge import family as base
+from tritonforge.family import family_names, get_family
 from tritonforge.modalities import Tensors, Text, read_io
 from tritonforge.serving.repository import check_manifest_version
 from tritonforge.spec import CLASS_SCORES, EMBEDDING, Check, ModelIO, Parity, TensorSpec

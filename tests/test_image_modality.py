@@ -15,9 +15,9 @@ from PIL import Image as PILImage
 from tritonforge.errors import TritonForgeError
 from tritonforge.modalities import Image, modality_from_json
 from tritonforge.modalities.image import photographs
-from tritonforge.serving.ensembles.image_decode import Decoding
-from tritonforge.serving.repository import ServingOptions
+from tritonforge.modalities.steps.image_decode import Decoding
 from tritonforge.spec import CLASS_SCORES, ModelIO, TensorSpec
+from tritonforge.triton_config import ServingOptions
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CHINA = next(p for p in photographs() if p.name == "china.jpg")  # 640 x 427 RGB JPEG

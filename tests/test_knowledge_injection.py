@@ -1,4 +1,4 @@
-"""The K-BERT sentence tree of DASK (serving/ensembles/knowledge_injection.py): hand-worked trees on
+"""The K-BERT sentence tree of DASK (export/dask/knowledge_injection.py): hand-worked trees on
 a tiny WordPiece vocabulary, truncation, buckets, errors, knowledge.json, and MiniLM's tokenizer."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
-from tritonforge.serving.ensembles.knowledge_injection import (
+from tritonforge.export.dask.knowledge_injection import (
     Injection,
     InjectionError,
     KnowledgeInjector,

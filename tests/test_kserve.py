@@ -56,7 +56,7 @@ def gpu_repo(tmp_path_factory, minilm_repo) -> Path:
     TensorRT accelerator (written here, since no GPU export runs on this machine)."""
     from tritonclient.grpc import model_config_pb2 as mc
 
-    from tritonforge.serving.repository import CONFIG_FILE, config_text, parse_config
+    from tritonforge.triton_config import CONFIG_FILE, config_text, parse_config
 
     repo = tmp_path_factory.mktemp("gpu_repo")
     shutil.copytree(minilm_repo / "bert_fp32", repo / "bert_fp32")

@@ -23,8 +23,9 @@ from tritonforge.cli import app
 from tritonforge.errors import ServerUnavailable, TritonForgeError
 from tritonforge.modalities import Tensors
 from tritonforge.scale.push import execute_push, parse_storage_uri, plan_push, push_repository
-from tritonforge.serving.repository import ModelRepository, ServingOptions, model_config
+from tritonforge.serving.repository import ModelRepository
 from tritonforge.spec import ModelIO, TensorSpec
+from tritonforge.triton_config import ServingOptions, model_config
 
 FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                     "AWS_DEFAULT_REGION": "us-east-1"}

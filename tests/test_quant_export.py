@@ -145,7 +145,7 @@ def test_os_plus_reconstructs_on_the_pooled_objective_and_os_stays_the_papers():
 def test_default_names_carry_the_method(method, name):
     # os+ is the default (best measured); the paper's os and the baselines carry their name.
     assert BertOptions(bits=8).method == "os+"
-    from tritonforge.export.base import get_family
+    from tritonforge.family import get_family
 
     assert get_family("bert").default_name(BertOptions(bits=8, method=method)) == name
 

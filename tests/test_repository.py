@@ -15,13 +15,9 @@ from tritonforge.errors import TritonForgeError
 from tritonforge.export.bert import BertOptions
 from tritonforge.export.pipeline import export_model
 from tritonforge.modalities import Tensors
-from tritonforge.serving.repository import (
-    ModelRepository,
-    ServingOptions,
-    model_config,
-    validate_name,
-)
+from tritonforge.serving.repository import ModelRepository
 from tritonforge.spec import ModelIO, TensorSpec
+from tritonforge.triton_config import ServingOptions, model_config, validate_name
 
 IO = ModelIO((TensorSpec("x", "float32", (-1,)),), (TensorSpec("y", "float32", (4,)),), Tensors())
 
@@ -47,7 +43,7 @@ def test_each_write_adds_the_next_version(tmp_path):
 
 
 def test_version_policy_all_keeps_every_version_served_and_latest_is_tritons_default(tmp_path):
-    from tritonforge.serving.repository import config_text, parse_config
+    from tritonforge.triton_config import config_text, parse_config
 
     every = parse_config(config_text(model_config("m", IO, ServingOptions(version_policy="all"))))
     assert every.version_policy.WhichOneof("policy_choice") == "all"

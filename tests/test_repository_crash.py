@@ -28,18 +28,17 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tritonforge.errors import TritonForgeError
 from tritonforge.export.pipeline import export_model
 from tritonforge.modalities import Tensors
-from tritonforge.serving.repository import (
+from tritonforge.serving.repository import ModelRepository, write_manifest
+from tritonforge.spec import ModelIO, TensorSpec
+from tritonforge.triton_config import (
     CONFIG_FILE,
     MANIFEST_FILE,
     MODEL_FILE,
     CompanionModel,
-    ModelRepository,
     ServingOptions,
     model_config,
     parse_config,
-    write_manifest,
 )
-from tritonforge.spec import ModelIO, TensorSpec
 
 TESTS = Path(__file__).parent
 WIDTH = 16_384  # a 256 KiB weight: model.onnx is written in many chunks, so kills land inside it

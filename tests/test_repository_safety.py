@@ -12,8 +12,9 @@ from tritonforge.cli import app
 from tritonforge.errors import TritonForgeError
 from tritonforge.modalities import Tensors
 from tritonforge.serving.local import write_shadow_repository
-from tritonforge.serving.repository import CONFIG_FILE, ModelRepository, ServingOptions, model_config
+from tritonforge.serving.repository import ModelRepository
 from tritonforge.spec import ModelIO, TensorSpec
+from tritonforge.triton_config import CONFIG_FILE, ServingOptions, model_config
 
 IO = ModelIO((TensorSpec("x", "float32", (-1,)),), (TensorSpec("y", "float32", (4,)),), Tensors())
 

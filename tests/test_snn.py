@@ -13,11 +13,11 @@ from typer.testing import CliRunner
 
 from tritonforge.cli import app
 from tritonforge.errors import TritonForgeError
-from tritonforge.export.base import get_family
 from tritonforge.export.pipeline import export_model
 from tritonforge.export.snn import SnnOptions
 from tritonforge.export.snn.model import LIF
 from tritonforge.export.snn.train import TrainRecipe, load_checkpoint, save_checkpoint, train
+from tritonforge.family import get_family
 from tritonforge.verify.runner import verify_model
 
 runner = CliRunner()

@@ -10,9 +10,9 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
-from tritonforge.export.base import ExportInfo, Family
 from tritonforge.export.onnx import check_onnx, torch_to_onnx
 from tritonforge.export.pipeline import export_model
+from tritonforge.family import ExportInfo, Family
 from tritonforge.modalities import Tensors
 from tritonforge.runtime import ort_session
 from tritonforge.spec import CLASS_SCORES, Check, ModelIO, Parity, TensorSpec
@@ -117,7 +117,7 @@ def test_the_reference_state_is_reset_between_sequences(tmp_path, monkeypatch):
 
 
 def test_verify_reruns_the_stepwise_parity_from_the_manifest(tmp_path, monkeypatch):
-    from tritonforge.export import base
+    from tritonforge import family as base
 
     monkeypatch.setattr(base, "_REGISTRY", {**base._REGISTRY, "toy_stream": StreamFamily()})
     export_model("toy_stream", StreamOptions(), tmp_path)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from tritonforge.errors import TritonForgeError
-from tritonforge.export.base import get_family
 from tritonforge.export.bert import TOLERANCES, BertOptions, tokenize
 from tritonforge.export.pipeline import export_model
+from tritonforge.family import get_family
 from tritonforge.runtime import OpenVINOSession, default_target, open_session, run_session
 from tritonforge.serving.repository import ModelRepository
 from tritonforge.verify.runner import verify_model

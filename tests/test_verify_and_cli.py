@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from tritonforge.cli import app
 from tritonforge.errors import TritonForgeError
 from tritonforge.export.bert import BertOptions
-from tritonforge.export.onnx import sha256_file
 from tritonforge.export.pipeline import export_model
+from tritonforge.serving.repository import sha256_file
 from tritonforge.verify.runner import verify_model
 
 runner = CliRunner()

@@ -5,10 +5,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-import ipaddress
 import json
 import signal
-import socket
 import sys
 import typing
 from collections.abc import Callable
@@ -17,19 +15,22 @@ from typing import Annotated, Any, ClassVar
 
 import click
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from rich.table import Table
 from typer.core import TyperGroup
 
+from tritonforge.command_options import (
+    DEFAULT_REPO,
+    RepoOption,
+    UrlOption,
+    check_host,
+    check_port,
+    common_parameter,
+    remote_options,
+    require_at_least,
+    require_positive,
+)
+from tritonforge.console import Stages, console, errors, new_table, progress_bar
 from tritonforge.errors import ServerUnavailable, TritonForgeError
 from tritonforge.serving.endpoint import Endpoint  # light: the commands' `endpoint` parameter
 
@@ -40,11 +41,7 @@ app.add_typer(export_app, name="export")
 quality_app = typer.Typer(no_args_is_help=True, help="Quality vs speed of a family's recipes.")
 app.add_typer(quality_app, name="quality")
 
-console = Console()
-errors = Console(stderr=True)
 
-RepoOption = Annotated[Path, typer.Option("--repo", help="Model repository folder.")]
-DEFAULT_REPO = Path("model_repo")
 
 
 # Exit codes: 0 ok, 1 parity failed (or the server stopped on its own), 2 bad input,
@@ -78,18 +75,10 @@ def friendly(command):
 # -- checks of option values, before anything loads or connects ---------------------------
 
 MAX_SEQ_LEN = 4096  # longer than any BERT's position table; the model's own bound is checked later
-MAX_PORT = 65535
 
 
-def require_at_least(option: str, value: float | None, minimum: float) -> None:
-    """Refuse `option value` below `minimum` (None: not given)."""
-    if value is not None and value < minimum:
-        raise TritonForgeError(f"{option} {value} is not allowed: it must be at least {minimum}")
 
 
-def require_positive(option: str, value: float | None) -> None:
-    if value is not None and value <= 0:
-        raise TritonForgeError(f"{option} {value} is not allowed: give a number of seconds above 0")
 
 
 def check_shape(seq_len: int | None, image_size: int | None, timesteps: int | None) -> None:
@@ -101,73 +90,16 @@ def check_shape(seq_len: int | None, image_size: int | None, timesteps: int | No
     require_at_least("--timesteps", timesteps, 1)
 
 
-def check_port(option: str, port: int) -> None:
-    """A port to listen on: 1..65535, or 0 for any free one."""
-    if not 0 <= port <= MAX_PORT:
-        raise TritonForgeError(f"{option} {port} is not a port: give 1..{MAX_PORT}, or 0 for any free port")
 
 
-def check_host(option: str, host: str) -> None:
-    """An IP address, or a name this machine resolves."""
-    try:
-        ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
-        return
-    except ValueError:
-        pass
-    # Digits and dots only (999.1.1.1) is a bad address, never a name to look up.
-    if host and not set(host) <= set("0123456789."):
-        try:
-            socket.getaddrinfo(host, None)
-            return
-        except (socket.gaierror, UnicodeError):
-            pass
-    raise TritonForgeError(f"{option} {host!r} is not an IP address or a name this machine resolves: "
-                           "give e.g. 127.0.0.1, 0.0.0.0 or localhost")
 
 
-def check_url(option: str, url: str) -> None:
-    """A server address host:port (port 1..65535), checked before connecting."""
-    host, colon, port = url.rpartition(":")
-    if not colon or not host or not port.isdigit():
-        raise TritonForgeError(f"{option} {url!r} is not host:port: give e.g. 127.0.0.1:8001")
-    if not 1 <= int(port) <= MAX_PORT:
-        raise TritonForgeError(f"{option} {url!r} has port {port}, outside 1..{MAX_PORT}: "
-                               "give e.g. 127.0.0.1:8001")
-    check_host(f"{option} {url!r}: host", host)
 
 
-class Stages:
-    """Rich progress for a pipeline: each call closes the previous step and opens the next.
-
-    `stages(description, total)` returns a tick function; total 0 shows a spinner only.
-    """
-
-    def __init__(self, progress: Progress):
-        self.progress, self.task = progress, None
-
-    def __call__(self, description: str, total: int = 0):
-        self.finish()
-        self.task = self.progress.add_task(description, total=total or None)
-        task = self.task
-        return lambda: self.progress.advance(task)
-
-    def finish(self) -> None:
-        if self.task is not None:
-            total = self.progress.tasks[self.task].total or 1
-            self.progress.update(self.task, total=total, completed=total)
 
 
-def new_table(title: str, *columns: str) -> Table:
-    """A rich table with these column headers."""
-    table = Table(title=title)
-    for column in columns:
-        table.add_column(column)
-    return table
 
 
-def progress_bar() -> Progress:
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                    MofNCompleteColumn(), TimeElapsedColumn(), console=errors, transient=False)
 
 
 # -- commands generated from a family's options -------------------------------------------
@@ -216,8 +148,6 @@ def generated_command(function: Callable, options_type: type, common: list[inspe
     return command
 
 
-def common_parameter(name: str, annotation: Any, default: Any) -> inspect.Parameter:
-    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
 
 
 EXPORT_PARAMETERS = [
@@ -235,7 +165,7 @@ EXPORT_PARAMETERS = [
 def export_command(family) -> Callable:
     def run(options, name, repo, max_batch, version, force) -> None:
         from tritonforge.export.pipeline import export_model
-        from tritonforge.serving.repository import ServingOptions, validate_name
+        from tritonforge.triton_config import ServingOptions, validate_name
 
         if name is not None:
             validate_name(name)  # "" too: it would otherwise mean the default name
@@ -315,12 +245,12 @@ class FamilyGroup(TyperGroup):
     build: ClassVar[Callable[[Any], Callable | None]]
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        from tritonforge.export.base import family_names
+        from tritonforge.family import family_names
 
         return sorted(set(super().list_commands(ctx)) | set(family_names()))
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        from tritonforge.export.base import family_names, get_family
+        from tritonforge.family import family_names, get_family
 
         command = super().get_command(ctx, name)
         if command is not None or name not in family_names():
@@ -352,7 +282,7 @@ class RootGroup(TyperGroup):
     family's documentation names them."""
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        from tritonforge.export.base import family_names, get_family
+        from tritonforge.family import family_names, get_family
 
         command = super().get_command(ctx, name)
         family = FAMILY_COMMAND_ALIASES.get(name, name)
@@ -395,69 +325,11 @@ def shape_options(seq_len: int | None, image_size: int | None, timesteps: int | 
     return {k: v for k, v in given.items() if v is not None}
 
 
-# How to reach a remote server (a KServe ingress): TLS and headers, shared by query, bench,
-# soak and verify --triton.
-TlsOption = Annotated[bool | None, typer.Option(
-    "--tls/--no-tls", help="TLS to the server. Default: on for grpcs:// or when certificates are "
-                           "given, else off.")]
-RootCertsOption = Annotated[Path | None, typer.Option(
-    "--root-certs", help="TLS: PEM file of the CA certificates that signed the server's "
-                         "certificate (default: the system's).")]
-ClientCertOption = Annotated[Path | None, typer.Option(
-    "--client-cert", help="Mutual TLS: PEM file of the client certificate (chain), with --client-key.")]
-ClientKeyOption = Annotated[Path | None, typer.Option(
-    "--client-key", help="Mutual TLS: PEM file of the private key of --client-cert.")]
-HeaderOption = Annotated[list[str] | None, typer.Option(
-    "--header", help="A header sent with every call, 'Name: value' (repeat for several).")]
-BearerTokenEnvOption = Annotated[str | None, typer.Option(
-    "--bearer-token-env", metavar="VAR",
-    help="Send 'authorization: Bearer <token>' with the token read from environment variable VAR "
-         "(so it never appears on the command line).")]
 
 
-def remote_endpoint(option: str, url: str, tls: bool | None = None, root_certs: Path | None = None,
-                    client_cert: Path | None = None, client_key: Path | None = None,
-                    header: list[str] | None = None, bearer_token_env: str | None = None) -> Endpoint:
-    """The server `option` names, with its TLS and header options, every value checked."""
-    from tritonforge.serving.endpoint import endpoint_from_options, split_scheme
-
-    check_url(option, split_scheme(url, option)[1])
-    return endpoint_from_options(url, tls, root_certs, client_cert, client_key, header or (),
-                                 bearer_token_env, option)
-
-REMOTE_PARAMETERS = [common_parameter("tls", TlsOption, None),
-                     common_parameter("root_certs", RootCertsOption, None),
-                     common_parameter("client_cert", ClientCertOption, None),
-                     common_parameter("client_key", ClientKeyOption, None),
-                     common_parameter("header", HeaderOption, None),
-                     common_parameter("bearer_token_env", BearerTokenEnvOption, None)]
 
 
-def remote_options(address: str) -> Callable[[Callable], Callable]:
-    """Give a command the TLS and header options (REMOTE_PARAMETERS) and hand it `endpoint`:
-    the server that its option `address` ("url", "triton") names, reached with those options,
-    every value checked; None when that option is not given (and then the others are refused)."""
-    flag = "--" + address
 
-    def decorate(command: Callable) -> Callable:
-        signature = inspect.signature(command, eval_str=True)  # typer reads the Annotated options
-
-        @functools.wraps(command)
-        def with_endpoint(**kwargs):
-            remote = {p.name: kwargs.pop(p.name) for p in REMOTE_PARAMETERS}
-            url = kwargs[address]
-            if url is None and any(value not in (None, []) for value in remote.values()):
-                *others, last = ("--" + name.replace("_", "-") for name in remote)
-                raise TritonForgeError(f"{', '.join(others)} and {last} are for the server of {flag}: "
-                                       f"give {flag} too")
-            endpoint = remote_endpoint(flag, url, **remote) if url is not None else None
-            return command(**kwargs, endpoint=endpoint)
-
-        own = [p for p in signature.parameters.values() if p.name != "endpoint"]
-        with_endpoint.__signature__ = signature.replace(parameters=[*own, *REMOTE_PARAMETERS])
-        return with_endpoint
-
-    return decorate
 
 
 @app.command()
@@ -579,8 +451,6 @@ def list_models(repo: RepoOption = DEFAULT_REPO):
 
 # -- serving -------------------------------------------------------------------------------
 
-UrlOption = Annotated[str, typer.Option(
-    "--url", help="Triton gRPC address: host:port, grpc://host:port or grpcs://host:port (TLS).")]
 def tokenizer_repo(repo: Path | None) -> Path | None:
     """Where a token model's tokenizer is found: --repo, else ./model_repo when it exists."""
     return repo or (DEFAULT_REPO if DEFAULT_REPO.is_dir() else None)

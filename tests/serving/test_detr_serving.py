@@ -37,7 +37,7 @@ def photo(tmp_path_factory):
 
 
 def test_image_bytes_give_the_detections_pytorch_gives(detr_server, detr_repo, photo):
-    from tritonforge.export.base import get_family
+    from tritonforge.family import get_family
     from tritonforge.modalities import read_io
     from tritonforge.serving.repository import ModelRepository
 

@@ -7,8 +7,8 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 from tritonforge.data import sentences
-from tritonforge.export.base import get_family
 from tritonforge.export.bert import BertOptions, tokenize
+from tritonforge.family import get_family
 from tritonforge.modalities import Text
 from tritonforge.modalities.base import raw_bytes_array
 from tritonforge.serving.client import infer, infer_inputs, model_info, summarize

@@ -14,12 +14,13 @@ from tritonforge.data import sentences
 from tritonforge.errors import TritonForgeError
 from tritonforge.export.bert import BertOptions
 from tritonforge.export.pipeline import export_model
+from tritonforge.modalities.steps.text_tokenizer import bucket_lengths, encode, load_tokenizer
 from tritonforge.modalities.text import TEXT_TOKENIZER_MODEL
 from tritonforge.serving.client import exported_version
-from tritonforge.serving.ensembles import ONNX_RUNTIME_MODEL
-from tritonforge.serving.ensembles.text_tokenizer import bucket_lengths, encode, load_tokenizer
 from tritonforge.serving.local import NOBATCH_SUFFIX, write_shadow_repository
-from tritonforge.serving.repository import ModelRepository, ServingOptions, parse_config
+from tritonforge.serving.python_models import ONNX_RUNTIME_MODEL
+from tritonforge.serving.repository import ModelRepository
+from tritonforge.triton_config import ServingOptions, parse_config
 
 
 def test_export_writes_the_text_ensemble_and_its_tokenizer_step(tiny_repo):

@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 
 from tritonforge.cli import app
 from tritonforge.errors import TritonForgeError
-from tritonforge.export.base import get_family
 from tritonforge.export.snn import SnnOptions
 from tritonforge.export.snn.train import digits
+from tritonforge.family import get_family
 from tritonforge.serving.client import infer, model_info, new_sequence_ids, stream_sequences
 from tritonforge.serving.local import LocalTriton
 from tritonforge.verify.runner import verify_model

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from tritonforge.errors import TritonForgeError
-from tritonforge.export.base import ExportInfo, Family, Shape, option, register
 from tritonforge.export.onnx import MIN_OPSET, check_onnx, torch_to_onnx
+from tritonforge.family import ExportInfo, Family, Shape, option, register
 from tritonforge.modalities import Image
 from tritonforge.spec import CLASS_SCORES, Check, ModelIO, Parity, TensorSpec
 from tritonforge.verify.metrics import max_abs_diff, top1_agreement

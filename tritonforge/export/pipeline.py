@@ -12,17 +12,16 @@ from typing import Any
 
 from tritonforge import __version__
 from tritonforge.errors import TritonForgeError
-from tritonforge.export.base import Family, get_family
-from tritonforge.export.onnx import onnx_io_signature, sha256_file
+from tritonforge.export.onnx import onnx_io_signature
+from tritonforge.family import Family, get_family
 from tritonforge.runtime import open_session, run_session
-from tritonforge.serving.repository import (
-    MANIFEST_VERSION,
+from tritonforge.serving.repository import MANIFEST_VERSION, ModelRepository, sha256_file, write_manifest
+from tritonforge.triton_config import (
     MODEL_FILE,
-    ModelRepository,
     ServingOptions,
+    name_family,
     onnx_io_matches_config,
     validate_name,
-    write_manifest,
 )
 from tritonforge.verify.parity import parity_check
 
@@ -60,6 +59,7 @@ def export_model(family: str | Family, options: Any, repo: Path | str = "model_r
     model = family.load(options, stage)
     io = family.io(model, options)
     triton = family.triton(name, io, serving)
+    name_family(triton, family.name)
     config = triton.config
     result: dict[str, Any] = {}
 

@@ -1,7 +1,7 @@
 """Modalities by kind, and reading a manifest's I/O back into typed records.
 
-Built-in: `text`, `image`, `image_pixels` (any size, no resize), `tensors`, and `text_knowledge`
-(DASK's text plus knowledge). A family with another raw input registers its own with
+Built-in: `text`, `image`, `image_pixels` (any size, no resize) and `tensors`. A family with
+another raw input (DASK's `text_knowledge`) defines it in its own package and registers it with
 `register_modality`, touching none of these.
 """
 
@@ -11,14 +11,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from tritonforge.errors import TritonForgeError
+from tritonforge.family import load_family_package
 from tritonforge.modalities.base import Modality
 from tritonforge.modalities.image import Image, ImagePixels
-from tritonforge.modalities.knowledge import TextKnowledge
 from tritonforge.modalities.tensors import Tensors
 from tritonforge.modalities.text import Text
 from tritonforge.spec import CLASS_SCORES, EMBEDDING, ModelIO, TensorSpec
 
-__all__ = ["Image", "ImagePixels", "Modality", "Tensors", "Text", "TextKnowledge", "manifest_io",
+__all__ = ["Image", "ImagePixels", "Modality", "Tensors", "Text", "manifest_io",
            "modality_from_json", "read_io", "register_modality"]
 
 _MODALITIES: dict[str, type[Modality]] = {}
@@ -30,33 +30,38 @@ def register_modality(cls: type[Modality]) -> type[Modality]:
     return cls
 
 
-for _builtin in (Text, Image, ImagePixels, Tensors, TextKnowledge):
+for _builtin in (Text, Image, ImagePixels, Tensors):
     register_modality(_builtin)
 
 
-def modality_from_json(data: Mapping[str, Any]) -> Modality:
+def modality_from_json(data: Mapping[str, Any], family: str | None = None) -> Modality:
+    """The typed record of a manifest's or a config's `preprocessing`. A kind defined inside a
+    family's package is found by importing that `family` (the manifest and config name it)."""
     kind = data.get("kind")
+    if kind not in _MODALITIES and family:
+        load_family_package(family)
     if kind not in _MODALITIES:
         raise TritonForgeError(
             f"pre-processing kind {kind!r} is unknown to this tritonforge (it knows "
-            f"{', '.join(sorted(_MODALITIES))}): install the package of the family that wrote it")
+            f"{', '.join(sorted(_MODALITIES))}): install the package of the family that wrote it"
+            + (f" ({family!r})" if family else ""))
     return _MODALITIES[kind].from_json(data)
 
 
-def read_io(data: Mapping[str, Any], manifest_version: int = 2) -> ModelIO:
+def read_io(data: Mapping[str, Any], manifest_version: int = 2, family: str | None = None) -> ModelIO:
     """A manifest's `io` section as a ModelIO; manifests of version 1 are converted."""
     if manifest_version < 2:
         return _read_io_v1(data)
     return ModelIO(tuple(TensorSpec.from_json(t) for t in data["inputs"]),
                    tuple(TensorSpec.from_json(t) for t in data["outputs"]),
-                   modality_from_json(data["preprocessing"]),
+                   modality_from_json(data["preprocessing"], family),
                    tuple(data["labels"]) if data.get("labels") is not None else None,
                    tuple(tuple(pair) for pair in data.get("state", ())))
 
 
 def manifest_io(manifest: Mapping[str, Any]) -> ModelIO:
     """The typed I/O of a manifest of any version this tritonforge reads."""
-    return read_io(manifest["io"], manifest.get("manifest_version", 1))
+    return read_io(manifest["io"], manifest.get("manifest_version", 1), manifest.get("family"))
 
 
 def _read_io_v1(data: Mapping[str, Any]) -> ModelIO:

@@ -25,15 +25,15 @@ import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
 
 from tritonforge.errors import TritonForgeError
-from tritonforge.serving.ensembles import PYTHON_MODEL_FILE
-from tritonforge.serving.repository import (
+from tritonforge.spec import ModelIO
+from tritonforge.triton_config import (
+    PYTHON_MODEL_FILE,
     CompanionModel,
     ServingOptions,
     add_tensors,
     describe_model,
     validate_name,
 )
-from tritonforge.spec import ModelIO
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +100,7 @@ class Modality:
     def limits(self) -> dict[str, Any]:
         """Bounds on one request, enforced by the client, the companion and the config. Values
         are JSON: `tritonforge serve` passes each to the ONNX Runtime wrapper as a config
-        parameter (see serving/ensembles/onnx_runtime.py for the ones it enforces)."""
+        parameter (see serving/python_models/onnx_runtime.py for the ones it enforces)."""
         return {}
 
     def write_samples(self, folder: Path, inputs: Mapping[str, np.ndarray]) -> None:

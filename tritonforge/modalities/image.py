@@ -1,6 +1,6 @@
 """Image: encoded image bytes (PNG, JPEG, ...) -> decoded, resized, normalised [C, H, W] float32.
 
-Server side, `<name>_image_decode` (python backend, `serving/ensembles/image_decode.py`) and
+Server side, `<name>_image_decode` (python backend, `modalities/steps/image_decode.py`) and
 `<name>_image` (ensemble IMAGE -> the model's outputs): a client sends each file's bytes, one
 image per row. Client side, `encode` runs the same `decode_images` on the same settings, so a
 tensor model queried directly gets the same arrays and a bad image the same message.
@@ -24,7 +24,7 @@ from PIL import ImageOps as PILImageOps
 
 from tritonforge.errors import TritonForgeError
 from tritonforge.modalities.base import Modality, preprocessing_companions, raw_bytes_array
-from tritonforge.serving.ensembles.image_decode import (
+from tritonforge.modalities.steps.image_decode import (
     RESIZE_MODES,
     Decoding,
     ImageError,
@@ -32,10 +32,10 @@ from tritonforge.serving.ensembles.image_decode import (
     decode_images,
     open_image,
 )
-from tritonforge.serving.repository import CompanionModel, ServingOptions
 from tritonforge.spec import ModelIO
+from tritonforge.triton_config import CompanionModel, ServingOptions
 
-IMAGE_DECODE_MODEL = Path(__file__).parent.parent / "serving" / "ensembles" / "image_decode.py"
+IMAGE_DECODE_MODEL = Path(__file__).parent / "steps" / "image_decode.py"
 DECODE_SUFFIX = "_image_decode"
 # Real photographs that installed packages bundle: (package, path inside it). scikit-learn's
 # two are Flickr photographs under CC BY 2.0 (see the README beside them); matplotlib's is the

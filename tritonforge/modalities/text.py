@@ -1,6 +1,6 @@
 """Text: strings -> token arrays through the model's own tokenizer.json (the `tokenizers` package).
 
-Server side, `<name>_tokenizer` (python backend, `serving/ensembles/text_tokenizer.py`) and
+Server side, `<name>_tokenizer` (python backend, `modalities/steps/text_tokenizer.py`) and
 `<name>_text` (ensemble TEXT -> the model's outputs). Client side, the same `encode` on the
 tokenizer saved beside the export. Requests are padded to length buckets (16, 32, 64, ...,
 max_length) so Triton's dynamic batcher can merge them; texts are truncated at max_length.
@@ -18,7 +18,7 @@ import numpy as np
 
 from tritonforge.errors import TritonForgeError
 from tritonforge.modalities.base import Modality, preprocessing_companions, raw_bytes_array
-from tritonforge.serving.ensembles.text_tokenizer import (
+from tritonforge.modalities.steps.text_tokenizer import (
     DEFAULT_BUCKETS,
     MAX_TEXT_BYTES,
     TOKEN_OUTPUTS,
@@ -28,10 +28,10 @@ from tritonforge.serving.ensembles.text_tokenizer import (
     load_tokenizer,
     text_size_error,
 )
-from tritonforge.serving.repository import CompanionModel, ServingOptions
 from tritonforge.spec import ModelIO
+from tritonforge.triton_config import CompanionModel, ServingOptions
 
-TEXT_TOKENIZER_MODEL = Path(__file__).parent.parent / "serving" / "ensembles" / "text_tokenizer.py"
+TEXT_TOKENIZER_MODEL = Path(__file__).parent / "steps" / "text_tokenizer.py"
 TOKENIZER_SUFFIX = "_tokenizer"
 TOKENIZER_FILE = "tokenizer.json"
 

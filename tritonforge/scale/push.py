@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from tritonforge.errors import ServerUnavailable, TritonForgeError
-from tritonforge.export.onnx import sha256_file
-from tritonforge.serving.repository import CONFIG_FILE, MANIFEST_FILE, ModelRepository
+from tritonforge.serving.repository import ModelRepository, sha256_file
+from tritonforge.triton_config import CONFIG_FILE, MANIFEST_FILE
 
 SHA256_METADATA = "sha256"  # sent as the header x-amz-meta-sha256
 READ_BACK_BYTES = 1 << 20  # files up to this size are downloaded again and hashed after upload

@@ -142,6 +142,12 @@ class ModelInfo:
         return self.inputs[0]
 
     @property
+    def family(self) -> str | None:
+        """The family that exported the model (its package defines the model's own modalities
+        and output kinds); None for a config written by an older tritonforge."""
+        return self.parameters.get("family") or None
+
+    @property
     def labels(self) -> list[str] | None:
         return json.loads(self.parameters["labels"]) if "labels" in self.parameters else None
 
@@ -153,7 +159,7 @@ class ModelInfo:
     def modality(self, repo: Path | str | None = None) -> Modality:
         """The pre-processing record the server publishes, else the one in the repository."""
         if "preprocessing" in self.parameters:
-            return modality_from_json(json.loads(self.parameters["preprocessing"]))
+            return modality_from_json(json.loads(self.parameters["preprocessing"]), self.family)
         if repo is not None:
             return exported_version(repo, self.name)[1].preprocessing
         raise TritonForgeError(

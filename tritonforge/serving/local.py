@@ -6,7 +6,7 @@ the running Python, and serves a *shadow* of the model repository:
 
 - each ONNX model (`backend: "onnxruntime"` or `platform: "onnxruntime_onnx"`) becomes a
   python-backend model of the same name and config (inputs, outputs, max_batch_size, dynamic
-  batching, warm-up) whose model.py (`ensembles/onnx_runtime.py`) runs ONNX Runtime on the
+  batching, warm-up) whose model.py (`python_models/onnx_runtime.py`) runs ONNX Runtime on the
   same model.onnx, linked from the repository; a streaming model keeps its sequence batcher,
   but its implicit state moves into a parameter and the wrapper keeps the state itself per
   sequence (the python backend never feeds state back);
@@ -44,15 +44,9 @@ from tritonforge.errors import ServerUnavailable, TritonForgeError
 from tritonforge.modalities import manifest_io
 from tritonforge.processes import pid_alive
 from tritonforge.serving.endpoint import Endpoint
-from tritonforge.serving.ensembles import ONNX_RUNTIME_MODEL, PYTHON_MODEL_FILE
-from tritonforge.serving.repository import (
-    CONFIG_FILE,
-    ModelRepository,
-    NewerManifestError,
-    config_text,
-    parse_config,
-    state_specs,
-)
+from tritonforge.serving.python_models import ONNX_RUNTIME_MODEL
+from tritonforge.serving.repository import ModelRepository, NewerManifestError
+from tritonforge.triton_config import CONFIG_FILE, PYTHON_MODEL_FILE, config_text, parse_config, state_specs
 
 NOBATCH_SUFFIX = "_nobatch"
 SCRATCH_PREFIX = "tritonforge-serve-"
@@ -130,7 +124,7 @@ def is_onnx_model(config: mc.ModelConfig) -> bool:
 
 def shadow_config(config: mc.ModelConfig, threads: int, limits: dict[str, object] | None = None
                   ) -> mc.ModelConfig:
-    """The ONNX model's config, served by the python backend on the CPU (see ensembles/onnx_runtime.py)."""
+    """The ONNX model's config, served by the python backend on the CPU (python_models/onnx_runtime.py)."""
     shadow = mc.ModelConfig()
     shadow.CopyFrom(config)
     if config.backend == "openvino":  # the wrapper runs OpenVINO, reading HINT_BF16 as the backend does

@@ -33,30 +33,33 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
-import re
 import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
-from tritonclient.utils import np_to_triton_dtype
 
 from tritonforge.errors import TritonForgeError
 from tritonforge.processes import pid_alive
-from tritonforge.spec import ModelIO, TensorSpec
+from tritonforge.triton_config import (
+    CONFIG_FILE,
+    MANIFEST_FILE,
+    CompanionModel,
+    config_text,
+    io_signature,
+    is_model_name,
+    parse_config,
+    validate_name,
+)
 
-CONFIG_FILE = "config.pbtxt"
-MANIFEST_FILE = "tritonforge.json"
-MODEL_FILE = "model.onnx"
 STAGING_PREFIX = "staging-"  # <staging area>/staging-<pid>-<random>/
 LEGACY_STAGING_PREFIX = ".staging-"  # inside the repository, by tritonforge before the staging area
 INSIDE_STAGING = ".tritonforge-staging"  # the staging area when none can sit beside the repository
@@ -67,210 +70,6 @@ LOCK_FILE = ".tritonforge.lock"  # the write lock where folders cannot be flocke
 FULL_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 # The manifest format this tritonforge writes; it reads this one and every older one.
 MANIFEST_VERSION = 2
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-
-
-def validate_name(name: str) -> str:
-    """A model name is one plain folder name: no '/', no '..', no leading dot."""
-    if not _NAME.match(name) or ".." in name:
-        raise TritonForgeError(
-            f"model name {name!r} is not allowed: use letters, digits, '_', '-' and '.', "
-            "starting with a letter or digit, without '/' or '..' (at most 128 characters)"
-        )
-    return name
-
-
-# -- config.pbtxt -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ServingOptions:
-    """How Triton should run the model; the part of the config that is not the model's I/O."""
-
-    max_batch_size: int = 32
-    gpu: bool = False
-    fp16: bool = False  # TensorRT precision when gpu
-    # Where the graph runs (tritonforge.runtime.TARGETS): onnxruntime and tensorrt through
-    # Triton's onnxruntime backend, openvino through Triton's openvino backend on model.onnx.
-    target: str = "onnxruntime"
-    bf16: bool = False  # OpenVINO computes in bfloat16 (CPUs with AVX512_BF16 or AMX)
-    instances: int = 1
-    queue_delay_us: int = 500
-    warmup_length: int = 16  # stands in for dynamic axes in the warm-up request
-    # Streaming (stateful) models: sequences held at once, and how long one may stay silent
-    # before Triton frees its slot (Triton's own default is 1 s, too short for a live stream).
-    max_sequences: int = 64
-    sequence_idle_us: int = 60_000_000
-    # Which versions Triton loads: "latest" (its default, the newest one) or "all" (every
-    # version stays addressable, as per-chunk models of one video need)
-    version_policy: str = "latest"
-
-    def __post_init__(self):
-        if self.max_batch_size < 1:
-            raise TritonForgeError(
-                f"--max-batch {self.max_batch_size} must be at least 1 (Triton batches along dim 0)")
-        if self.instances < 1:
-            raise TritonForgeError(f"instance count {self.instances} must be at least 1")
-        if self.target not in ("onnxruntime", "openvino", "tensorrt"):
-            raise TritonForgeError(f"serving target {self.target!r} is unknown: choose onnxruntime, "
-                                   "openvino or tensorrt")
-        if self.version_policy not in ("latest", "all"):
-            raise TritonForgeError(f"version policy {self.version_policy!r} is unknown: choose latest "
-                                   "(serve the newest version) or all (serve every version)")
-        if self.max_sequences < 1 or self.sequence_idle_us < 1:
-            raise TritonForgeError(f"max_sequences {self.max_sequences} and sequence_idle_us "
-                                   f"{self.sequence_idle_us} must be positive")
-
-
-def triton_dtype(dtype: str) -> int:
-    """numpy dtype name -> ModelConfig DataType (strings travel as TYPE_STRING)."""
-    name = np_to_triton_dtype(np.dtype(dtype))
-    return mc.DataType.Value("TYPE_STRING" if name == "BYTES" else f"TYPE_{name}")
-
-
-def preferred_batch_sizes(max_batch_size: int) -> list[int]:
-    return [size for size in (4, 8, 16, 32) if size <= max_batch_size] or [max_batch_size]
-
-
-def add_tensors(field, specs: Sequence[TensorSpec]) -> None:
-    """Declare `specs` in a config's `input` or `output` field."""
-    for spec in specs:
-        field.add(name=spec.name, data_type=triton_dtype(spec.dtype), dims=list(spec.dims))
-
-
-def describe_model(config: mc.ModelConfig, io: ModelIO) -> None:
-    """What clients read from the served config (`query` prints labels, not indices, and each
-    output in its natural form): the labels, each output's kind, the pre-processing record."""
-    if io.labels:
-        config.parameters["labels"].string_value = json.dumps(list(io.labels))
-    state = {name for _in, name in io.state}  # kept by the server, never returned
-    config.parameters["output_kinds"].string_value = json.dumps(
-        {t.name: t.kind for t in io.outputs if t.name not in state})
-    config.parameters["preprocessing"].string_value = json.dumps(io.preprocessing.to_json())
-
-
-def model_config(name: str, io: ModelIO, serving: ServingOptions,
-                 backend: str = "onnxruntime") -> mc.ModelConfig:
-    """A ModelConfig message for one model; serialize with `config_text`.
-
-    A model with `io.state` (one step of a stream) gets the sequence batcher instead of the
-    dynamic batcher: its state tensors leave the declared I/O and become implicit state that
-    Triton keeps per sequence, zero at START; it gets no warm-up (a warm-up request carries no
-    sequence)."""
-    state = {name for pair in io.state for name in pair}
-    if serving.target == "openvino" and backend == "onnxruntime":
-        backend = "openvino"
-    config = mc.ModelConfig(name=name, backend=backend, max_batch_size=serving.max_batch_size)
-    if serving.version_policy == "all":
-        config.version_policy.all.SetInParent()
-    add_tensors(config.input, [t for t in io.inputs if t.name not in state])
-    add_tensors(config.output, [t for t in io.outputs if t.name not in state])
-    kind = mc.ModelInstanceGroup.KIND_GPU if serving.gpu else mc.ModelInstanceGroup.KIND_CPU
-    config.instance_group.add(count=serving.instances, kind=kind)
-    if io.state:
-        sequence_batching(config, io, serving)
-    else:
-        config.dynamic_batching.preferred_batch_size.extend(preferred_batch_sizes(serving.max_batch_size))
-        config.dynamic_batching.max_queue_delay_microseconds = serving.queue_delay_us
-        warmup = config.model_warmup.add(name="warmup", batch_size=1)
-        for spec in io.inputs:
-            dims = [serving.warmup_length if d < 0 else d for d in spec.dims]
-            warmup.inputs[spec.name].CopyFrom(mc.ModelWarmup.Input(
-                data_type=triton_dtype(spec.dtype), dims=dims, zero_data=True))
-    describe_model(config, io)
-    if backend == "openvino":
-        openvino_parameters(config, serving)
-    if serving.gpu:
-        accelerators = config.optimization.execution_accelerators.gpu_execution_accelerator
-        accelerators.add(name="tensorrt", parameters={
-            "precision_mode": "FP16" if serving.fp16 else "FP32",
-            "max_workspace_size_bytes": str(1 << 30),
-            "trt_engine_cache_enable": "1",
-            "trt_engine_cache_path": "/tmp/triton_trt_cache",
-        })
-    return config
-
-
-def openvino_parameters(config: mc.ModelConfig, serving: ServingOptions) -> None:
-    """Triton's openvino backend on the version's model.onnx (OpenVINO reads ONNX itself, so
-    the artifact is the same file the other targets serve): latency hint, one stream per
-    instance, bfloat16 when the export was checked in it."""
-    config.default_model_filename = MODEL_FILE
-    parameters = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
-    if serving.bf16:
-        parameters["HINT_BF16"] = "YES"
-    for key, value in parameters.items():
-        config.parameters[key].string_value = value
-
-
-def sequence_batching(config: mc.ModelConfig, io: ModelIO, serving: ServingOptions) -> None:
-    """The sequence batcher with the `oldest` strategy (frames of different sequences share a
-    batch) and one implicit state per `io.state` pair, zero at each sequence's START."""
-    batching = config.sequence_batching
-    batching.max_sequence_idle_microseconds = serving.sequence_idle_us
-    batching.oldest.max_candidate_sequences = serving.max_sequences
-    batching.oldest.preferred_batch_size.extend(preferred_batch_sizes(serving.max_batch_size))
-    batching.oldest.max_queue_delay_microseconds = serving.queue_delay_us
-    specs = {spec.name: spec for spec in (*io.inputs, *io.outputs)}
-    for state_in, state_out in io.state:
-        spec = specs[state_in]
-        if spec.dims != specs[state_out].dims or any(d < 0 for d in spec.dims):
-            raise TritonForgeError(f"state {state_in} -> {state_out} must keep one fixed shape "
-                                   f"({list(spec.dims)} -> {list(specs[state_out].dims)})")
-        batching.state.add(
-            input_name=state_in, output_name=state_out, data_type=triton_dtype(spec.dtype),
-            dims=list(spec.dims),
-            initial_state=[mc.ModelSequenceBatching.InitialState(
-                name="zeros", data_type=triton_dtype(spec.dtype), dims=list(spec.dims), zero_data=True)])
-
-
-def state_specs(config: mc.ModelConfig) -> list[tuple[str, str, list[int], str]]:
-    """(input name, output name, dims, numpy dtype) of each implicit state of a config."""
-    from tritonclient.utils import triton_to_np_dtype
-
-    return [(s.input_name, s.output_name, list(s.dims),
-             np.dtype(triton_to_np_dtype(mc.DataType.Name(s.data_type)[len("TYPE_"):])).name)
-            for s in config.sequence_batching.state]
-
-
-@dataclass(frozen=True)
-class CompanionModel:
-    """A model served beside an exported one: an ensemble, or a python-backend step of one.
-
-    `files` maps a file name in the companion's version folder to its source: an absolute
-    path, or a path relative to the exported model's version folder (e.g. its tokenizer).
-    """
-
-    config: mc.ModelConfig
-    files: Mapping[str, Path | str] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-
-@dataclass(frozen=True)
-class TritonModels:
-    """What a family serves for one export: the ONNX model's config and its companions."""
-
-    config: mc.ModelConfig
-    companions: tuple[CompanionModel, ...] = ()
-
-
-def config_text(config: mc.ModelConfig) -> str:
-    return text_format.MessageToString(config)
-
-
-def parse_config(text: str) -> mc.ModelConfig:
-    return text_format.Parse(text, mc.ModelConfig())
-
-
-def io_signature(config: mc.ModelConfig) -> list[tuple]:
-    """What clients depend on: each input/output's name, dtype and dims, and batching."""
-    rows = [("max_batch_size", config.max_batch_size > 0)]
-    for group, tensors in (("input", config.input), ("output", config.output)):
-        rows += [(group, t.name, t.data_type, tuple(t.dims)) for t in tensors]
-    return rows
 
 
 # -- the repository ------------------------------------------------------------------------
@@ -511,7 +310,7 @@ class ModelRepository:
             version = record.get("version")
             for model in record.get("models", ()):
                 old = staging / REPLACED / str(model)
-                if isinstance(version, int) and _NAME.match(str(model)) and old.is_dir() \
+                if isinstance(version, int) and is_model_name(str(model)) and old.is_dir() \
                         and not (self.root / model / str(version)).exists():
                     os.rename(old, self.root / model / str(version))
             shutil.rmtree(staging, ignore_errors=True)
@@ -721,6 +520,15 @@ def _sync_tree(root: Path) -> None:
                 os.close(handle)
 
 
+def sha256_file(path: Path) -> str:
+    """The hex sha256 of a file (a version's model.onnx, as its manifest records it)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 class NewerManifestError(TritonForgeError):
     """A manifest written by a newer tritonforge than this one."""
 
@@ -737,38 +545,3 @@ def check_manifest_version(manifest: Mapping[str, Any], path: Path | str) -> Non
 
 def write_manifest(version_dir: Path, manifest: Mapping[str, Any]) -> None:
     (version_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
-
-
-def onnx_io_matches_config(onnx_inputs: Sequence, onnx_outputs: Sequence,
-                           config: mc.ModelConfig) -> list[str]:
-    """Differences between an ONNX file's graph I/O and the config (empty when they agree).
-
-    ONNX rows are (name, elem_type, dims) with the batch axis first; dims that are names
-    (dynamic) must be -1 in the config.
-    """
-    import onnx
-    from onnx import helper
-
-    problems = []
-    state = config.sequence_batching.state
-    for kind, rows, tensors in (("input", onnx_inputs, config.input),
-                                ("output", onnx_outputs, config.output)):
-        by_name = {t.name: t for t in tensors}
-        for entry in state:  # implicit state: a graph input/output the config keeps apart
-            name = entry.input_name if kind == "input" else entry.output_name
-            by_name[name] = mc.ModelInput(name=name, data_type=entry.data_type, dims=entry.dims)
-        if {r[0] for r in rows} != set(by_name):
-            problems.append(f"{kind} names: onnx {sorted(r[0] for r in rows)} vs config "
-                            f"{sorted(by_name)}")
-            continue
-        for name, elem_type, dims in rows:
-            tensor = by_name[name]
-            want = mc.DataType.Name(tensor.data_type)
-            have = triton_dtype(helper.tensor_dtype_to_np_dtype(elem_type).name) \
-                if elem_type != onnx.TensorProto.STRING else mc.TYPE_STRING
-            if have != tensor.data_type:
-                problems.append(f"{kind} {name}: onnx {mc.DataType.Name(have)} vs config {want}")
-            onnx_dims = [-1 if isinstance(d, str) or d == 0 else d for d in dims[1:]]
-            if onnx_dims != list(tensor.dims):
-                problems.append(f"{kind} {name}: onnx dims {onnx_dims} vs config {list(tensor.dims)}")
-    return problems

@@ -31,7 +31,8 @@ from tritonforge.modalities import manifest_io
 from tritonforge.serving.bench import save_figure
 from tritonforge.serving.client import ModelInfo, infer_inputs, model_info, served_models
 from tritonforge.serving.endpoint import Endpoint
-from tritonforge.serving.repository import MODEL_FILE, ModelRepository
+from tritonforge.serving.repository import ModelRepository
+from tritonforge.triton_config import MODEL_FILE
 
 STATUS_OK, STATUS_ERROR, STATUS_WRONG = "ok", "error", "wrong"
 

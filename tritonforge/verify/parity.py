@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from tritonforge.batching import batch_count, batches
-from tritonforge.export.base import Family
+from tritonforge.family import Family
 from tritonforge.runtime import run_session
 from tritonforge.spec import ModelIO, Parity
 

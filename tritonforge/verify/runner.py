@@ -9,7 +9,7 @@ from typing import Any
 
 from tritonforge.batching import batch_count, batches
 from tritonforge.errors import TritonForgeError
-from tritonforge.export.base import Family, get_family
+from tritonforge.family import Family, get_family
 from tritonforge.modalities import manifest_io
 from tritonforge.runtime import open_session, ort_session, run_session
 from tritonforge.serving.endpoint import Endpoint
@@ -101,8 +101,8 @@ class VerifyPlan:
 
 
 def plan_verify(repo: Path | str, name: str, version: int | None = None) -> VerifyPlan:
-    from tritonforge.export.onnx import sha256_file
-    from tritonforge.serving.repository import MODEL_FILE, ModelRepository
+    from tritonforge.serving.repository import ModelRepository, sha256_file
+    from tritonforge.triton_config import MODEL_FILE
 
     repository = ModelRepository(repo)
     manifest = repository.read_manifest(name, version)

@@ -14,7 +14,6 @@ import numpy as np
 
 from tritonforge.data import sentences
 from tritonforge.errors import TritonForgeError
-from tritonforge.export.base import ExportInfo, Family, Shape, option, register
 from tritonforge.export.bert.model import (
     EMBEDDED_NAME,
     SequenceClassifier,
@@ -45,13 +44,14 @@ from tritonforge.export.onnx import (
     to_float16,
     torch_to_onnx,
 )
+from tritonforge.family import ExportInfo, Family, Shape, option, register
 from tritonforge.modalities import Text
 from tritonforge.quant.calibrate import QuantRecipe
 from tritonforge.quant.mixed import check_max_drop
 from tritonforge.quant.qdq import integer_kernels
 from tritonforge.runtime import HALF_PRECISION, TARGETS, check_target, default_target
-from tritonforge.serving.repository import ServingOptions
 from tritonforge.spec import CLASS_SCORES, EMBEDDING, Check, ModelIO, Parity, TensorSpec
+from tritonforge.triton_config import ServingOptions
 from tritonforge.verify.metrics import max_abs_diff, row_cosines, top1_agreement
 
 FLOAT_BITS = {32: "fp32", 16: "fp16"}

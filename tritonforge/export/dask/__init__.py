@@ -3,7 +3,7 @@
 A text becomes a K-BERT sentence tree: the knowledge a graph holds about its pivot words (up to
 two triples each, chosen deterministically) is placed right after them, with soft positions and
 a visible matrix that keeps each piece of knowledge to the word it explains
-(`serving/ensembles/knowledge_injection.py`, the same code in the client, in Triton and in
+(`export/dask/knowledge_injection.py`, the same code in the client, in Triton and in
 training). The classifier (`model.py`) reads it with the visible matrix as the attention bias
 of every layer. Served, `<name>_text` takes raw text: its python step injects with the graph
 and pivots stored in the model's folder (`knowledge.json`), and says when text or knowledge was
@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 
 from tritonforge.errors import TritonForgeError
-from tritonforge.export.base import ExportInfo, Family, Shape, option, register
+from tritonforge.export.dask.modality import TextKnowledge
 from tritonforge.export.dask.model import inject_inputs
 from tritonforge.export.onnx import MIN_OPSET, check_onnx, torch_to_onnx
-from tritonforge.modalities import TextKnowledge
+from tritonforge.family import ExportInfo, Family, Shape, option, register
 from tritonforge.spec import CLASS_PROBABILITIES, CLASS_SCORES, Check, ModelIO, Parity, TensorSpec
 from tritonforge.verify.metrics import max_abs_diff, top1_agreement
 
@@ -186,7 +186,7 @@ class DaskFamily(Family):
 
     def write_side_files(self, model, version_dir: Path) -> None:
         """The tokenizer and the injection table: what `<name>_inject` and clients inject with."""
-        from tritonforge.serving.ensembles.knowledge_injection import write_knowledge
+        from tritonforge.export.dask.knowledge_injection import write_knowledge
 
         model.tokenizer.save(str(version_dir / "tokenizer.json"))
         write_knowledge(version_dir, model.table, model.injector.max_length, model.injector.max_triples,

@@ -58,7 +58,7 @@ def knowledge_table(graph: str | None, pivots: str | None, max_triples: int,
 
 def attach(model: KnowledgeClassifier, tokenizer, table: dict[str, list[str]], max_length: int,
            max_triples: int, record: dict[str, Any]) -> KnowledgeClassifier:
-    from tritonforge.serving.ensembles.knowledge_injection import InjectionError, KnowledgeInjector
+    from tritonforge.export.dask.knowledge_injection import InjectionError, KnowledgeInjector
 
     try:
         model.injector = KnowledgeInjector(tokenizer, table, max_length, max_triples)
@@ -99,7 +99,7 @@ def load_classifier(options, stage=None) -> KnowledgeClassifier:
 
 def load_trained(folder: Path, options) -> KnowledgeClassifier:
     """A folder written by `tritonforge dask train`: its own config, tokenizer and knowledge."""
-    from tritonforge.serving.ensembles.knowledge_injection import InjectionError, read_knowledge
+    from tritonforge.export.dask.knowledge_injection import InjectionError, read_knowledge
 
     recipe_file = folder / RECIPE_FILE
     if not (folder / CHECKPOINT_FILE).is_file() or not recipe_file.is_file():

@@ -1,6 +1,6 @@
 """DASK's classifier (Yu et al., IJCAI-ECAI 2022): BERT reading a K-BERT sentence tree.
 
-The sentence tree (`serving/ensembles/knowledge_injection.py`) places knowledge tokens after the
+The sentence tree (`export/dask/knowledge_injection.py`) places knowledge tokens after the
 words they explain and says who may attend to whom in a visible matrix [B, L, L]. The encoder
 takes it as the additive attention bias of every layer, (1 - visible) x -1e4 (not -1e10: that
 stays finite in fp16), and the tree's soft positions as `position_ids`. The head reads one

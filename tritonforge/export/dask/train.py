@@ -100,7 +100,7 @@ def train(model: KnowledgeClassifier, injector, texts: Sequence[str], labels: np
 def save_trained(model: KnowledgeClassifier, model_dir: Path, injector, table: dict[str, list[str]],
                  out: Path, recipe: TrainRecipe, record: dict[str, Any]) -> Path:
     """Write the self-contained output folder (see the module doc); returns it."""
-    from tritonforge.serving.ensembles.knowledge_injection import write_knowledge
+    from tritonforge.export.dask.knowledge_injection import write_knowledge
 
     out.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out / CHECKPOINT_FILE)

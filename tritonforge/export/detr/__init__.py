@@ -29,12 +29,11 @@ from typing import Any
 import numpy as np
 
 from tritonforge.errors import TritonForgeError
-from tritonforge.export.base import ExportInfo, Family, Shape, option, register
 from tritonforge.export.detr.model import ARCHITECTURES, SIZES, DetectionGraph, random_detector
 from tritonforge.export.detr.quantize import quantize_detector
 from tritonforge.export.onnx import MIN_OPSET, check_onnx, to_float16, torch_to_onnx
+from tritonforge.family import ExportInfo, Family, Shape, option, register
 from tritonforge.modalities import Image
-from tritonforge.serving.repository import ServingOptions
 from tritonforge.spec import (
     DETECTION_BOXES,
     DETECTION_LABELS,
@@ -44,6 +43,7 @@ from tritonforge.spec import (
     Parity,
     TensorSpec,
 )
+from tritonforge.triton_config import ServingOptions
 from tritonforge.verify.metrics import match_detections, max_abs_diff, row_cosines
 
 # Declared FP32 tolerances: the same arithmetic in another order.

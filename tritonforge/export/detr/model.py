@@ -69,7 +69,7 @@ def letterbox_to_original(boxes: torch.Tensor, orig_size: torch.Tensor, height: 
                           ) -> torch.Tensor:
     """xyxy boxes in the letterboxed height x width image -> pixels of the original image.
 
-    The inverse of the decode step's letterbox (`serving/ensembles/image_decode.py: resized`),
+    The inverse of the decode step's letterbox (`modalities/steps/image_decode.py: resized`),
     computed as it does in double precision: ratio = min(W / w, H / h), the image resized to
     round(w * ratio) x round(h * ratio) (at least 1, at most the canvas), pasted at
     ((W - inner_w) // 2, (H - inner_h) // 2). Round is half-to-even in both Python and ONNX.

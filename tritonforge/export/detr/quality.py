@@ -11,7 +11,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tritonforge.export.base import get_family, option
+from tritonforge.family import get_family, option
 from tritonforge.runtime import ort_session, run_session
 from tritonforge.timing import measure_interleaved
 from tritonforge.verify.quality import QualityRow, parse_list

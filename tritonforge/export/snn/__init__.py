@@ -28,13 +28,13 @@ from typing import Any
 import numpy as np
 
 from tritonforge.errors import TritonForgeError
-from tritonforge.export.base import ExportInfo, Family, Shape, option, register
 from tritonforge.export.onnx import MIN_OPSET, check_onnx, torch_to_onnx
 from tritonforge.export.snn.events import photograph_events
 from tritonforge.export.snn.model import ExportGraph, SpikingClassifier, fold_batchnorm
 from tritonforge.export.snn.presets import PRESETS, activate_random, load_reference_checkpoint
 from tritonforge.export.snn.streaming import STATE_INPUT, STATE_OUTPUT, StepGraph
 from tritonforge.export.snn.train import DIGITS_SIZE, TrainRecipe, digits, load_checkpoint, train
+from tritonforge.family import ExportInfo, Family, Shape, option, register
 from tritonforge.modalities import Image, Tensors
 from tritonforge.quant.static import static_qdq
 from tritonforge.spec import CLASS_SCORES, Check, ModelIO, Parity, TensorSpec

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from tritonforge.errors import TritonForgeError
-from tritonforge.export.base import ExportInfo, Family, Shape, option, register
 from tritonforge.export.onnx import MIN_OPSET, check_onnx, torch_to_onnx
 from tritonforge.export.sr.data import HR_CROP, lr_hr_pairs, psnr
 from tritonforge.export.sr.model import (
@@ -35,6 +34,7 @@ from tritonforge.export.sr.model import (
     save_checkpoint,
 )
 from tritonforge.export.sr.quantize import KEEP_FLOAT, ROUNDINGS, gptq_round, quantize_int8
+from tritonforge.family import ExportInfo, Family, Shape, option, register
 from tritonforge.modalities.image import ImagePixels
 from tritonforge.spec import IMAGE, Check, ModelIO, Parity, TensorSpec
 

@@ -13,15 +13,8 @@ from typing import Annotated
 
 import typer
 
-from tritonforge.cli import (
-    DEFAULT_REPO,
-    RepoOption,
-    UrlOption,
-    console,
-    new_table,
-    progress_bar,
-    remote_options,
-)
+from tritonforge.command_options import DEFAULT_REPO, RepoOption, UrlOption, remote_options
+from tritonforge.console import console, new_table, progress_bar
 from tritonforge.errors import TritonForgeError
 from tritonforge.export.sr.delivery import MetaRecipe, TuneRecipe
 from tritonforge.export.sr.model import ARCHS

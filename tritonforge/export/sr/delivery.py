@@ -30,7 +30,6 @@ from PIL import Image as PILImage
 from torch import nn
 
 from tritonforge.errors import TritonForgeError
-from tritonforge.export.base import ExportInfo
 from tritonforge.export.sr import SRFamily, SROptions, SRReference
 from tritonforge.export.sr.data import psnr
 from tritonforge.export.sr.emt import (
@@ -53,6 +52,7 @@ from tritonforge.export.sr.video import (
     split_chunks,
     write_video,
 )
+from tritonforge.family import ExportInfo
 
 SECTION = "emt"  # the manifest section of a chunk's version
 DELTA_FILE = "delta.npz"
@@ -153,7 +153,8 @@ def publish_video(video: str | Path, name: str, repo: Path | str, meta: nn.Modul
     versions beyond the video's chunks are refused, as a player would take them for its own).
     `done(result)` is called with each chunk's `ExportResult` as it is published."""
     from tritonforge.export.pipeline import export_model
-    from tritonforge.serving.repository import ModelRepository, ServingOptions
+    from tritonforge.serving.repository import ModelRepository
+    from tritonforge.triton_config import ServingOptions
 
     stage = stage or (lambda _message: None)
     recipe = recipe or TuneRecipe()

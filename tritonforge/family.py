@@ -21,8 +21,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from tritonforge.errors import TritonForgeError
-from tritonforge.serving.repository import ServingOptions, TritonModels, model_config
 from tritonforge.spec import ModelIO, Parity
+from tritonforge.triton_config import ServingOptions, TritonModels, model_config
 
 ENTRY_POINT_GROUP = "tritonforge.families"
 Shape = Mapping[str, int | None]  # shape options: {"seq_len": 128}, {"image_size": 224}, ...
@@ -224,7 +224,9 @@ def family_names() -> list[str]:
     return sorted(set(_REGISTRY) | set(_BUILTIN_MODULES) | set(_plugins()))
 
 
-def get_family(name: str) -> Family:
+def load_family_package(name: str) -> None:
+    """Import the package of family `name` so that what it registers (its modalities, output
+    kinds) is known; a name no package provides is left for the caller to report."""
     if name not in _REGISTRY and name in _BUILTIN_MODULES:
         importlib.import_module(_BUILTIN_MODULES[name])
     if name not in _REGISTRY:
@@ -233,6 +235,10 @@ def get_family(name: str) -> Family:
             loaded = plugin.load()
             if isinstance(loaded, type) and issubclass(loaded, Family) and name not in _REGISTRY:
                 register(loaded)
+
+
+def get_family(name: str) -> Family:
+    load_family_package(name)
     if name not in _REGISTRY:
         raise TritonForgeError(
             f"unknown model family {name!r}: known families are {', '.join(family_names())}"

@@ -1,6 +1,6 @@
 """TextKnowledge: strings -> K-BERT sentence trees (DASK): token ids, soft positions, visible matrix.
 
-Server side, `<name>_inject` (python backend, `serving/ensembles/knowledge_injection.py`, with
+Server side, `<name>_inject` (python backend, `export/dask/knowledge_injection.py`, with
 the model's tokenizer.json and knowledge.json beside it) and `<name>_text` (ensemble TEXT ->
 the model's outputs plus `truncated`, True where words or knowledge were cut at max_length).
 Client side, the same `KnowledgeInjector` on the files saved beside the export. Lengths go to
@@ -19,19 +19,20 @@ import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
 
 from tritonforge.errors import TritonForgeError
-from tritonforge.modalities.base import Modality, preprocessing_companions
-from tritonforge.modalities.text import RawText
-from tritonforge.serving.ensembles.knowledge_injection import (
+from tritonforge.export.dask.knowledge_injection import (
     DEFAULT_BUCKETS,
     KNOWLEDGE_FILE,
     TOKENIZER_FILE,
     InjectionError,
     KnowledgeInjector,
 )
-from tritonforge.serving.repository import CompanionModel, ServingOptions
+from tritonforge.modalities import register_modality
+from tritonforge.modalities.base import Modality, preprocessing_companions
+from tritonforge.modalities.text import RawText
 from tritonforge.spec import ModelIO
+from tritonforge.triton_config import CompanionModel, ServingOptions
 
-INJECTION_MODEL = Path(__file__).parent.parent / "serving" / "ensembles" / "knowledge_injection.py"
+INJECTION_MODEL = Path(__file__).parent / "knowledge_injection.py"
 INJECT_SUFFIX = "_inject"
 TRUNCATED = "truncated"
 
@@ -45,6 +46,7 @@ def cached_injector(folder: str, max_length: int) -> KnowledgeInjector:
         raise TritonForgeError(f"{exc}: export the model again") from None
 
 
+@register_modality
 @dataclass(frozen=True)
 class TextKnowledge(RawText, Modality):
     """Strings in; input_ids, position_ids (int64 [B, L]) and visible_matrix (uint8 [B, L, L])."""
