@@ -115,7 +115,7 @@ def test_pivots_command_writes_the_polarity_ranking(tmp_path):
 
 def test_w8a8_quantizes_the_encoder_keeps_the_head_float_and_verify_reloads_it(tmp_path, dask_checkpoint,
                                                                                 monkeypatch):
-    from tritonforge.export.dask.quantized import REFERENCE_FILE
+    from tritonforge.export.dask.outlier_suppression import REFERENCE_FILE
 
     result = export_model("dask", DaskOptions(checkpoint=str(dask_checkpoint), bits=8, max_length=64,
                                               calib_size=64), tmp_path)
@@ -131,7 +131,7 @@ def test_w8a8_quantizes_the_encoder_keeps_the_head_float_and_verify_reloads_it(t
     assert head and all(i.data_type == onnx.TensorProto.FLOAT for i in graph.initializer if i.name in head)
     assert (result.folder / REFERENCE_FILE).is_file()
     # verify rebuilds the fake-quantized reference from reference.pt: no calibration again.
-    import tritonforge.export.dask.quantized as quantized
+    import tritonforge.export.dask.outlier_suppression as quantized
 
     def no_calibration(*_args, **_kwargs):
         raise AssertionError("verify calibrated again")

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from tritonforge.errors import TritonForgeError
 from tritonforge import family as base
+from tritonforge.errors import TritonForgeError
 from tritonforge.family import family_names, get_family
 from tritonforge.modalities import Tensors, Text, read_io
 from tritonforge.serving.repository import check_manifest_version

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-import tritonforge.export.bert.quantized as bert_quantized
+import tritonforge.export.bert.outlier_suppression as bert_quantized
 from tritonforge.data import sentences
 from tritonforge.errors import TritonForgeError
 from tritonforge.export.bert import BertOptions, tokenize

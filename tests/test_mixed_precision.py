@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from tritonforge.cli import app
 from tritonforge.errors import TritonForgeError
 from tritonforge.export.bert import BertOptions, tokenize
-from tritonforge.export.bert.quantized import calibration_texts, slotted_copy
+from tritonforge.export.bert.outlier_suppression import calibration_texts, slotted_copy
 from tritonforge.export.pipeline import export_model
 from tritonforge.family import get_family
 from tritonforge.quant.calibrate import QuantRecipe, calibrate

@@ -10,7 +10,7 @@ from tritonforge.data import CALIBRATION, read_lines, sentences
 from tritonforge.errors import TritonForgeError
 from tritonforge.export.bert import tokenize
 from tritonforge.export.bert.model import load_bert
-from tritonforge.export.bert.quantized import slotted_copy
+from tritonforge.export.bert.outlier_suppression import slotted_copy
 from tritonforge.quant.calibrate import QuantRecipe, calibrate, token_wise_clip
 from tritonforge.quant.quantizers import ActQuantizer, SampleMask, signed_range
 

@@ -11,7 +11,7 @@ from tritonforge.data import CALIBRATION, read_lines
 from tritonforge.errors import TritonForgeError
 from tritonforge.export.bert import tokenize
 from tritonforge.export.bert.model import load_bert
-from tritonforge.export.bert.quantized import slotted_copy
+from tritonforge.export.bert.outlier_suppression import slotted_copy
 from tritonforge.quant import reconstruct
 from tritonforge.quant.calibrate import QuantRecipe, calibrate, output_loss, pooled, tensor_batches
 from tritonforge.quant.quantizers import ActQuantizer, SampleMask, signed_range

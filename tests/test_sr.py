@@ -22,7 +22,7 @@ from tritonforge.export.pipeline import export_model
 from tritonforge.export.sr import FP16_MAX_ABS_DIFF, FP16_PSNR_DIFF, INT8_PSNR_DROP, SRFamily, SROptions
 from tritonforge.export.sr.data import crop_to_scale, downscale, lr_hr_pairs, photograph_pixels, psnr
 from tritonforge.export.sr.model import build_network, load_checkpoint, save_checkpoint, to_pixels
-from tritonforge.export.sr.quantize import gptq_round
+from tritonforge.export.sr.static_int8 import gptq_round
 from tritonforge.modalities import ImagePixels, manifest_io
 from tritonforge.quant.quantizers import quantize_weight
 from tritonforge.serving.client import ModelInfo, TensorInfo, save_images

@@ -193,7 +193,7 @@ QUALITY_PARAMETERS = [
 
 def quality_command(family) -> Callable:
     def run(options, json_path, plot) -> None:
-        from tritonforge.verify.quality import pareto_front, plot_pareto, plot_quality
+        from tritonforge.verify.recipe_table import pareto_front, plot_pareto, plot_quality
 
         with progress_bar() as progress:
             stages = Stages(progress)
@@ -803,7 +803,7 @@ def bench(
 def compared_models(client, url: Endpoint | str, name: str, info, compare: str | None) -> list[str]:
     """The --compare models, each checked to take the same inputs as `name`."""
     from tritonforge.serving.client import model_info
-    from tritonforge.verify.quality import parse_list
+    from tritonforge.verify.recipe_table import parse_list
 
     if compare is None:
         return []

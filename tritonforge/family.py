@@ -3,8 +3,10 @@
 `export`, `verify`, `quality`, `serve`, `query` and `bench` are written once against this
 contract and the modalities (`tritonforge.modalities`); the CLI never branches on the family.
 A family's options dataclass generates its `export <family>` command (`option(help=...)`
-gives each field its help text). Families come built in (`bert`), from a class decorated with
-`register`, or from other packages through the `tritonforge.families` entry-point group.
+gives each field its help text). Families come built in (the packages under
+`tritonforge/export/`, imported when first named), from a class decorated with `register`, or
+from other packages through the `tritonforge.families` entry-point group. Importing a family's
+package also registers what it defines for clients (its own modalities and output kinds).
 """
 
 from __future__ import annotations
@@ -183,7 +185,7 @@ class Family(ABC):
         return None
 
     def quality_table(self, options: Any, stage: Callable[..., Any]) -> list[Any]:
-        """Rows (`tritonforge.verify.quality.QualityRow`) of quality and latency per recipe."""
+        """Rows (`tritonforge.verify.recipe_table.QualityRow`) of quality and latency per recipe."""
         raise TritonForgeError(f"the {self.name} family has no quality table")
 
     def options_from_json(self, data: Mapping[str, Any]) -> Any:

@@ -1,1 +1,2 @@
-"""Exporters: the Family contract, the per-family packages, and the export pipeline."""
+"""The model families, one package each (bert, dask, snn, detr, sr), and the ONNX steps they
+share (`onnx.py`). The contract they implement is `tritonforge.family`."""

@@ -1,4 +1,5 @@
-"""ONNX steps every family shares: trace to ONNX, check the file, pick the faster graph."""
+"""ONNX steps every family shares: trace to ONNX and declare the output dims, check the file,
+read its I/O signature, optimize transformer graphs, convert to FP16, pick the faster graph."""
 
 from __future__ import annotations
 

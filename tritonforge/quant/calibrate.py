@@ -29,6 +29,7 @@ from tritonforge.quant.steps import (  # noqa: F401  (Stage and the helpers stay
     start_stage,
     tensor_batches,
 )
+from tritonforge.safe_load import load_weights
 
 METHODS = ("os", "os+", "minmax", "percentile")
 WEIGHT_OBSERVERS = ("minmax", "mse", "gptq")
@@ -380,7 +381,7 @@ def load_calibration(model: Quantizable, recipe: QuantRecipe, path: Path
     if not Path(path).is_file():
         raise TritonForgeError(f"{path} is missing: the quantized reference was not saved with this "
                                "version; export the model again")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+    saved = load_weights(path, str(path), "export the model again")
     # Each quantizer's own width (mixed precision); files from before widths were saved: the recipe's.
     quantizers = attach_quantizers(model, saved.get("activation_bits") or recipe.abits)
     weights = {name: QuantizedWeight(w["values"], w["scale"], int(w["bits"]))

@@ -1,1 +1,2 @@
-"""Serving: the Triton model repository writer (and, later, the local server and client)."""
+"""Serving: the model repository (atomic versions, manifests), a real Triton run here
+(`local`), the gRPC client behind `query`, `bench` and `soak`, and remote endpoints."""

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from tritonforge.errors import TritonForgeError
+from tritonforge.figures import save_figure
 from tritonforge.serving.client import DEFAULT_URL, connect, infer_inputs, new_sequence_ids, stream_sequences
 from tritonforge.serving.endpoint import Endpoint
 
@@ -196,17 +197,6 @@ def plot_latency_throughput(results: Sequence[LevelResult], path: Path, title: s
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     return save_figure(figure, path)
-
-
-def save_figure(figure, path: Path) -> Path:
-    """Lay out, write as PNG (creating the folder) and close a matplotlib figure."""
-    import matplotlib.pyplot as plt
-
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
 
 
 def bench_report(url: Endpoint | str, results: Sequence[LevelResult]) -> dict[str, Any]:

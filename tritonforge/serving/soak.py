@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from tritonforge.errors import TritonForgeError
+from tritonforge.figures import save_figure
 from tritonforge.modalities import manifest_io
-from tritonforge.serving.bench import save_figure
 from tritonforge.serving.client import ModelInfo, infer_inputs, model_info, served_models
 from tritonforge.serving.endpoint import Endpoint
 from tritonforge.serving.repository import ModelRepository

@@ -24,7 +24,7 @@ from tritonforge.export.bert.model import (
     output_width,
     resolve_model_dir,
 )
-from tritonforge.export.bert.quantized import (
+from tritonforge.export.bert.outlier_suppression import (
     FakeQuantEncoder,
     calibrate_encoder,
     calibrate_mixed,
@@ -385,14 +385,14 @@ class BertFamily(Family):
         return quality_vs_fp(fp, sentence_embeddings(run, inputs))
 
     def quality_options(self) -> type:
-        from tritonforge.export.bert.quality import BertQualityOptions
+        from tritonforge.export.bert.compare_recipes import BertQualityOptions
 
         return BertQualityOptions
 
     def quality_table(self, options, stage) -> list:
         """FP32, ONNX Runtime's quantize_dynamic INT8 and each method x bits: embedding cosine and
         nearest-neighbour agreement against FP32 on held-out sentences, latency interleaved."""
-        from tritonforge.export.bert.quality import quality_table
+        from tritonforge.export.bert.compare_recipes import quality_table
 
         return quality_table(options, stage)
 

@@ -102,7 +102,7 @@ class DaskFamily(Family):
         import torch
 
         from tritonforge.export.dask.loading import load_classifier, load_trained
-        from tritonforge.export.dask.quantized import load_reference
+        from tritonforge.export.dask.outlier_suppression import load_reference
 
         torch.set_num_threads(options.threads)
         fp = load_trained(folder, options) if options.checkpoint is None else load_classifier(options)
@@ -113,7 +113,7 @@ class DaskFamily(Family):
             return fp
         from tritonforge.export.dask.data import domain_texts
         from tritonforge.export.dask.loading import SOURCE_DOMAIN
-        from tritonforge.export.dask.quantized import quantize_classifier
+        from tritonforge.export.dask.outlier_suppression import quantize_classifier
 
         texts, _labels = domain_texts(SOURCE_DOMAIN, "train", balanced=False)
         texts = texts[-options.calib_size:]  # the end of the split: the training used its start
@@ -171,7 +171,7 @@ class DaskFamily(Family):
         if options.bits == 32:
             torch_to_onnx(model, feed, path, io, axes, MIN_OPSET)
             return ExportInfo(opset=check_onnx(path), precision="fp32", details=details)
-        from tritonforge.export.dask.quantized import trace_qdq
+        from tritonforge.export.dask.outlier_suppression import trace_qdq
 
         trace_qdq(model, path,
                   lambda module, target: torch_to_onnx(module, feed, target, io, axes, MIN_OPSET))
@@ -197,7 +197,7 @@ class DaskFamily(Family):
 
             save_trained(fp, version_dir, fp.injector, fp.table, version_dir, *fp.trained_here)
         if hasattr(model, "quantized"):
-            from tritonforge.export.dask.quantized import save_reference
+            from tritonforge.export.dask.outlier_suppression import save_reference
 
             save_reference(model, version_dir)
 

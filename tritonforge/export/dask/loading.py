@@ -26,6 +26,7 @@ from tritonforge.export.dask.model import (
     new_classifier,
 )
 from tritonforge.export.dask.train import CHECKPOINT_FILE, RECIPE_FILE, TrainRecipe, save_trained, train
+from tritonforge.safe_load import load_weights
 
 SOURCE_DOMAIN, TARGET_DOMAIN = "airlines", "technology"
 MIN_OCCUR, NUM_PIVOTS = 10, 500
@@ -125,12 +126,7 @@ def read_state_dict(path: Path) -> dict:
     if not path.is_file():
         raise TritonForgeError(f"--checkpoint {path} does not exist: give a `tritonforge dask train` "
                                "folder or a state dict saved with torch.save(model.state_dict(), ...)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickled code, or not a torch file
-        reason = str(exc).splitlines()[0][:200]
-        raise TritonForgeError(f"--checkpoint {path} cannot be loaded safely ({reason}): save only the "
-                               "weights, torch.save(model.state_dict(), path)") from None
+    state = load_weights(path, f"--checkpoint {path}")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

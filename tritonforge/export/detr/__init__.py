@@ -30,7 +30,7 @@ import numpy as np
 
 from tritonforge.errors import TritonForgeError
 from tritonforge.export.detr.model import ARCHITECTURES, SIZES, DetectionGraph, random_detector
-from tritonforge.export.detr.quantize import quantize_detector
+from tritonforge.export.detr.static_int8 import quantize_detector
 from tritonforge.export.onnx import MIN_OPSET, check_onnx, to_float16, torch_to_onnx
 from tritonforge.family import ExportInfo, Family, Shape, option, register
 from tritonforge.modalities import Image
@@ -212,14 +212,14 @@ class DetrFamily(Family):
                           sections=sections)
 
     def quality_options(self) -> type:
-        from tritonforge.export.detr.quality import DetrQualityOptions
+        from tritonforge.export.detr.compare_recipes import DetrQualityOptions
 
         return DetrQualityOptions
 
     def quality_table(self, options, stage) -> list:
         """Each architecture's PyTorch FP32, ONNX Runtime FP32 and INT8 on the photographs,
         against FP32, timed interleaved in one run."""
-        from tritonforge.export.detr.quality import quality_table
+        from tritonforge.export.detr.compare_recipes import quality_table
 
         return quality_table(options, stage)
 

@@ -25,6 +25,7 @@ from torch import nn
 
 from tritonforge.errors import TritonForgeError
 from tritonforge.export.detr import mttrans
+from tritonforge.safe_load import load_weights
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin")
 WEIGHT_ENTRIES = ("model", "state_dict")  # where training scripts keep the weights in a checkpoint dict
@@ -133,15 +134,7 @@ def load_checkpoint(path: str | Path, entry: str | None = None) -> Checkpoint | 
     if path.suffix not in PICKLE_SUFFIXES:
         raise TritonForgeError(f"checkpoint {path}: unknown file type {path.suffix!r}; expected one of "
                                f"{', '.join(PICKLE_SUFFIXES)}, .safetensors, or a transformers folder")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors come in many types; all mean the same to the user
-        found = re.search(r"(Unsupported global: GLOBAL [\w.]+|Unsupported operand \d+)", str(exc))
-        raise TritonForgeError(
-            f"checkpoint {path} cannot be loaded safely ({found.group(1) if found else type(exc).__name__}): "
-            "it holds pickled Python objects, not just tensors. Save the weights alone "
-            "(torch.save(model.state_dict(), ...) or safetensors) from code you trust") from exc
+    loaded = load_weights(path, f"checkpoint {path}", allowed=[argparse.Namespace])
     if not isinstance(loaded, Mapping):
         raise TritonForgeError(f"checkpoint {path} holds a {type(loaded).__name__}, not a dict of tensors")
     if entry and not isinstance(loaded.get(entry), Mapping):

@@ -20,7 +20,6 @@ LIF instances compute the same and let spike rates be recorded per use.
 
 from __future__ import annotations
 
-import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from torch import nn
 
 from tritonforge.errors import TritonForgeError
 from tritonforge.export.snn.model import LIF, Folded, SpikingClassifier, over_steps
+from tritonforge.safe_load import load_weights
 
 SUMMED_SHARE = 0.3  # --random-init: the share of the mean each of two summed terms gets
 SHOWN = 5  # key names an error lists before "and N more"
@@ -265,21 +265,8 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise TritonForgeError(f"{path}: no such checkpoint file; give the .pth the TET reference "
                                "saved with torch.save(model.state_dict(), ...)")
-    try:
-        saved: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:  # torch wraps every failure of the safe unpickler
-        code = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        if code:
-            raise TritonForgeError(
-                f"{path} cannot be loaded safely: besides tensors it holds pickled code ({code[1]}). "
-                "Re-save only the weights, torch.save(model.state_dict(), path), where the reference "
-                "code is installed") from None
-        detail = re.search(r"WeightsUnpickler error: \s*(.+)", str(exc))
-        reason = detail[1] if detail else str(exc).splitlines()[0][:200]
-        raise TritonForgeError(f"{path} is not a PyTorch checkpoint ({reason})") from None
-    except (RuntimeError, EOFError, ValueError) as exc:
-        reason = str(exc).splitlines()[0][:200]
-        raise TritonForgeError(f"{path} is not a readable PyTorch checkpoint ({reason})") from None
+    saved: Any = load_weights(path, str(path), "re-save only the weights, torch.save(model.state_dict(), "
+                              "path), where the reference code is installed")
     if isinstance(saved, dict):
         for wrapper in ("state_dict", "model"):
             if isinstance(saved.get(wrapper), dict):

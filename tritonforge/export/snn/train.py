@@ -17,6 +17,7 @@ import torch
 
 from tritonforge.errors import TritonForgeError
 from tritonforge.export.snn.model import SpikingVGG, tet_loss
+from tritonforge.safe_load import load_weights
 
 DIGITS_SIZE, DIGITS_CLASSES, TEST_SHARE = 8, 10, 0.2
 
@@ -101,12 +102,8 @@ def load_checkpoint(path: Path) -> tuple[SpikingVGG, TrainRecipe]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise TritonForgeError(f"--checkpoint {path} does not exist: train one with `tritonforge snn train`")
-    try:
-        saved: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickled code, or not a torch file
-        reason = str(exc).splitlines()[0][:200]
-        raise TritonForgeError(f"--checkpoint {path} cannot be loaded safely ({reason}): give a "
-                               "checkpoint written by `tritonforge snn train`") from None
+    saved: dict[str, Any] = load_weights(path, f"--checkpoint {path}",
+                                         "give a checkpoint written by `tritonforge snn train`")
     if not isinstance(saved, dict) or saved.get("arch") != "vgg" or "state_dict" not in saved:
         raise TritonForgeError(f"--checkpoint {path} is not a `tritonforge snn train` checkpoint (no "
                                "arch 'vgg' and state_dict)")

@@ -33,7 +33,7 @@ from tritonforge.export.sr.model import (
     load_checkpoint,
     save_checkpoint,
 )
-from tritonforge.export.sr.quantize import KEEP_FLOAT, ROUNDINGS, gptq_round, quantize_int8
+from tritonforge.export.sr.static_int8 import KEEP_FLOAT, ROUNDINGS, gptq_round, quantize_int8
 from tritonforge.family import ExportInfo, Family, Shape, option, register
 from tritonforge.modalities.image import ImagePixels
 from tritonforge.spec import IMAGE, Check, ModelIO, Parity, TensorSpec

@@ -149,7 +149,7 @@ def plot_comparison(rows: Sequence[ChunkQuality], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tritonforge.serving.bench import save_figure
+    from tritonforge.figures import save_figure
 
     archs = list(dict.fromkeys(r.arch for r in rows))
     figure, axes = plt.subplots(1, len(archs), figsize=(4.2 * len(archs), 3.8), squeeze=False)

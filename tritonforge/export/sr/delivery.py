@@ -308,7 +308,7 @@ def plot_played(played: Sequence[PlayedChunk], path: Path, title: str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tritonforge.serving.bench import save_figure
+    from tritonforge.figures import save_figure
 
     index = [p.index for p in played]
     figure, (quality, size) = plt.subplots(1, 2, figsize=(11, 4))

@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from tritonforge.errors import TritonForgeError
+from tritonforge.safe_load import load_weights
 
 ARCHS = ("espcn", "srcnn", "fsrcnn", "edsr")
 SCALES = (2, 3, 4)
@@ -295,10 +296,7 @@ def load_checkpoint(path: Path | str, arch: str | None = None, scale: int | None
     if not path.is_file():
         raise TritonForgeError(f"--checkpoint {path} does not exist: give the path of a state dict "
                                "written by tritonforge.export.sr.model.save_checkpoint")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle and zip errors: the message is what matters
-        raise TritonForgeError(f"--checkpoint {path} is not a PyTorch state dict ({exc})") from None
+    data = load_weights(path, f"--checkpoint {path}")
     if isinstance(data, dict) and data.get("format") == CHECKPOINT_FORMAT:
         meta = {k: data[k] for k in ("arch", "scale", "blocks", "width", "extra")}
         state = data["state_dict"]

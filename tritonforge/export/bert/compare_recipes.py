@@ -23,13 +23,13 @@ import numpy as np
 
 from tritonforge.batching import batches
 from tritonforge.errors import TritonForgeError
-from tritonforge.export.bert.quantized import quality_vs_fp, sentence_embeddings
+from tritonforge.export.bert.outlier_suppression import quality_vs_fp, sentence_embeddings
 from tritonforge.family import get_family, option
 from tritonforge.quant.calibrate import METHODS, QuantRecipe
 from tritonforge.quant.mixed import check_max_drop
 from tritonforge.runtime import TARGETS, check_target, cpu_has_bf16, open_session, run_session
 from tritonforge.timing import measure_interleaved
-from tritonforge.verify.quality import QualityRow, parse_list
+from tritonforge.verify.recipe_table import QualityRow, parse_list
 
 Stage = Callable[[str, int], Callable[[], None]]
 

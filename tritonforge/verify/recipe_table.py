@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from tritonforge.errors import TritonForgeError
+from tritonforge.figures import save_figure
 
 
 @dataclass
@@ -67,11 +68,7 @@ def plot_quality(rows: Sequence[QualityRow], path: Path, family: str) -> Path:
     left.set_yticks(positions, names)
     left.invert_yaxis()
     figure.suptitle(f"{family}: quality vs speed")
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def pareto_front(rows: Sequence[QualityRow], runtime: str) -> list[QualityRow]:
@@ -113,8 +110,4 @@ def plot_pareto(rows: Sequence[QualityRow], path: Path, family: str, runtime: st
     axes.set_ylabel(f"{metric.replace('_', ' ')} (held-out inputs)")
     axes.set_title(f"{family}: bits against quality ({runtime})")
     axes.legend()
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)

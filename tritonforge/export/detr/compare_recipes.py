@@ -14,7 +14,7 @@ from pathlib import Path
 from tritonforge.family import get_family, option
 from tritonforge.runtime import ort_session, run_session
 from tritonforge.timing import measure_interleaved
-from tritonforge.verify.quality import QualityRow, parse_list
+from tritonforge.verify.recipe_table import QualityRow, parse_list
 
 
 @dataclass(frozen=True)
