@@ -45,7 +45,7 @@ def tiny_repo(tmp_path_factory, tiny_bert) -> Path:
     """The tiny encoder exported as `tiny` (with `tiny_text`), alone in its repository; shared
     by the whole session, so read-only (copy it to change it)."""
     from tritonforge.export.bert import BertOptions
-    from tritonforge.export.pipeline import export_model
+    from tritonforge.pipeline.export import export_model
 
     repo = tmp_path_factory.mktemp("tiny_repo")
     export_model("bert", BertOptions(model=str(tiny_bert), graph="plain"), repo, name="tiny")
@@ -67,7 +67,7 @@ def tiny_classifier(tmp_path_factory) -> Path:
 def minilm_repo(tmp_path_factory) -> Path:
     """The embedded MiniLM exported once (FP32) into a repository shared by read-only tests."""
     from tritonforge.export.bert import BertOptions
-    from tritonforge.export.pipeline import export_model
+    from tritonforge.pipeline.export import export_model
 
     repo = tmp_path_factory.mktemp("minilm_repo")
     export_model("bert", BertOptions(), repo)
@@ -78,7 +78,7 @@ def minilm_repo(tmp_path_factory) -> Path:
 def detr_repo(tmp_path_factory) -> Path:
     """DETR, Deformable DETR and MTTrans exported once: tiny random detectors at 128 x 128, top 20."""
     from tritonforge.export.detr import DetrOptions
-    from tritonforge.export.pipeline import export_model
+    from tritonforge.pipeline.export import export_model
 
     repo = tmp_path_factory.mktemp("detr_repo")
     for arch in ("detr", "deformable", "mttrans"):
@@ -105,8 +105,8 @@ def snn_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def snn_repo(tmp_path_factory, snn_checkpoint) -> Path:
-    from tritonforge.export.pipeline import export_model
     from tritonforge.export.snn import SnnOptions
+    from tritonforge.pipeline.export import export_model
 
     repo = tmp_path_factory.mktemp("snn_repo")
     export_model("snn", SnnOptions(checkpoint=str(snn_checkpoint)), repo)  # snn_digits (+ _image)
@@ -135,8 +135,19 @@ def dask_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def dask_repo(tmp_path_factory, dask_checkpoint) -> Path:
     from tritonforge.export.dask import DaskOptions
-    from tritonforge.export.pipeline import export_model
+    from tritonforge.pipeline.export import export_model
 
     repo = tmp_path_factory.mktemp("dask_repo")
     export_model("dask", DaskOptions(checkpoint=str(dask_checkpoint), max_length=64), repo)
     return repo
+
+
+@pytest.fixture
+def bf16() -> None:
+    """Skips a test that exports or runs BF16 on a CPU without native bfloat16, and in a run as
+    if on one (TRITONFORGE_NO_BF16=1)."""
+    from tritonforge.runtime import cpu_has_bf16
+
+    if not cpu_has_bf16():
+        pytest.skip("no native bfloat16 here (no AVX512_BF16 or AMX, or TRITONFORGE_NO_BF16=1): "
+                    "OpenVINO cannot run a BF16 artifact")

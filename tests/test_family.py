@@ -11,6 +11,7 @@ from tritonforge import family as base
 from tritonforge.errors import TritonForgeError
 from tritonforge.family import family_names, get_family
 from tritonforge.modalities import Tensors, Text, read_io
+from tritonforge.outputs import output_kind
 from tritonforge.serving.repository import check_manifest_version
 from tritonforge.spec import CLASS_SCORES, EMBEDDING, Check, ModelIO, Parity, TensorSpec
 
@@ -58,9 +59,12 @@ def test_a_manifest_from_a_newer_tritonforge_is_refused_with_its_version():
         read_io({"inputs": [], "outputs": [], "preprocessing": record})
 
 
-def test_an_unknown_output_kind_is_refused():
-    with pytest.raises(TritonForgeError, match="kind 'boxes'.*embedding"):
-        TensorSpec("y", "float32", (4,), "boxes")
+def test_an_unknown_output_kind_is_refused_when_it_is_looked_up():
+    declared = TensorSpec("y", "float32", (4,), "boxes")  # a family's own kind may be registered later
+    with pytest.raises(TritonForgeError, match="output 'y' has kind 'boxes'.*embedding"):
+        output_kind(declared.kind, declared.name)
+    with pytest.raises(TritonForgeError, match="kind 'Boxes': a kind is a lowercase identifier"):
+        TensorSpec("y", "float32", (4,), "Boxes")
 
 
 def test_shape_options_of_another_modality_are_refused():

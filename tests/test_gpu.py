@@ -10,9 +10,9 @@ import pytest
 from tritonforge.errors import TritonForgeError
 from tritonforge.export.bert import BertOptions
 from tritonforge.export.detr import DetrOptions
-from tritonforge.export.pipeline import export_model
+from tritonforge.pipeline.export import export_model
+from tritonforge.pipeline.verify import verify_model
 from tritonforge.runtime import ort_session
-from tritonforge.verify.runner import verify_model
 
 pytestmark = pytest.mark.gpu
 

@@ -11,11 +11,11 @@ import pytest
 
 from tritonforge.errors import TritonForgeError
 from tritonforge.export.bert import TOLERANCES, BertOptions, tokenize
-from tritonforge.export.pipeline import export_model
 from tritonforge.family import get_family
+from tritonforge.pipeline.export import export_model
+from tritonforge.pipeline.verify import verify_model
 from tritonforge.runtime import OpenVINOSession, default_target, open_session, run_session
 from tritonforge.serving.repository import ModelRepository
-from tritonforge.verify.runner import verify_model
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def no_bf16(monkeypatch):
     monkeypatch.setattr(openvino.Core, "get_property", capabilities)
 
 
-def test_auto_picks_openvino_here_and_the_recipe_records_the_concrete_target():
+def test_auto_picks_openvino_here_and_the_recipe_records_the_concrete_target(bf16):
     assert default_target() == "openvino" and default_target(gpu=True) == "tensorrt"
     options = BertOptions(bits=16)
     assert (options.target, options.precision) == ("openvino", "bf16")
@@ -53,7 +53,7 @@ def test_auto_picks_openvino_here_and_the_recipe_records_the_concrete_target():
     assert BertOptions(bits=16, gpu=True).target == "tensorrt"
 
 
-def test_bf16_export_is_its_own_precision_served_by_the_openvino_backend(tiny_bert, tmp_path):
+def test_bf16_export_is_its_own_precision_served_by_the_openvino_backend(tiny_bert, tmp_path, bf16):
     result = export_model("bert", BertOptions(model=str(tiny_bert), bits=16), tmp_path)
     manifest = result.manifest
     assert result.name == "bert_bf16" and manifest["precision"] == "bf16"
@@ -77,7 +77,7 @@ def test_bf16_export_is_its_own_precision_served_by_the_openvino_backend(tiny_be
     assert exact_gap < 1e-4 < bf16_gap  # the BF16 run really computed in 8 significant bits
 
 
-def test_verify_runs_the_export_on_its_target_at_both_shapes(tiny_bert, tmp_path):
+def test_verify_runs_the_export_on_its_target_at_both_shapes(tiny_bert, tmp_path, bf16):
     export_model("bert", BertOptions(model=str(tiny_bert), bits=16), tmp_path)
     report = verify_model(tmp_path, "bert_bf16", samples=16, iterations=2)
     assert report.runtime == "openvino" and report.parity.passed

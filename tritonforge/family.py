@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from tritonforge.errors import TritonForgeError
-from tritonforge.spec import ModelIO, Parity
+from tritonforge.spec import Check, ModelIO, Parity
 from tritonforge.triton_config import ServingOptions, TritonModels, model_config
 
 ENTRY_POINT_GROUP = "tritonforge.families"
@@ -50,6 +50,16 @@ class ExportInfo:
     precision: str  # "fp32", "fp16", "w6a6", ...
     details: Mapping[str, Any] = field(default_factory=dict)  # goes under the manifest's "onnx"
     sections: Mapping[str, Any] = field(default_factory=dict)  # extra top-level manifest sections
+
+
+@dataclass(frozen=True)
+class CommandServices:
+    """What a family's own commands may call of the layers above the families (which import
+    the families, so a family cannot import them): `export_model` is
+    `tritonforge.pipeline.export.export_model`. The CLI gives it to every family command as
+    the click context's `obj`."""
+
+    export_model: Callable[..., Any]
 
 
 # -- the contract --------------------------------------------------------------------------
@@ -109,6 +119,18 @@ class Family(ABC):
         """What to try when the export misses its parity bar (ends the error message)."""
         return "Report the model"
 
+    def gates(self, model: Any, options: Any, io: ModelIO,
+              run: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]], folder: Path) -> list[Check]:
+        """Checks the exported artifact must pass to be published, run after parity (a backdoor
+        scan, a calibration bound): `run` runs the exported graph, `folder` holds it and its side
+        files. A failed gate publishes nothing; every result goes into the manifest's `gates`,
+        and `verify` runs them again. Default: none."""
+        return []
+
+    def gate_advice(self, options: Any, failed: Sequence[Check]) -> str:
+        """What to do when `failed` gates stop a publish (ends the error message)."""
+        return "Check the model and where its weights came from before publishing it"
+
     def latency_baseline(self, model: Any) -> Any:
         """The PyTorch model an export's speed is compared with: the reference itself, except
         where the reference only simulates the export (fake quantization): then the FP model."""
@@ -165,7 +187,7 @@ class Family(ABC):
 
     def summary(self, manifest: Mapping[str, Any]) -> list[str]:
         """Lines the CLI prints after an export or a verify (rich markup allowed): by default
-        the parity and any quality figures of the manifest."""
+        the parity, any quality figures and any publish gates of the manifest."""
         parity = manifest["parity"]
         lines = [f"parity vs PyTorch on {parity['samples']} samples: {parity['metric']} "
                  f"{parity['value']:.6f} (tolerance {parity['tolerance']})"]
@@ -173,11 +195,16 @@ class Family(ABC):
         if quality:
             lines.append(f"quality vs full precision on {quality.get('samples', '?')} samples: " + ", ".join(
                 f"{k} {v:.4f}" for k, v in quality.items() if k != "samples" and isinstance(v, float)))
+        if manifest.get("gates"):
+            lines.append("publish gates: " + ", ".join(
+                f"{g['metric']} {g['value']:.6g} (tolerance {g['tolerance']:g}) "
+                f"{'ok' if g['passed'] else 'FAILED'}" for g in manifest["gates"]))
         return lines
 
     def commands(self) -> Any:
         """The family's own commands (a `typer.Typer`), run as `tritonforge <family> ...`
-        (e.g. `snn train`); None when it has none."""
+        (e.g. `snn train`); None when it has none. The CLI hands them `CommandServices` as the
+        click context's `obj` (a command that publishes versions exports through it)."""
         return None
 
     def quality_options(self) -> type | None:

@@ -11,6 +11,7 @@ missing for a target that cannot run here.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -70,9 +71,14 @@ def run_session(session, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarr
 # -- targets ---------------------------------------------------------------------------------
 
 TARGETS = ("onnxruntime", "openvino", "tensorrt")
+# What computes for each target, as people call it (a tensorrt artifact is checked here with ONNX
+# Runtime); also names the runtime a report was measured with.
+RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "tensorrt": "ONNX Runtime", "openvino": "OpenVINO"}
 # Precisions each target computes in: what `--bits 16` means there.
 HALF_PRECISION = {"onnxruntime": "fp16", "tensorrt": "fp16", "openvino": "bf16"}
 OPENVINO_PIN = "openvino==2026.4.1"
+# Set to 1 to run as on a CPU without native bfloat16 (the test suite's "no BF16" run).
+NO_BF16_ENV = "TRITONFORGE_NO_BF16"
 
 
 def openvino_core():
@@ -87,7 +93,10 @@ def openvino_core():
 
 
 def cpu_has_bf16() -> bool:
-    """Whether OpenVINO's CPU plugin computes in bfloat16 natively here (AVX512_BF16 or AMX)."""
+    """Whether OpenVINO's CPU plugin computes in bfloat16 natively here (AVX512_BF16 or AMX);
+    False whatever the CPU when TRITONFORGE_NO_BF16 is set to 1, yes or true."""
+    if os.environ.get(NO_BF16_ENV, "").strip().lower() in ("1", "yes", "true"):
+        return False
     try:
         return "BF16" in openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     except TritonForgeError:
@@ -159,8 +168,9 @@ class OpenVINOSession:
                 f"OpenVINO cannot load {path}: {meaningful_line(exc)} The file is missing or "
                 "damaged: export the model again.") from exc
         self.request = self.compiled.create_infer_request()
-        self._inputs = [_Port(port.get_any_name()) for port in self.compiled.inputs]
-        self._outputs = [_Port(port.get_any_name()) for port in self.compiled.outputs]
+        declared = graph_io_names(path)
+        self._inputs = [_Port(port_name(port, declared)) for port in self.compiled.inputs]
+        self._outputs = [_Port(port_name(port, declared)) for port in self.compiled.outputs]
 
     def get_inputs(self) -> list[_Port]:
         return self._inputs
@@ -179,8 +189,26 @@ class OpenVINOSession:
             raise TritonForgeError(f"OpenVINO could not run the model on inputs "
                                    f"{ {k: list(v.shape) for k, v in feed.items()} }: "
                                    f"{meaningful_line(exc)}") from exc
-        by_name = {port.get_any_name(): value for port, value in results.items()}
+        by_name = {name: value for port, value in results.items() for name in port.get_names()}
         return [np.asarray(by_name[name]) for name in (names or [o.name for o in self._outputs])]
+
+
+def graph_io_names(path: Path) -> set[str]:
+    """The input and output names an ONNX file declares."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception:  # OpenVINO read it; fall back on the names OpenVINO gives
+        return set()
+    return {value.name for value in (*graph.input, *graph.output)}
+
+
+def port_name(port, declared: set[str]) -> str:
+    """The graph's own name of an OpenVINO port. A port carries every name its tensor has:
+    where a graph input or output is also an inner tensor (DETR's boxes are `/Min_1_output_0`
+    too, a streaming SNN's state is a Reshape's output), `get_any_name` may return the inner one."""
+    return next((name for name in sorted(port.get_names()) if name in declared), port.get_any_name())
 
 
 def open_session(path: Path, target: str = "onnxruntime", threads: int = 2, precision: str = "fp32",

@@ -20,8 +20,8 @@ from tritonforge.errors import TritonForgeError
 from tritonforge.export.onnx import MIN_OPSET, check_onnx, torch_to_onnx
 from tritonforge.family import ExportInfo, Family, Shape, option, register
 from tritonforge.modalities import Image
-from tritonforge.spec import CLASS_SCORES, Check, ModelIO, Parity, TensorSpec
-from tritonforge.verify.metrics import max_abs_diff, top1_agreement
+from tritonforge.outputs.metrics import max_abs_diff, top1_agreement
+from tritonforge.spec import CLASS_SCORES, MEAN, Check, ModelIO, Parity, TensorSpec
 
 from .model import ToyCNN
 
@@ -87,7 +87,8 @@ class ToyImageFamily(Family):
                 options: ToyImageOptions, inputs: Mapping[str, np.ndarray] | None = None) -> Parity:
         ref, cand = reference["logits"], candidate["logits"]
         return Parity((Check("max_abs_diff", max_abs_diff(ref, cand), MAX_ABS_DIFF, higher_is_better=False),
-                       Check("top1_agreement", top1_agreement(ref, cand), 1.0, higher_is_better=True)))
+                       Check("top1_agreement", top1_agreement(ref, cand), 1.0, higher_is_better=True,
+                             merge=MEAN)))
 
     def commands(self):
         """`tritonforge toy_image predict FILE`: a family's own command, beside the generated ones."""

@@ -12,14 +12,14 @@ from typing import Any
 
 from tritonforge.errors import TritonForgeError
 from tritonforge.family import load_family_package
-from tritonforge.modalities.base import Modality
+from tritonforge.modalities.base import Modality, ShapeOption, parse_shape_arguments
 from tritonforge.modalities.image import Image, ImagePixels
 from tritonforge.modalities.tensors import Tensors
 from tritonforge.modalities.text import Text
 from tritonforge.spec import CLASS_SCORES, EMBEDDING, ModelIO, TensorSpec
 
-__all__ = ["Image", "ImagePixels", "Modality", "Tensors", "Text", "manifest_io",
-           "modality_from_json", "read_io", "register_modality"]
+__all__ = ["Image", "ImagePixels", "Modality", "ShapeOption", "Tensors", "Text", "manifest_io",
+           "modality_from_json", "parse_shape_arguments", "read_io", "register_modality", "shape_options"]
 
 _MODALITIES: dict[str, type[Modality]] = {}
 
@@ -32,6 +32,17 @@ def register_modality(cls: type[Modality]) -> type[Modality]:
 
 for _builtin in (Text, Image, ImagePixels, Tensors):
     register_modality(_builtin)
+
+
+def shape_options() -> list[ShapeOption]:
+    """The shape options of every modality known here, once each by flag: the typed options of
+    `verify` and `bench`. A family's own modality adds its options when its package is imported;
+    the commands read those from the command line once the model (and so its family) is known."""
+    found: dict[str, ShapeOption] = {}
+    for cls in _MODALITIES.values():
+        for option in cls.shape_options:
+            found.setdefault(option.flag, option)
+    return list(found.values())
 
 
 def modality_from_json(data: Mapping[str, Any], family: str | None = None) -> Modality:
@@ -56,7 +67,8 @@ def read_io(data: Mapping[str, Any], manifest_version: int = 2, family: str | No
                    tuple(TensorSpec.from_json(t) for t in data["outputs"]),
                    modality_from_json(data["preprocessing"], family),
                    tuple(data["labels"]) if data.get("labels") is not None else None,
-                   tuple(tuple(pair) for pair in data.get("state", ())))
+                   tuple(tuple(pair) for pair in data.get("state", ())),
+                   tuple(data.get("request_inputs", ())))
 
 
 def manifest_io(manifest: Mapping[str, Any]) -> ModelIO:

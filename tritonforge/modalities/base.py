@@ -4,20 +4,24 @@ One small frozen dataclass per modality owns both sides of the wire:
 
 - its fields are the manifest's pre-processing record (`io.preprocessing`), serialised with
   a version and validated when read back;
-- `companions` are the Triton models that do the pre-processing on the server (a
-  python-backend step and an ensemble `<name><suffix>` taking the raw input);
-- `request` builds what a client sends to that ensemble, `encode` what it sends to the
-  tensor model itself (the same code the python step runs);
-- `sample_raw` gives real payloads for `bench`, `shape_defaults` the shape options that
-  `verify`/`bench` take (`--seq-len`, `--image-size`, `--timesteps`), and `limits` the
-  bounds enforced alike by the client, the companion and the config.
+- `raw_inputs` name what a client sends (TEXT; IMAGE; an image and a VOCABULARY for the whole
+  request; a left and a right stream), and `companions` are the Triton models that do the
+  pre-processing on the server (a python-backend step and an ensemble `<name><suffix>` taking
+  those raw inputs);
+- `read_inputs` reads them from the command line (`query --input NAME=VALUE`), `request`
+  builds what a client sends to the ensemble, `encode` what it sends to the tensor model
+  itself (the same code the python step runs);
+- `sample_raw` gives real payloads for `bench` and `soak`, `shape_options` declares the shape
+  options that `verify`, `query` and `bench` take (`--seq-len`, `--image-size`, a family's
+  own `--num-points`), and `limits` the bounds enforced alike by the client, the companion
+  and the config.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -37,6 +41,86 @@ from tritonforge.triton_config import (
 
 
 @dataclasses.dataclass(frozen=True)
+class ShapeOption:
+    """A shape option that `verify` and `bench` take for models of a modality (or a family),
+    declared where it means something: `--seq-len` by Text, `--num-points` by a point-cloud
+    modality. `name` is the key in the shape mapping (`seq_len` -> `--seq-len`); an option
+    with `parse` takes text (`--frame-size 640x360`) and fills the keys it returns."""
+
+    name: str
+    help: str
+    default: int | None = None
+    minimum: int = 1
+    maximum: int | None = None
+    too_large: str = ""  # what to do above `maximum`, ends the message
+    parse: Callable[[str], dict[str, int]] | None = None
+    keys: tuple[str, ...] = ()  # the keys `parse` fills (unset by default)
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def values(self, given: Any) -> dict[str, int]:
+        """The shape keys for the value given on the command line, checked against the bounds."""
+        if self.parse is not None:
+            return self.parse(str(given))
+        try:
+            value = int(given)
+        except (TypeError, ValueError):
+            raise TritonForgeError(f"{self.flag} {given!r} is not a whole number") from None
+        if value < self.minimum:
+            raise TritonForgeError(f"{self.flag} {value} must be at least {self.minimum}")
+        if self.maximum is not None and value > self.maximum:
+            raise TritonForgeError(f"{self.flag} {value} is too large: give at most {self.maximum}"
+                                   + (f" {self.too_large}" if self.too_large else ""))
+        return {self.name: value}
+
+
+def parse_shape_arguments(arguments: Sequence[str], options: Sequence[ShapeOption]) -> dict[str, int]:
+    """`--name value` / `--name=value` pairs left over on a command line, read against the
+    shape options a model's modality and family declare; anything else is refused by name."""
+    by_flag = {option.flag: option for option in options}
+    shape: dict[str, int] = {}
+    rest = list(arguments)
+    while rest:
+        token = rest.pop(0)
+        flag, equals, value = token.partition("=")
+        option = by_flag.get(flag)
+        if option is None:
+            takes = ", ".join(by_flag) or "none"
+            raise TritonForgeError(f"no such option {flag!r} for this model (its shape options: {takes})")
+        if not equals:
+            if not rest:
+                raise TritonForgeError(f"{flag} needs a value")
+            value = rest.pop(0)
+        shape.update(option.values(value))
+    return shape
+
+
+@dataclasses.dataclass(frozen=True)
+class RawInput:
+    """One raw input a modality takes, by name: what the companion ensemble takes (TEXT, IMAGE,
+    LEFT and RIGHT streams, LABELS) and what `query --input NAME=VALUE` sets. `option` is the
+    short `query` option that also carries it (text, image, npy); `values` says how a
+    command-line value is read: "text" (the string itself) or "file" (the file's bytes).
+    `per_request`: one value list for the whole request (a vocabulary), not one per sample;
+    it travels as a [V] string tensor in every row."""
+
+    name: str
+    option: str = ""
+    values: str = "file"
+    per_request: bool = False
+
+    def __post_init__(self):
+        if self.values not in ("text", "file"):
+            raise TritonForgeError(f"raw input {self.name}: values {self.values!r} must be text or file")
+
+    @property
+    def dims(self) -> list[int]:
+        return [-1] if self.per_request else [1]
+
+
+@dataclasses.dataclass(frozen=True)
 class Modality:
     """Base of the modality records. Subclasses are frozen dataclasses."""
 
@@ -45,7 +129,16 @@ class Modality:
     suffix: ClassVar[str] = ""  # the companion ensemble is `<name><suffix>`; "" when none
     raw_input: ClassVar[str] = ""  # the ensemble's input name (TEXT, IMAGE)
     query_option: ClassVar[str] = ""  # the `query` option that carries this raw input
-    shape_defaults: ClassVar[Mapping[str, int | None]] = {}
+    shape_options: ClassVar[tuple[ShapeOption, ...]] = ()  # what `verify` and `bench` take
+
+    @property
+    def raw_inputs(self) -> tuple[RawInput, ...]:
+        """The raw inputs by name; a modality with one declares `raw_input` and `query_option`,
+        one with several overrides this."""
+        if not self.raw_input:
+            return ()
+        values = "text" if self.query_option == "text" else "file"
+        return (RawInput(self.raw_input, self.query_option, values),)
 
     # -- the manifest record ---------------------------------------------------------------
 
@@ -82,18 +175,33 @@ class Modality:
     # or None when the modality has no smaller typical request.
     serving_request: ClassVar[tuple[int, dict[str, int]] | None] = None
 
+    @property
+    def shape_defaults(self) -> dict[str, int | None]:
+        """The shape keys this record takes, with their defaults."""
+        keys: dict[str, int | None] = {}
+        for option in self.shape_options:
+            if option.parse is None:
+                keys[option.name] = option.default
+            else:  # a compound option (--frame-size) fills keys of its own, unset by default
+                keys.update(dict.fromkeys(option.keys))
+        return keys
+
     def resolve_shape(self, given: Mapping[str, int | None] | None = None) -> dict[str, int | None]:
         """The shape options of this modality, defaults filled in; an option of another
         modality (e.g. --image-size for a text model) is refused."""
         given = {k: v for k, v in (given or {}).items() if v is not None}
         foreign = sorted(set(given) - set(self.shape_defaults))
         if foreign:
-            takes = ", ".join(f"--{k.replace('_', '-')}" for k in self.shape_defaults) or "none"
+            takes = ", ".join(option.flag for option in self.shape_options
+                              if {option.name, *option.keys} & set(self.shape_defaults)) or "none"
             raise TritonForgeError(
                 f"{', '.join('--' + k.replace('_', '-') for k in foreign)} does not apply to a "
                 f"model that takes {self.kind} input (its shape options: {takes})")
+        declared = {option.name: option for option in self.shape_options if option.parse is None}
         for key, value in given.items():
-            if value < 1:
+            if key in declared:
+                declared[key].values(value)
+            elif value < 1:
                 raise TritonForgeError(f"--{key.replace('_', '-')} {value} must be at least 1")
         return {**self.shape_defaults, **given}
 
@@ -118,6 +226,18 @@ class Modality:
     def read_raw(self, values: Sequence[str]) -> list[Any]:
         """The `query` option's values (texts, file paths) as raw inputs."""
         raise TritonForgeError(f"a {self.kind} model takes no raw input: send its tensors with --input-json")
+
+    def read_inputs(self, given: Mapping[str, Sequence[str]]) -> list[Any]:
+        """The raw items of one request from the command line, keyed by raw input name
+        (`query --input NAME=VALUE`, or the short option of that input). One raw input: its
+        `read_raw`; a modality with several overrides this."""
+        names = [raw.name for raw in self.raw_inputs] or ["(none)"]
+        unknown = sorted(set(given) - set(names))
+        if unknown or len(given) != 1:
+            raise TritonForgeError(f"a {self.kind} model takes {', '.join(names)}; got "
+                                   f"{', '.join(sorted(given)) or 'nothing'}: send --input "
+                                   f"{names[0]}=VALUE")
+        return self.read_raw(next(iter(given.values())))
 
     def request(self, raw: Sequence[Any]) -> dict[str, np.ndarray]:
         """What a client sends to the companion ensemble for these raw inputs."""
@@ -147,8 +267,9 @@ def raw_bytes_array(items: Sequence[bytes]) -> np.ndarray:
 def preprocessing_companions(name: str, io: ModelIO, serving: ServingOptions, modality: Modality,
                              step_suffix: str, model_py: Path, parameters: Mapping[str, str],
                              files: Mapping[str, Path | str]) -> tuple[CompanionModel, CompanionModel]:
-    """`<name><step_suffix>` (python backend: the raw input -> the model's inputs) and
-    `<name><suffix>` (ensemble: the raw input -> the model's outputs).
+    """`<name><step_suffix>` (python backend: the raw inputs -> the model's inputs) and
+    `<name><suffix>` (ensemble: the raw inputs -> the model's outputs), one input per
+    `modality.raw_inputs`.
 
     `files` go beside the step's model.py (relative paths are relative to the exported
     model's version folder); `parameters` reach it through its config.
@@ -156,7 +277,8 @@ def preprocessing_companions(name: str, io: ModelIO, serving: ServingOptions, mo
     step_name = validate_name(name + step_suffix)
     ensemble_name = validate_name(name + modality.suffix)
     step = mc.ModelConfig(name=step_name, backend="python", max_batch_size=serving.max_batch_size)
-    step.input.add(name=modality.raw_input, data_type=mc.TYPE_STRING, dims=[1])
+    for raw in modality.raw_inputs:
+        step.input.add(name=raw.name, data_type=mc.TYPE_STRING, dims=raw.dims)
     add_tensors(step.output, io.inputs)
     step.dynamic_batching.SetInParent()  # takes what is queued, never waits for more
     step.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
@@ -164,12 +286,14 @@ def preprocessing_companions(name: str, io: ModelIO, serving: ServingOptions, mo
         step.parameters[key].string_value = value
 
     ensemble = mc.ModelConfig(name=ensemble_name, platform="ensemble", max_batch_size=serving.max_batch_size)
-    ensemble.input.add(name=modality.raw_input, data_type=mc.TYPE_STRING, dims=[1])
+    for raw in modality.raw_inputs:
+        ensemble.input.add(name=raw.name, data_type=mc.TYPE_STRING, dims=raw.dims)
     add_tensors(ensemble.output, io.outputs)
     describe_model(ensemble, io)
     steps = ensemble.ensemble_scheduling
     first = steps.step.add(model_name=step_name, model_version=-1)
-    first.input_map[modality.raw_input] = modality.raw_input
+    for raw in modality.raw_inputs:
+        first.input_map[raw.name] = raw.name
     run = steps.step.add(model_name=name, model_version=-1)
     for spec in io.inputs:
         first.output_map[spec.name] = spec.name

@@ -23,7 +23,7 @@ from PIL import Image as PILImage
 from PIL import ImageOps as PILImageOps
 
 from tritonforge.errors import TritonForgeError
-from tritonforge.modalities.base import Modality, preprocessing_companions, raw_bytes_array
+from tritonforge.modalities.base import Modality, ShapeOption, preprocessing_companions, raw_bytes_array
 from tritonforge.modalities.steps.image_decode import (
     RESIZE_MODES,
     Decoding,
@@ -69,7 +69,8 @@ class Image(Modality):
     suffix: ClassVar[str] = "_image"
     raw_input: ClassVar[str] = "IMAGE"
     query_option: ClassVar[str] = "image"
-    shape_defaults: ClassVar[dict[str, int | None]] = {"image_size": None}
+    shape_options: ClassVar[tuple[ShapeOption, ...]] = (
+        ShapeOption("image_size", "Images: height and width of the samples."),)
 
     height: int
     width: int
@@ -198,7 +199,10 @@ class ImagePixels(Modality):
     raw_input: ClassVar[str] = "IMAGE"
     query_option: ClassVar[str] = "image"
     # `bench --frame-size WxH`: each image fitted (centre crop to the aspect, Lanczos) to one size
-    shape_defaults: ClassVar[dict[str, int | None]] = {"frame_width": None, "frame_height": None}
+    shape_options: ClassVar[tuple[ShapeOption, ...]] = (ShapeOption(
+        "frame_size", "image_pixels models (super-resolution): fit each photograph to WIDTHxHEIGHT "
+                      "pixels, e.g. 640x360.", parse=lambda text: parse_frame_size(text),
+        keys=("frame_width", "frame_height")),)
 
     input: str = "pixels"
     channels: int = 3
@@ -254,6 +258,14 @@ class ImagePixels(Modality):
 
     def describe_raw(self, item: Any, index: int) -> str:
         return Image.describe_raw(self, item, index)  # type: ignore[arg-type]
+
+
+def parse_frame_size(text: str) -> dict[str, int]:
+    """--frame-size WxH as the image_pixels shape keys."""
+    width, _, height = text.lower().partition("x")
+    if not (width.isdigit() and height.isdigit()) or int(width) < 1 or int(height) < 1:
+        raise TritonForgeError(f"--frame-size {text!r} is not WIDTHxHEIGHT in pixels, e.g. 640x360")
+    return {"frame_width": int(width), "frame_height": int(height)}
 
 
 def photographs() -> list[Path]:

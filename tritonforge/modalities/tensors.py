@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from tritonforge.errors import TritonForgeError
-from tritonforge.modalities.base import Modality
+from tritonforge.modalities.base import Modality, ShapeOption
 from tritonforge.spec import ModelIO, TensorSpec
 
 SAMPLES_FILE = "samples.npz"
@@ -33,8 +33,12 @@ class Tensors(Modality):
     layout: str = ""  # what the axes mean, for people: "[T, C, H, W] event frames"
     timesteps: int | None = None
 
+    shape_options: ClassVar[tuple[ShapeOption, ...]] = (
+        ShapeOption("timesteps", "Streams: time steps per sample."),)
+
     @property
-    def shape_defaults(self) -> dict[str, int | None]:  # type: ignore[override]
+    def shape_defaults(self) -> dict[str, int | None]:
+        """--timesteps only for a model over time, defaulting to its own T."""
         return {"timesteps": self.timesteps} if self.timesteps else {}
 
     def write_samples(self, folder: Path, inputs: Mapping[str, np.ndarray]) -> None:

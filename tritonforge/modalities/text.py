@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from tritonforge.errors import TritonForgeError
-from tritonforge.modalities.base import Modality, preprocessing_companions, raw_bytes_array
+from tritonforge.modalities.base import Modality, ShapeOption, preprocessing_companions, raw_bytes_array
 from tritonforge.modalities.steps.text_tokenizer import (
     DEFAULT_BUCKETS,
     MAX_TEXT_BYTES,
@@ -34,6 +34,7 @@ from tritonforge.triton_config import CompanionModel, ServingOptions
 TEXT_TOKENIZER_MODEL = Path(__file__).parent / "steps" / "text_tokenizer.py"
 TOKENIZER_SUFFIX = "_tokenizer"
 TOKENIZER_FILE = "tokenizer.json"
+MAX_SEQ_LEN = 4096  # longer than any BERT's position table; the model's own bound is checked later
 
 
 @functools.lru_cache(maxsize=8)
@@ -75,7 +76,10 @@ class Text(RawText, Modality):
     """Strings in; token arrays (a subset of input_ids, attention_mask, token_type_ids) out."""
 
     kind: ClassVar[str] = "text"
-    shape_defaults: ClassVar[dict[str, int | None]] = {"seq_len": 128}
+    shape_options: ClassVar[tuple[ShapeOption, ...]] = (ShapeOption(
+        "seq_len", "Text: sequence length, every input padded to it (default 128 for verify; length "
+                   "buckets for bench).", default=128, maximum=MAX_SEQ_LEN,
+        too_large="(and no more than the model's max_sequence_length, usually 512)"),)
     serving_request: ClassVar[tuple[int, dict[str, int]] | None] = (1, {"seq_len": 32})  # one short sentence
 
     max_length: int

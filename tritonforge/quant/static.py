@@ -52,6 +52,42 @@ def read_float_inputs(path: Path, names: set[str]) -> int:
     return rewired
 
 
+# What OpenVINO 2026.4's CPU plugin gets wrong with a quantized node (its low-precision
+# transformations), each found on a family's graph and reproduced on a two-layer one.
+OPENVINO_CONCAT = ("reads a Concat along the token axis (Deformable DETR's feature levels, "
+                   "MTTrans's domain query): quantized, the MatMul fails to compile (the "
+                   "dequantization is folded into a per-token constant it cannot broadcast)")
+OPENVINO_REDUCTION = ("is reshaped into a mean or sum over an axis (the average over time steps of a "
+                      "spiking network's head): quantized, every row of a batch gets wrong values")
+SHAPE_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose")
+
+
+def openvino_float_nodes(path: Path) -> dict[str, str]:
+    """The quantizable nodes of the float graph at `path` that a graph for OpenVINO keeps in
+    float, with the reason (OPENVINO_CONCAT, OPENVINO_REDUCTION)."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    producers = {output: node.op_type for node in graph.node for output in node.output}
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+
+    def reduced(tensor: str) -> bool:
+        return any(reader.op_type in ("ReduceMean", "ReduceSum")
+                   or (reader.op_type in SHAPE_OPS and reduced(reader.output[0]))
+                   for reader in readers.get(tensor, []))
+
+    kept = {}
+    for node in graph.node:
+        if node.op_type not in QUANTIZED_OP_TYPES:
+            continue
+        if producers.get(node.input[0]) == "Concat":
+            kept[node.name] = OPENVINO_CONCAT
+        elif reduced(node.output[0]):
+            kept[node.name] = OPENVINO_REDUCTION
+    return kept
+
+
 def static_qdq(fp32: Path, target: Path, feeds: Iterable[Mapping[str, np.ndarray]],
                keep_float: Iterable[str] = ()) -> int:
     """Write the INT8 QDQ graph of `fp32` to `target`, calibrated on `feeds` (MinMax), with the

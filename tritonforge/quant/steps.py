@@ -15,7 +15,7 @@ from tritonforge.quant.quantizable import Quantizable
 from tritonforge.quant.quantizers import ActQuantizer, QuantizedWeight
 
 # stage(description) or stage(description, total): told when a step starts; may return a
-# function that advances that step by one (tritonforge.cli.Stages does).
+# function that advances that step by one (tritonforge.console.Stages does).
 Stage = Callable[..., Any]
 
 

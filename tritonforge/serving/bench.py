@@ -134,7 +134,7 @@ def run_bench(url: Endpoint | str, models: Sequence[tuple[str, str]],
     return results
 
 
-def run_stream_bench(url: Endpoint | str, model: str, input_name: str, sequences: Sequence[np.ndarray],
+def run_stream_bench(url: Endpoint | str, model: str, sequences: Sequence[Mapping[str, np.ndarray]],
                      levels: Sequence[int], frames: int = 2000,
                      stage: Callable[[str, int], Callable[[], None]] | None = None) -> list[LevelResult]:
     """At each level, rounds of `level` sequences streamed at once (the saved samples, in
@@ -156,9 +156,9 @@ def run_stream_bench(url: Endpoint | str, model: str, input_name: str, sequences
                 taken += level
                 try:
                     result = stream_sequences(client, model, dict(zip(new_sequence_ids(level), chosen,
-                                                                      strict=True)), input_name, url)
+                                                                      strict=True)), url)
                 except TritonForgeError as exc:
-                    errors += sum(len(c) for c in chosen)
+                    errors += sum(len(next(iter(c.values()))) for c in chosen)
                     first_error = first_error or str(exc)[:300]
                     continue
                 latencies += [s * 1e3 for s in result.latencies_s]

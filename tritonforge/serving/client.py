@@ -19,20 +19,11 @@ from typing import Any
 import numpy as np
 
 from tritonforge.errors import ServerUnavailable, TritonForgeError
+from tritonforge.family import load_family_package
 from tritonforge.modalities import Modality, manifest_io, modality_from_json
+from tritonforge.outputs import QueryContext, Written, answer_json, save_outputs, summaries, summary_json
 from tritonforge.serving.endpoint import Endpoint
-from tritonforge.spec import (
-    CLASS_PROBABILITIES,
-    CLASS_SCORES,
-    DETECTION_BOXES,
-    DETECTION_LABELS,
-    DETECTION_SCORES,
-    EMBEDDING,
-    IMAGE,
-    TENSOR,
-    ModelIO,
-    TensorSpec,
-)
+from tritonforge.spec import TENSOR, ModelIO, TensorSpec
 
 DEFAULT_URL = "127.0.0.1:8001"
 BYTES_DATATYPE = "BYTES"
@@ -133,13 +124,14 @@ class ModelInfo:
     parameters: Mapping[str, str] = field(default_factory=dict)
     sequence: bool = False  # under the sequence batcher: a stream, one frame per request
 
-    def frame_input(self) -> TensorInfo:
-        """A streaming model's one input (its state is kept by the server)."""
-        if not self.sequence or len(self.inputs) != 1:
+    def frame_inputs(self) -> tuple[TensorInfo, ...]:
+        """A streaming model's per-frame inputs (one, or several such as a left and a right
+        stream; its state is kept by the server)."""
+        if not self.sequence or not self.inputs:
             raise TritonForgeError(
-                f"model {self.name!r} is not a streaming model (no sequence batcher with one input): "
-                "send it whole inputs with --npy or --image, or export with --streaming")
-        return self.inputs[0]
+                f"model {self.name!r} is not a streaming model (no sequence batcher): send it whole "
+                "inputs with --npy or --image, or export with --streaming")
+        return self.inputs
 
     @property
     def family(self) -> str | None:
@@ -153,7 +145,13 @@ class ModelInfo:
 
     @property
     def output_kinds(self) -> dict[str, str]:
+        """Each output's kind; a kind defined in the exporting family's own package is made
+        known by importing that package (the config names it)."""
+        from tritonforge.outputs import known_kinds
+
         kinds = json.loads(self.parameters.get("output_kinds", "{}"))
+        if self.family and not set(kinds.values()) <= set(known_kinds()):
+            load_family_package(self.family)
         return {o.name: kinds.get(o.name, TENSOR) for o in self.outputs}
 
     def modality(self, repo: Path | str | None = None) -> Modality:
@@ -179,8 +177,9 @@ class ModelInfo:
 
     def takes_raw(self, modality: Modality) -> bool:
         """Whether the model takes the raw input itself (an ensemble such as `<name>_text`)."""
-        return (len(self.inputs) == 1 and self.inputs[0].datatype == BYTES_DATATYPE
-                and self.inputs[0].name == modality.raw_input)
+        names = {raw.name for raw in modality.raw_inputs}
+        return (bool(names) and {i.name for i in self.inputs} == names
+                and all(i.datatype == BYTES_DATATYPE for i in self.inputs))
 
 
 def model_info(client, name: str, url: Endpoint | str = DEFAULT_URL) -> ModelInfo:
@@ -244,14 +243,28 @@ def raw_request(info: ModelInfo, modality: Modality, raw: Sequence[Any], repo: P
     return modality.encode(raw, io, folder, shape)
 
 
-def query_request(info: ModelInfo, option: str, values: Sequence[str], repo: Path | str | None,
-                  shape: Mapping[str, int | None] | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
-    """`query --<option> VALUE...`: the request, and a label per input for the printed rows."""
+def query_request(info: ModelInfo, option: str | None, values: Sequence[str], repo: Path | str | None,
+                  shape: Mapping[str, int | None] | None = None,
+                  named: Mapping[str, Sequence[str]] | None = None
+                  ) -> tuple[dict[str, np.ndarray], list[str]]:
+    """`query --<option> VALUE...` and `--input NAME=VALUE...` (`named`): the request, and a
+    label per input for the printed rows. The short option carries the raw input declared
+    with it (`--image` the IMAGE of an image model); `--input` names any raw input."""
     modality = info.modality(repo)
-    if option != modality.query_option:
-        takes = f"--{modality.query_option}" if modality.query_option else "--input-json"
+    declared = {raw.option: raw.name for raw in modality.raw_inputs if raw.option}
+    if option is not None and option != modality.query_option and option not in declared:
+        takes = ", ".join(f"--{o}" for o in declared) or (
+            f"--{modality.query_option}" if modality.query_option else "--input-json")
         raise TritonForgeError(f"model {info.name!r} takes {modality.kind} input ({takes}), not --{option}")
-    raw = modality.read_raw(values)
+    if named or len(modality.raw_inputs) > 1:
+        given = {name: list(items) for name, items in (named or {}).items()}
+        if option is not None and option not in declared:
+            raise TritonForgeError(f"model {info.name!r} takes no raw inputs by name: send --{option} alone")
+        if option is not None:
+            given.setdefault(declared[option], []).extend(values)
+        raw = modality.read_inputs(given)
+    else:
+        raw = modality.read_raw(values)
     labels = [modality.describe_raw(item, index) for index, item in enumerate(raw)]
     return raw_request(info, modality, raw, repo, shape), labels
 
@@ -348,11 +361,13 @@ class TritonSession:
         """A streaming model over `steps` (one request per step, as `run_steps` feeds ONNX
         Runtime): each batch row streams as its own sequence; the server keeps the state.
         Outputs stacked [batch, step, ...], as `run_steps` returns them."""
-        frame_input = self.info.frame_input().name
-        frames = np.stack([step[frame_input] for step in steps], axis=1)  # [batch, steps, ...]
-        ids = new_sequence_ids(len(frames))
-        result = stream_sequences(self.client, self.name, dict(zip(ids, frames, strict=True)),
-                                  frame_input, self.endpoint, self.version)
+        names = [frame.name for frame in self.info.frame_inputs()]
+        frames = {name: np.stack([step[name] for step in steps], axis=1)  # [batch, steps, ...]
+                  for name in names}
+        ids = new_sequence_ids(len(frames[names[0]]))
+        sequences = {sequence: {name: frames[name][row] for name in names}
+                     for row, sequence in enumerate(ids)}
+        result = stream_sequences(self.client, self.name, sequences, self.endpoint, self.version)
         return {name: np.stack([result.outputs[i][name] for i in ids])
                 for name in io.output_names if name in result.outputs[ids[0]]}
 
@@ -376,16 +391,22 @@ def new_sequence_ids(count: int) -> list[int]:
     return [base + index for index in range(count)]
 
 
-def stream_sequences(client, name: str, frames: Mapping[int, np.ndarray], input_name: str,
+def stream_sequences(client, name: str, frames: Mapping[int, Mapping[str, np.ndarray]],
                      url: Endpoint | str = DEFAULT_URL, version: str = "", timeout_s: float = 120.0
                      ) -> StreamResult:
-    """Send each sequence ({correlation ID: frames [T, ...]}) frame by frame over one gRPC
-    stream: the first frame with START, the last with END, and a sequence's next frame as
-    soon as its previous one is answered, so all sequences are in flight at once,
-    interleaved. A refused frame stops the stream with an error naming sequence and frame."""
+    """Send each sequence ({correlation ID: {input name: frames [T, ...]}}, one array per
+    per-frame input) frame by frame over one gRPC stream: the first frame with START, the last
+    with END, and a sequence's next frame as soon as its previous one is answered, so all
+    sequences are in flight at once, interleaved. A refused frame stops the stream with an
+    error naming sequence and frame."""
     import threading
 
-    lengths = {sequence: len(array) for sequence, array in frames.items()}
+    lengths = {sequence: {len(array) for array in inputs.values()} for sequence, inputs in frames.items()}
+    uneven = sorted(sequence for sequence, counts in lengths.items() if len(counts) > 1)
+    if uneven:
+        raise TritonForgeError(f"the inputs of sequence {uneven[0]} hold different numbers of frames "
+                               f"({sorted(lengths[uneven[0]])}): give each input the same frames")
+    lengths = {sequence: next(iter(counts), 0) for sequence, counts in lengths.items()}
     if not frames or min(lengths.values()) < 1:
         raise TritonForgeError("give at least one frame per sequence (an array [frames, ...])")
     collected: dict[int, dict[str, list[np.ndarray]]] = {s: {} for s in frames}
@@ -396,11 +417,12 @@ def stream_sequences(client, name: str, frames: Mapping[int, np.ndarray], input_
     pending = [len(frames)]
 
     def send(sequence: int, step: int) -> None:
-        frame = np.ascontiguousarray(frames[sequence][step:step + 1])
+        frame = {input_name: np.ascontiguousarray(array[step:step + 1])
+                 for input_name, array in frames[sequence].items()}
         request_id = f"{sequence}:{step}"
         sent_at[request_id] = time.perf_counter()
         client.async_stream_infer(
-            name, infer_inputs({input_name: frame}), model_version=version, request_id=request_id,
+            name, infer_inputs(frame), model_version=version, request_id=request_id,
             sequence_id=sequence, sequence_start=step == 0, sequence_end=step == lengths[sequence] - 1)
 
     def on_response(result, error) -> None:
@@ -437,14 +459,27 @@ def stream_sequences(client, name: str, frames: Mapping[int, np.ndarray], input_
     return StreamResult(outputs, latencies, time.perf_counter() - start)
 
 
-def stream_file(info: ModelInfo, path: Path) -> np.ndarray:
-    """`query --stream FILE.npy`: a recording [frames, ...one frame...] for a streaming model,
-    checked against the frame the server declares (dtype, shape, finite values)."""
+def stream_files(info: ModelInfo, values: Sequence[str]) -> dict[str, np.ndarray]:
+    """`query --stream FILE.npy` (a model with one per-frame input) or `--stream NAME=FILE.npy`
+    per input: the recordings of one sequence, each checked against its input."""
+    inputs = {frame.name: frame for frame in info.frame_inputs()}
+    if len(values) == 1 and len(inputs) == 1 and "=" not in values[0]:
+        (name,) = inputs
+        return {name: stream_file(info, inputs[name], Path(values[0]))}
+    given = dict(value.partition("=")[::2] for value in values)
+    if set(given) != set(inputs) or len(given) != len(values):
+        raise TritonForgeError(f"model {info.name!r} streams {', '.join(inputs)} per frame: give "
+                               f"--stream NAME=FILE.npy once for each")
+    return {name: stream_file(info, inputs[name], Path(path)) for name, path in given.items()}
+
+
+def stream_file(info: ModelInfo, frame: TensorInfo, path: Path) -> np.ndarray:
+    """A recording [frames, ...one frame...] for one input of a streaming model, checked
+    against the frame the server declares (dtype, shape, finite values)."""
     from tritonclient.utils import triton_to_np_dtype
 
     from tritonforge.modalities.tensors import load_array, refuse_non_finite
 
-    frame = info.frame_input()
     dims = list(frame.shape[1:] if info.max_batch_size else frame.shape)
     frames = load_array(path)
     dtype = np.dtype(triton_to_np_dtype(frame.datatype))
@@ -462,85 +497,29 @@ def stream_file(info: ModelInfo, path: Path) -> np.ndarray:
 # -- reading results -----------------------------------------------------------------------
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(-1, keepdims=True))
-    return shifted / shifted.sum(-1, keepdims=True)
+def query_context(info: ModelInfo, min_score: float = 0.5, inputs: Mapping[str, np.ndarray] | None = None,
+                  raw: Sequence[bytes] = (), rows: Sequence[str] = ()) -> QueryContext:
+    """What the output kinds read beside the answer: the model's labels and output kinds, the
+    request (`inputs`; `raw`: the raw items sent, such as image files) and its rows' names."""
+    return QueryContext(info.name, info.labels, info.output_kinds, dict(inputs or {}), tuple(raw),
+                        tuple(rows), min_score)
 
 
-def top_labels(labels: Sequence[str] | None, scores: np.ndarray, logits: bool = True, k: int = 3
-               ) -> list[list[tuple[str, float]]]:
-    """For each row: the k most probable classes as (label, probability); `scores` are logits,
-    or probabilities already (`logits=False`)."""
-    labels = labels or [f"class {i}" for i in range(scores.shape[-1])]
-    probabilities = softmax(scores.astype(np.float64)) if logits else scores.astype(np.float64)
-    return [[(labels[j], float(row[j])) for j in np.argsort(-row)[:k]] for row in probabilities]
-
-
-def cosine_matrix(vectors: np.ndarray) -> np.ndarray:
-    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
-    return unit @ unit.T
-
-
-def detections(info: ModelInfo, outputs: Mapping[str, np.ndarray], min_score: float
-               ) -> list[list[dict[str, Any]]]:
-    """Per image: the detections scoring at least `min_score`, best first."""
-    kinds = {kind: name for name, kind in info.output_kinds.items()}
-    boxes, scores = outputs[kinds[DETECTION_BOXES]], outputs[kinds[DETECTION_SCORES]]
-    labels = outputs[kinds[DETECTION_LABELS]] if DETECTION_LABELS in kinds else None
-    names = info.labels
-    rows = []
-    for image in range(len(scores)):
-        found = []
-        for index in np.argsort(-scores[image]):
-            if scores[image][index] < min_score:
-                break
-            label = int(labels[image][index]) if labels is not None else None
-            found.append({"label": names[label] if names and label is not None and label < len(names)
-                          else label, "label_id": label, "score": float(scores[image][index]),
-                          "box": [float(v) for v in boxes[image][index]]})
-        rows.append(found)
-    return rows
-
-
-def summarize(info: ModelInfo, outputs: Mapping[str, np.ndarray], min_score: float = 0.5) -> dict[str, Any]:
-    """What `query` prints, by each output's declared kind: embeddings as norms and cosine
-    similarities, class scores as top labels, detections as boxes, other tensors as shape
-    and statistics (integers stay integers)."""
-    summary: dict[str, Any] = {"shapes": {k: list(v.shape) for k, v in outputs.items()},
-                               "dtypes": {k: str(v.dtype) for k, v in outputs.items()}}
-    kinds = info.output_kinds
-    for name, values in outputs.items():
-        kind = kinds.get(name, TENSOR)
-        if kind == EMBEDDING:
-            vectors = values.astype(np.float64)
-            summary.setdefault("embeddings", {})[name] = {
-                "norms": np.linalg.norm(vectors, axis=-1).tolist(), "cosine": cosine_matrix(vectors).tolist()}
-        elif kind == CLASS_SCORES and CLASS_PROBABILITIES in kinds.values():
-            continue  # the model's own probabilities are shown instead
-        elif kind in (CLASS_SCORES, CLASS_PROBABILITIES):  # probabilities are not softmaxed again
-            summary.setdefault("labels", {})[name] = top_labels(info.labels, values, kind == CLASS_SCORES)
-        elif kind == IMAGE:  # pixels: their sizes, not their values (`query --save` writes them)
-            summary.setdefault("images", {})[name] = [list(image.shape) for image in values]
-        elif kind == TENSOR:
-            numeric = values.size and values.dtype != object
-            summary.setdefault("tensors", {})[name] = {
-                "min": values.min().item(), "max": values.max().item(),
-                "mean": float(values.astype(np.float64).mean())} if numeric else {}
-    if DETECTION_SCORES in kinds.values() and DETECTION_BOXES in kinds.values():
-        summary["detections"] = detections(info, outputs, min_score)
-    return summary
+def summarize(info: ModelInfo, outputs: Mapping[str, np.ndarray], min_score: float = 0.5,
+              inputs: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """What `query` prints, by each output's declared kind (`tritonforge.outputs`), as data:
+    embeddings as norms and cosine similarities, class scores as top labels, detections as
+    boxes, other tensors as shape and statistics (integers stay integers)."""
+    context = query_context(info, min_score, inputs)
+    return summary_json(summaries(info.output_kinds, outputs, context), outputs)
 
 
 def outputs_json(info: ModelInfo, outputs: Mapping[str, np.ndarray], summary: Mapping[str, Any],
-                 raw_labels: Sequence[str]) -> dict[str, Any]:
+                 context: QueryContext) -> dict[str, Any]:
     """`query --json`: every output with its kind, shape, dtype and values (integers as
     integers), and the summary `query` printed (`summarize`)."""
-    kinds = info.output_kinds
-    return {"model": info.name, "inputs": list(raw_labels),
-            "outputs": {name: {"kind": kinds.get(name, TENSOR), "shape": list(values.shape),
-                               "dtype": str(values.dtype), "values": values.tolist()}
-                        for name, values in outputs.items() if values.dtype != object},
-            "summary": dict(summary)}
+    return {"model": info.name, "inputs": list(context.rows),
+            "outputs": answer_json(info.output_kinds, outputs, context), "summary": dict(summary)}
 
 
 def bench_payloads(info: ModelInfo, repo: Path | str | None, shape: Mapping[str, int | None] | None = None
@@ -555,63 +534,27 @@ def bench_payloads(info: ModelInfo, repo: Path | str | None, shape: Mapping[str,
                            for item in modality.sample_raw(None, export[0] if export else None)]
 
 
-def stream_samples(info: ModelInfo, repo: Path | str | None) -> list[np.ndarray]:
-    """A streaming model's saved sample sequences ([frames, ...] each), from its export."""
+def stream_samples(info: ModelInfo, repo: Path | str | None) -> list[dict[str, np.ndarray]]:
+    """A streaming model's saved sample sequences ({input: [frames, ...]} each), from its export."""
     from tritonforge.modalities.tensors import SAMPLES_FILE
 
     if repo is None:
         raise TritonForgeError(f"streaming model {info.name!r} is benched with the sequences saved "
                                f"beside its export ({SAMPLES_FILE}): pass --repo")
     folder, _io = exported_version(repo, info.name)
-    name = info.frame_input().name
+    names = [frame.name for frame in info.frame_inputs()]
     with np.load(folder / SAMPLES_FILE) as saved:
-        if name not in saved.files:
-            raise TritonForgeError(f"{folder / SAMPLES_FILE} holds {saved.files}, not {name!r}: "
+        missing = [name for name in names if name not in saved.files]
+        if missing:
+            raise TritonForgeError(f"{folder / SAMPLES_FILE} holds {saved.files}, not {missing}: "
                                    "export the model again")
-        return list(saved[name])
+        arrays = {name: saved[name] for name in names}
+    return [{name: arrays[name][row] for name in names} for row in range(len(arrays[names[0]]))]
 
 
-def save_images(info: ModelInfo, outputs: Mapping[str, np.ndarray], path: Path) -> list[Path]:
-    """`query --save PATH`: each image output ([N, C, H, W] uint8) as PNG files; one image goes
-    to PATH itself, several to PATH's stem with `_<output>_<index>` added."""
-    from PIL import Image
-
-    kinds = info.output_kinds
-    images = [(name, outputs[name]) for name, kind in kinds.items() if kind == IMAGE and name in outputs]
-    if not images:
-        raise TritonForgeError(f"model {info.name!r} has no image output (its outputs are "
-                               f"{', '.join(f'{n} ({k})' for n, k in kinds.items())}): --save writes "
-                               "image outputs only; use --json for the values")
-    path = Path(path)
-    single = len(images) == 1 and len(images[0][1]) == 1
-    written = []
-    for name, batch in images:
-        if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[1] not in (1, 3):
-            raise TritonForgeError(f"output {name!r} is {batch.dtype} {list(batch.shape)}, not uint8 "
-                                   "[N, 1 or 3, H, W] pixels: it cannot be saved as an image")
-        for index, pixels in enumerate(batch):
-            target = path if single else path.with_name(f"{path.stem}_{name}_{index}{path.suffix or '.png'}")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            array = pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0)
-            Image.fromarray(np.ascontiguousarray(array)).save(target, "PNG")
-            written.append(target)
-    return written
-
-
-def draw_detections(image: bytes, found: Sequence[Mapping[str, Any]], path: Path) -> Path:
-    """The photograph with each detection's box and label drawn on it, as a PNG."""
-    import io
-
-    from PIL import Image, ImageDraw, ImageOps
-
-    with Image.open(io.BytesIO(image)) as opened:
-        canvas = ImageOps.exif_transpose(opened).convert("RGB")  # boxes are in upright pixels
-    draw = ImageDraw.Draw(canvas)
-    for index, item in enumerate(found):
-        colour = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4")[index % 6]
-        draw.rectangle(item["box"], outline=colour, width=max(1, min(canvas.size) // 200))
-        x, y = item["box"][0], max(0.0, item["box"][1] - 12)
-        draw.text((x + 2, y), f"{item['label']} {item['score']:.2f}", fill=colour)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path, "PNG")
-    return path
+def save_query_outputs(info: ModelInfo, outputs: Mapping[str, np.ndarray], path: Path,
+                       context: QueryContext | None = None) -> list[Written]:
+    """`query --save PATH`: each output whose kind has a file form (images as PNGs, depth maps,
+    detections drawn on the photographs sent); one file goes to PATH itself, several to PATH's
+    stem with `_<output>_<index>` added."""
+    return save_outputs(info.output_kinds, outputs, path, context or query_context(info))

@@ -4,8 +4,10 @@ N requests at concurrency C over asynchronous gRPC, alternating between an expor
 (inputs encoded here, as `query --repo` does) and its raw-input ensemble (`<name>_text`, ...)
 when the server has one, each request one real input (sentences of mixed lengths, photographs)
 in turn. Every response is compared with ONNX Runtime on the same export, run here on the same
-encoded input: a float output agrees when its cosine similarity with the reference is at least
-`min_cosine`, an integer output when it is equal.
+encoded input, each output by its kind's agreement (`tritonforge.outputs`): detections by the
+IoU of matched boxes and their labels, images by PSNR, class scores by top-1 agreement and
+cosine, embeddings and other float tensors by cosine (at least `min_cosine`), integer tensors
+by equality. An answer is right when every output agrees.
 
 Which reference: a tensor-model response names the version that answered, and is compared with
 that version's model.onnx (read from the repository on first sight, so versions published
@@ -29,9 +31,11 @@ import numpy as np
 from tritonforge.errors import TritonForgeError
 from tritonforge.figures import save_figure
 from tritonforge.modalities import manifest_io
+from tritonforge.outputs import COSINE_MIN, Tolerances, compare_outputs
 from tritonforge.serving.client import ModelInfo, infer_inputs, model_info, served_models
 from tritonforge.serving.endpoint import Endpoint
 from tritonforge.serving.repository import ModelRepository
+from tritonforge.spec import Parity
 from tritonforge.triton_config import MODEL_FILE
 
 STATUS_OK, STATUS_ERROR, STATUS_WRONG = "ok", "error", "wrong"
@@ -53,8 +57,20 @@ class Outcome:
     model: str
     status: str
     version: str = ""
-    cosine: float = float("nan")  # the lowest over the compared outputs
+    cosine: float = float("nan")  # the lowest over the outputs judged by cosine (NaN: none is)
     error: str = ""
+    agreements: Mapping[str, Parity] = field(default_factory=dict)  # by output (a group: its name)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**{k: v for k, v in self.__dict__.items() if k != "agreements"},
+                "agreements": {name: parity.to_json() for name, parity in self.agreements.items()}}
+
+    def describe(self) -> str:
+        """What went wrong: the error, or the outputs that disagreed and by how much."""
+        if self.error:
+            return self.error
+        return "; ".join(f"{name}: {parity.describe()}" for name, parity in self.agreements.items()
+                         if not parity.passed) or "no version in the repository to compare with"
 
 
 class References:
@@ -85,25 +101,32 @@ class References:
         return self.repository.versions(self.name)
 
 
-def agreement(got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray]) -> float:
-    """The lowest cosine similarity over the outputs (row-wise; 1.0 or 0.0 for integer outputs)."""
-    lowest = 1.0
-    for name, reference in want.items():
-        answer = got[name]
-        if answer.shape != reference.shape:
-            return 0.0
-        if not np.issubdtype(reference.dtype, np.floating):
-            lowest = min(lowest, float(np.array_equal(answer, reference)))
-            continue
-        a = answer.reshape(len(answer), -1).astype(np.float64)
-        b = reference.reshape(len(reference), -1).astype(np.float64)
-        if not np.isfinite(a).all():
-            return 0.0
-        norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-        cosine = np.where(norms > 0, (a * b).sum(axis=1) / np.maximum(norms, 1e-30),
-                          np.all(a == b, axis=1).astype(np.float64))
-        lowest = min(lowest, float(cosine.min()))
-    return lowest
+def lowest_cosine(judged: Mapping[str, Parity]) -> float:
+    """The lowest cosine over the outputs judged by cosine (NaN when none is)."""
+    cosines = [c.value for parity in judged.values() for c in parity.checks if c.metric.endswith(COSINE_MIN)]
+    return min(cosines) if cosines else float("nan")
+
+
+def agreement_rows(outcomes: Sequence[Outcome]) -> dict[str, dict[str, Any]]:
+    """Per compared output (a group by its name): its kind, and for each metric its worst value
+    over the answers, its bar, and how many answers missed the bar."""
+    rows: dict[str, dict[str, Any]] = {}
+    for outcome in outcomes:
+        for name, parity in outcome.agreements.items():
+            row = rows.setdefault(name, {"kind": parity.details.get("kind"), "metrics": {}})
+            for check in parity.checks:
+                first = {"worst": check.value, "tolerance": check.tolerance,
+                         "higher_is_better": check.higher_is_better, "failed": 0}
+                seen = row["metrics"].setdefault(check.metric, first)
+                if np.isnan(check.value) or np.isnan(seen["worst"]):
+                    seen["worst"] = float("nan")
+                else:
+                    seen["worst"] = (min if check.higher_is_better else max)(seen["worst"], check.value)
+                seen["failed"] += not check.passed
+    for row in rows.values():
+        for seen in row["metrics"].values():
+            seen["worst"] = round(float(seen["worst"]), 6)
+    return rows
 
 
 def soak_inputs(repo: Path | str, name: str, info: ModelInfo, raw_info: ModelInfo | None,
@@ -151,7 +174,7 @@ class SoakReport:
 
     def _row(self, model: str, outcomes: Sequence[Outcome]) -> dict[str, Any]:
         latencies = [o.latency_ms for o in outcomes if o.status != STATUS_ERROR]
-        cosines = [o.cosine for o in outcomes if o.status != STATUS_ERROR]
+        cosines = [o.cosine for o in outcomes if o.status != STATUS_ERROR and not np.isnan(o.cosine)]
 
         def percentile(q: float) -> float | None:
             return round(float(np.percentile(latencies, q)), 3) if latencies else None
@@ -170,6 +193,7 @@ class SoakReport:
                 "throughput_rps": round(len(latencies) / self.seconds, 2) if self.seconds else 0.0,
                 "latency_ms": {f"p{q}": percentile(q) for q in (50, 95, 99)},
                 "min_cosine": round(min(cosines), 6) if cosines else None,
+                "agreement": agreement_rows(outcomes),
                 "versions": {v: {k: round(x, 3) for k, x in s.items()} for v, s in sorted(versions.items())}}
 
     @property
@@ -184,12 +208,13 @@ class SoakReport:
                 "requests": self.requests,
                 "concurrency": self.concurrency, "min_cosine": self.min_cosine,
                 "seconds": round(self.seconds, 3), "models": self.rows(),
-                "problems": [o.__dict__ for o in self.first_problems(20)]}
+                "problems": [o.to_json() for o in self.first_problems(20)]}
 
 
 async def _soak(endpoint: Endpoint, models: Sequence[tuple[str, bool]], inputs: Sequence[SoakInput],
-                references: References, requests: int, concurrency: int, min_cosine: float,
-                tick: Callable[[], None], timeout_s: float) -> tuple[list[Outcome], float, float]:
+                references: References, kinds: Mapping[str, str], tolerances: Tolerances, requests: int,
+                concurrency: int, tick: Callable[[], None], timeout_s: float
+                ) -> tuple[list[Outcome], float, float]:
     import tritonclient.grpc.aio as aioclient
 
     client = endpoint.aio_client()
@@ -209,15 +234,21 @@ async def _soak(endpoint: Endpoint, models: Sequence[tuple[str, bool]], inputs: 
                     await asyncio.to_thread(references.answers, version)
         return references.answers(version)
 
-    async def judge(raw: bool, index: int, result) -> tuple[str, str, float]:
+    def agreeing(judged: Mapping[str, Parity]) -> tuple[bool, int]:
+        """Right first, then the most checks passed."""
+        checks = [c for parity in judged.values() for c in parity.checks]
+        return all(c.passed for c in checks), sum(c.passed for c in checks)
+
+    async def judge(raw: bool, index: int, result) -> tuple[str, str, dict[str, Parity]]:
         version = result.get_response().model_version
         got = {name: result.as_numpy(name) for name in references.outputs}
-        if raw:  # the ensemble's steps run the latest loaded version of the model
-            cosine = max([agreement(got, (await answers(v))[index]) for v in references.versions()],
-                         default=0.0)
+        if raw:  # the ensemble's steps run the latest loaded version of the model: the closest one
+            judged = max([compare_outputs(kinds, (await answers(v))[index], got, tolerances)
+                          for v in references.versions()], key=agreeing, default={})
         else:
-            cosine = agreement(got, (await answers(int(version)))[index])
-        return (STATUS_OK if cosine >= min_cosine else STATUS_WRONG), version, cosine
+            judged = compare_outputs(kinds, (await answers(int(version)))[index], got, tolerances)
+        right = bool(judged) and all(parity.passed for parity in judged.values())
+        return (STATUS_OK if right else STATUS_WRONG), version, judged
 
     async def worker() -> None:
         nonlocal issued
@@ -240,8 +271,9 @@ async def _soak(endpoint: Endpoint, models: Sequence[tuple[str, bool]], inputs: 
             judging.append(asyncio.create_task(record(sent - start, latency, model, raw, index, result)))
 
     async def record(start_s: float, latency: float, model: str, raw: bool, index: int, result) -> None:
-        status, version, cosine = await judge(raw, index, result)
-        outcomes.append(Outcome(start_s, latency, model, status, version, cosine))
+        status, version, judged = await judge(raw, index, result)
+        outcomes.append(Outcome(start_s, latency, model, status, version, lowest_cosine(judged),
+                                agreements=judged))
         tick()
 
     judging: list[asyncio.Task] = []
@@ -278,13 +310,16 @@ def run_soak(url: Endpoint | str, repo: Path | str, name: str, requests: int = 1
     tick = stage("encoding the inputs and computing ONNX Runtime's answers", 0)
     inputs, outputs = soak_inputs(repo, name, info, raw_info, count)
     references = References(repo, name, inputs, outputs)
+    declared = info.output_kinds
+    kinds = {output: declared[output] for output in outputs}
     if references.versions():  # the latest now, the others as their answers are seen
         references.answers(references.versions()[-1])
     models = [(name, False)] + ([(ensemble, True)] if raw_info is not None else [])
     tick = stage(f"{requests} requests to {' and '.join(m for m, _raw in models)} at concurrency "
                  f"{concurrency}", requests)
-    outcomes, seconds, started_at = asyncio.run(_soak(endpoint, models, inputs, references, requests,
-                                                      concurrency, min_cosine, tick, timeout_s))
+    outcomes, seconds, started_at = asyncio.run(_soak(endpoint, models, inputs, references, kinds,
+                                                      Tolerances(min_cosine=min_cosine), requests,
+                                                      concurrency, tick, timeout_s))
     return SoakReport(str(endpoint), name, requests, concurrency, min_cosine, seconds,
                       sorted(outcomes, key=lambda o: o.start_s), started_at)
 

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from tritonforge.batching import batch_count, batches
+from tritonforge.errors import TritonForgeError
 from tritonforge.family import Family
 from tritonforge.runtime import run_session
 from tritonforge.spec import ModelIO, Parity
@@ -21,7 +22,7 @@ def run_steps(run: Run, steps: list[dict[str, np.ndarray]], io: ModelIO) -> dict
     several: each output stacked along a new axis 1 (batch, step, ...)."""
     if len(steps) == 1 and not io.state:
         return dict(run(steps[0]))
-    count = batch_count(steps[0])
+    count = batch_count(steps[0], io.request_inputs)
     specs = {spec.name: spec for spec in io.inputs}
     state = {name: np.zeros((count, *specs[name].dims), dtype=specs[name].dtype) for name, _out in io.state}
     collected: dict[str, list[np.ndarray]] = {name: [] for name in io.output_names}
@@ -45,18 +46,22 @@ def parity_check(family: Family, model: Any, options: Any, io: ModelIO, session,
                  inputs: Mapping[str, np.ndarray], batch_size: int = 8,
                  tick: Callable[[], None] | None = None) -> Parity:
     """Run PyTorch and `session` (ONNX Runtime, or a served model that acts like one) on the
-    same inputs, batch by batch (and step by step for a streaming model), and compare. A
-    served streaming model returns no state outputs: the server keeps them."""
-    reference: dict[str, list[np.ndarray]] = {n: [] for n in io.output_names}
-    candidate: dict[str, list[np.ndarray]] = {n: [] for n in io.output_names}
-    for batch in batches(inputs, batch_size):
+    same inputs, batch by batch (and step by step for a streaming model), and compare each
+    batch on its own: outputs may differ in size between batches (another vocabulary, another
+    number of points), and request inputs (`io.request_inputs`) go whole with every batch. The
+    verdicts merge as each check declares (`Parity.merge`). A served streaming model returns
+    no state outputs: the server keeps them."""
+    parts: list[Parity] = []
+    samples: list[int] = []
+    for batch in batches(inputs, batch_size, io.request_inputs):
         steps = family.steps(batch, io)
         family.reset_state(model)
-        for name, out in run_steps(lambda feed: family.reference_outputs(model, feed, io), steps, io).items():
-            reference[name].append(out)
-        for name, out in session_steps(session, steps, io).items():
-            candidate[name].append(out)
+        reference = run_steps(lambda feed: family.reference_outputs(model, feed, io), steps, io)
+        candidate = session_steps(session, steps, io)
+        parts.append(family.compare(reference, candidate, options, batch))
+        samples.append(batch_count(batch, io.request_inputs))
         if tick:
             tick()
-    return family.compare({k: np.concatenate(v) for k, v in reference.items()},
-                          {k: np.concatenate(v) for k, v in candidate.items() if v}, options, inputs)
+    if not parts:
+        raise TritonForgeError("parity needs at least one input; the family's sample inputs are empty")
+    return Parity.merge(parts, samples)

@@ -46,13 +46,14 @@ from tritonforge.export.onnx import (
 )
 from tritonforge.family import ExportInfo, Family, Shape, option, register
 from tritonforge.modalities import Text
+from tritonforge.outputs.metrics import max_abs_diff, row_cosines, top1_agreement
 from tritonforge.quant.calibrate import QuantRecipe
 from tritonforge.quant.mixed import check_max_drop
 from tritonforge.quant.qdq import integer_kernels
-from tritonforge.runtime import HALF_PRECISION, TARGETS, check_target, default_target
-from tritonforge.spec import CLASS_SCORES, EMBEDDING, Check, ModelIO, Parity, TensorSpec
+from tritonforge.runtime import HALF_PRECISION
+from tritonforge.spec import CLASS_SCORES, EMBEDDING, MEAN, Check, ModelIO, Parity, TensorSpec
+from tritonforge.targets import TARGET_HELP, TargetOptions
 from tritonforge.triton_config import ServingOptions
-from tritonforge.verify.metrics import max_abs_diff, row_cosines, top1_agreement
 
 FLOAT_BITS = {32: "fp32", 16: "fp16"}
 GRAPHS = ("auto", "plain", "fused")
@@ -86,7 +87,7 @@ OS_PLUS_OBJECTIVE = "pooled"
 
 
 @dataclass(frozen=True)
-class BertOptions:
+class BertOptions(TargetOptions):
     """The export recipe; written verbatim into the manifest."""
 
     model: str | None = option(None, help="Hugging Face BERT directory (config.json, weights, "
@@ -100,15 +101,10 @@ class BertOptions:
     graph: str = option("auto", help="plain, fused (ONNX Runtime transformer optimizer) or auto (time "
                                      "both, keep the faster).")
     gpu: bool = option(False, help="Serve on GPU with the TensorRT accelerator (same as --target tensorrt).")
-    target: str = option("auto", help="Where the artifact runs: onnxruntime, openvino (Triton's openvino "
-                                      "backend; --bits 16 computes in BF16 there), tensorrt (GPU), or auto "
-                                      "(the fastest this machine runs: openvino when installed).")
-    fallback: bool = option(False, help="When --target cannot run here, export for onnxruntime instead "
-                                        "of stopping (the manifest records why).")
-    # Why the target asked for was not used (--fallback); set by the recipe itself.
-    fallback_reason: str | None = option(None, cli=False)
+    # Target, --fallback and threads (used when "auto" times the candidate graphs) come from
+    # TargetOptions; a BERT export runs where this machine runs it best.
+    target: str = option("auto", help=TARGET_HELP, kw_only=True)
     opset: int = option(MIN_OPSET, cli=False)
-    threads: int = option(2, cli=False)  # threads used when "auto" times the candidate graphs
     # Quantization (bits <= 8): see tritonforge.quant and QuantRecipe.
     wbits: int | None = option(None, help="Weight bits (overrides --bits).")
     abits: int | None = option(None, help="Activation bits (overrides --bits).")
@@ -135,7 +131,7 @@ class BertOptions:
 
     def __post_init__(self):
         self.parse_bits()
-        self.resolve_target()
+        super().__post_init__()  # resolves the target
         if self.bits in FLOAT_BITS and (self.wbits is not None or self.abits is not None):
             raise TritonForgeError(
                 f"--wbits/--abits quantize; they do not combine with --bits {self.bits}: "
@@ -173,33 +169,19 @@ class BertOptions:
         object.__setattr__(self, "max_drop", check_max_drop(DEFAULT_MAX_DROP if self.max_drop is None
                                                             else self.max_drop))
 
-    def resolve_target(self) -> None:
-        """Make `target` concrete (the recipe records where the artifact runs, not "auto") and
-        check that this machine can run it: an unusable target stops the export with what is
-        missing, or with --fallback becomes onnxruntime and the reason is recorded."""
-        if self.target not in (*TARGETS, "auto"):
-            raise TritonForgeError(f"--target {self.target!r} is unknown: choose one of "
-                                   f"{', '.join(TARGETS)} or auto")
-        target = self.target
-        if target == "auto":
-            target = default_target(self.gpu)
-        if self.gpu and target != "tensorrt":
-            raise TritonForgeError(f"--gpu serves with TensorRT; it does not combine with --target "
-                                   f"{target}: leave one of them out")
-        problem = check_target(target, self.precision_on(target))
-        if problem and not self.fallback:
-            raise TritonForgeError(f"{problem} (or pass --fallback to export for onnxruntime instead)")
-        if problem:
-            object.__setattr__(self, "fallback_reason", problem)
-            target = "onnxruntime"
-        object.__setattr__(self, "target", target)
-        object.__setattr__(self, "gpu", target == "tensorrt")
-
     def precision_on(self, target: str) -> str:
         """What the graph computes in on `target`: fp32, fp16 or bf16 (--bits 16), or wXaY."""
         if self.bits == 16:
             return HALF_PRECISION[target]
         return self.precision if self.quantized else "fp32"
+
+    def for_target(self, target: str, bits: int, **changes: Any) -> BertOptions:
+        """As `TargetOptions.for_target`; a float width leaves the quantization options at
+        their defaults."""
+        if bits in FLOAT_BITS:
+            changes = {f.name: f.default for f in dataclasses.fields(self)
+                       if f.name in (*QUANTIZATION_OPTIONS, "wbits", "abits", "max_drop")} | changes
+        return super().for_target(target, bits, **changes)
 
     def refuse_quantization_options(self) -> None:
         """Quantization options given with --bits 32 or 16 would be silently ignored."""
@@ -250,9 +232,7 @@ class BertFamily(Family):
     options_type = BertOptions
 
     def serving(self, options: BertOptions, base: ServingOptions) -> ServingOptions:
-        precision = options.precision
-        return dataclasses.replace(base, gpu=base.gpu or options.gpu, fp16=precision == "fp16",
-                                   bf16=precision == "bf16", target=options.target)
+        return options.serving(base)
 
     def options_from_json(self, data: Mapping[str, Any]) -> BertOptions:
         # Manifests written before targets existed ran on ONNX Runtime.
@@ -416,7 +396,7 @@ class BertFamily(Family):
         if "logits" in reference:
             ref, cand = reference["logits"], candidate["logits"]
             agreement = top1_agreement(ref, cand)
-            return Parity((Check("top1_agreement", agreement, top1_floor, True),
+            return Parity((Check("top1_agreement", agreement, top1_floor, True, MEAN),
                            Check("max_abs_diff", max_abs_diff(ref, cand), abs_ceiling, False)),
                           {"samples": int(ref.shape[0])})
         cosines = row_cosines(reference["sentence_embedding"], candidate["sentence_embedding"])
@@ -431,7 +411,7 @@ class BertFamily(Family):
             if (~real).any():
                 details["padding_max_abs_diff"] = max_abs_diff(hidden_ref[~real], hidden_cand[~real])
             hidden_ref, hidden_cand = hidden_ref[real], hidden_cand[real]
-        checks = [Check("cosine", float(cosines.mean()), cosine_floor, True)]
+        checks = [Check("cosine", float(cosines.mean()), cosine_floor, True, MEAN)]
         hidden_diff = max_abs_diff(hidden_ref, hidden_cand)
         if abs_ceiling is None:
             details["max_abs_diff"] = hidden_diff

@@ -23,6 +23,7 @@ from tritonforge.data import CALIBRATION, read_lines
 from tritonforge.encoders.slotted_bert import SlottedBert
 from tritonforge.errors import TritonForgeError
 from tritonforge.export.bert.model import SentenceEncoder, SequenceClassifier
+from tritonforge.outputs.metrics import nearest_neighbour_agreement, row_cosines
 from tritonforge.quant.calibrate import (
     CalibrationResult,
     QuantRecipe,
@@ -33,7 +34,6 @@ from tritonforge.quant.calibrate import (
 )
 from tritonforge.quant.mixed import BitPlan, pooled_outputs, search_bits
 from tritonforge.quant.qdq import dequantize_weights, qdq_module
-from tritonforge.verify.metrics import nearest_neighbour_agreement, row_cosines
 
 REFERENCE_FILE = "reference.pt"
 CALIBRATION_LENGTH = 128  # tokens per calibration text, as in the paper

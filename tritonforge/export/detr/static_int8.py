@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from tritonforge.quant.static import QUANTIZED_OP_TYPES, static_qdq
+from tritonforge.quant.static import QUANTIZED_OP_TYPES, openvino_float_nodes, static_qdq
 
 FLOAT_NODES = {
     "sampling_offsets": "deformable attention's sampling offsets: an error moves where a query looks",
@@ -45,16 +45,21 @@ def float_nodes(path: Path) -> list[str]:
             if node.op_type in QUANTIZED_OP_TYPES and any(part in node.name for part in FLOAT_NODES)]
 
 
-def quantize_detector(fp32: Path, target: Path, feeds: Iterable[Mapping[str, np.ndarray]]) -> dict[str, Any]:
+def quantize_detector(fp32: Path, target: Path, feeds: Iterable[Mapping[str, np.ndarray]],
+                      openvino: bool = False) -> dict[str, Any]:
     """Write the INT8 QDQ graph of `fp32` to `target`, calibrated on `feeds`; returns the
-    manifest's record of what was quantized and what stayed float, and why."""
+    manifest's record of what was quantized and what stayed float, and why. For OpenVINO the
+    graph keeps the nodes its plugin cannot compile quantized in float too."""
     kept = float_nodes(fp32)
+    openvino_kept = {name: why for name, why in openvino_float_nodes(fp32).items()
+                     if name not in kept} if openvino else {}
     feeds = list(feeds)
-    quantize_linear_nodes = static_qdq(fp32, target, feeds, kept)
+    quantize_linear_nodes = static_qdq(fp32, target, feeds, kept + list(openvino_kept))
     return {"method": "onnxruntime.quantization.quantize_static (QDQ, per-channel int8 weights, "
                       "per-tensor uint8 activations, MinMax calibration)",
             "calibration_images": len(feeds),
             "quantized_op_types": list(QUANTIZED_OP_TYPES),
             "quantize_linear_nodes": quantize_linear_nodes,
             "float_nodes": {"count": len(kept), "why": FLOAT_NODES, "names": kept},
+            **({"openvino_float_nodes": openvino_kept} if openvino else {}),
             "float_op_types": FLOAT_OP_TYPES}

@@ -13,6 +13,10 @@ max-abs-diff).
 `--streaming` exports one time step instead (`streaming.py`): a frame and the membrane
 potentials in, the running prediction and the new potentials out, served under Triton's
 sequence batcher so a stream is sent frame by frame.
+
+`--target openvino` runs the same graphs on OpenVINO: FP32, BF16 (`--bits 16`: OpenVINO computes
+the FP32 graph in bfloat16; judged to bars of its own) and INT8, whose graph for OpenVINO keeps
+the time-averaged head in float (`quant.static.openvino_float_nodes`).
 """
 
 from __future__ import annotations
@@ -36,9 +40,11 @@ from tritonforge.export.snn.streaming import STATE_INPUT, STATE_OUTPUT, StepGrap
 from tritonforge.export.snn.train import DIGITS_SIZE, TrainRecipe, digits, load_checkpoint, train
 from tritonforge.family import ExportInfo, Family, Shape, option, register
 from tritonforge.modalities import Image, Tensors
-from tritonforge.quant.static import static_qdq
-from tritonforge.spec import CLASS_SCORES, Check, ModelIO, Parity, TensorSpec
-from tritonforge.verify.metrics import max_abs_diff, top1_agreement
+from tritonforge.outputs.metrics import max_abs_diff, top1_agreement
+from tritonforge.quant.static import openvino_float_nodes, static_qdq
+from tritonforge.spec import CLASS_SCORES, MEAN, Check, ModelIO, Parity, TensorSpec
+from tritonforge.targets import TargetOptions
+from tritonforge.triton_config import ServingOptions
 
 TOP1_FLOOR = 0.995
 SPIKE_RATE_ABS = 0.001  # 0.1 percentage point, per layer
@@ -48,6 +54,13 @@ SPIKE_RATE_ABS = 0.001  # 0.1 percentage point, per layer
 # bar as a trained model; top-1 to this one.
 RANDOM_TOP1_FLOOR = 0.9
 INT8_TOP1_FLOOR = 0.97  # INT8 against the FP32 model: top-1 agreement; spike rates reported
+# BF16 (OpenVINO computing the FP32 graph in bfloat16) against the FP32 model: membranes rounded to
+# 8 significant bits flip the spikes that sat near V_th. Measured on the digits model (32 test
+# digits): top-1 agreement 1.0, spike rates within 0.00053 per layer (random-weight VGGSNN: within
+# 0.0020, but its near-tied logits swap: top-1 0.47). Bars: INT8's top-1 floor, and 10x the
+# digits model's spike-rate difference.
+BF16_TOP1_FLOOR = 0.97
+BF16_SPIKE_RATE_ABS = 0.005
 CALIBRATION_DIGITS = 64  # training digits the INT8 ranges are calibrated on
 STREAM_CHECK_SAMPLES = 16  # sequences the streaming export is checked on against the full model
 DIGIT_SHAPE = (1, DIGITS_SIZE, DIGITS_SIZE)
@@ -60,7 +73,7 @@ ARCHITECTURES = ("vgg", *PRESETS)
 
 
 @dataclass(frozen=True)
-class SnnOptions:
+class SnnOptions(TargetOptions):
     """The export recipe; written verbatim into the manifest."""
 
     arch: str = option("vgg", help="vgg: the digits model of `snn train`; vggsnn (CIFAR10-DVS event "
@@ -75,11 +88,14 @@ class SnnOptions:
                                               "checkpoint brings its own), the paper's T for a preset "
                                               "(vggsnn 10, resnet19 4).")
     seed: int = option(0, help="Seed of the default model's training (or of --random-init).")
-    bits: int = option(32, help="32 (FP32) or 8 (INT8 QDQ, the digits model: per-channel int8 weights; "
-                                "spikes are exact in 8 bits, the first conv's analog input is calibrated).")
+    bits: int = option(32, help="32 (FP32), 16 (BF16: OpenVINO computes the FP32 graph in bfloat16; "
+                                "--target openvino) or 8 (INT8 QDQ, the digits model: per-channel int8 "
+                                "weights; spikes are exact in 8 bits, the first conv's analog input is "
+                                "calibrated).")
     streaming: bool = option(False, help="Export one time step, the membrane potentials as state, "
                                          "for frame-by-frame streams (Triton's sequence batcher).")
-    threads: int = option(2, cli=False)
+
+    half_precisions = ("bf16",)  # --bits 16 is OpenVINO's BF16; there is no FP16 graph
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
@@ -87,12 +103,13 @@ class SnnOptions:
                                    f"{', '.join(ARCHITECTURES)}")
         if self.timesteps is not None and self.timesteps < 1:
             raise TritonForgeError(f"--timesteps {self.timesteps} must be at least 1")
-        if self.bits not in (32, 8):
-            raise TritonForgeError(f"--bits {self.bits} is not offered for spiking models: choose 32 or 8")
+        if self.bits not in (32, 16, 8):
+            raise TritonForgeError(f"--bits {self.bits} is not offered for spiking models: choose 32, 16 "
+                                   "(BF16 on --target openvino) or 8")
         if self.streaming and self.bits != 32:
             raise TritonForgeError("--streaming exports FP32 steps only: leave out --bits, or export "
-                                   "the full-sequence graph with --bits 8")
-        if self.arch != "vgg" and self.bits != 32:
+                                   f"the full-sequence graph with --bits {self.bits}")
+        if self.arch != "vgg" and self.bits == 8:
             raise TritonForgeError(f"--bits 8 is calibrated on the digits model's training digits; "
                                    f"--arch {self.arch} exports FP32 (no calibration data of its own "
                                    "installs offline)")
@@ -100,6 +117,7 @@ class SnnOptions:
             raise TritonForgeError(f"--arch {self.arch} needs --checkpoint FILE, a state dict saved by the "
                                    "TET reference code (no trained weights install offline); pass "
                                    "--random-init to try the export with random weights")
+        super().__post_init__()  # resolves the target
 
     @property
     def preset(self):
@@ -128,8 +146,12 @@ class SnnFamily(Family):
     options_type = SnnOptions
 
     def default_name(self, options: SnnOptions) -> str:
-        suffix = ("_int8" if options.bits == 8 else "") + ("_stream" if options.streaming else "")
+        suffix = ("" if options.precision == "fp32" else f"_{options.precision}") + \
+            ("_stream" if options.streaming else "")
         return ("snn_digits" if options.arch == "vgg" else f"snn_{options.arch}") + suffix
+
+    def serving(self, options: SnnOptions, base: ServingOptions) -> ServingOptions:
+        return options.serving(base)
 
     def load(self, options: SnnOptions, stage=None) -> ExportGraph | StepGraph:
         import torch
@@ -246,22 +268,24 @@ class SnnFamily(Family):
         if options.streaming:
             return self._export_step(model, path, io, axes, details, options)
         folded = ExportGraph(fold_batchnorm(copy.deepcopy(model.model))).eval()
-        if options.bits == 32:
+        if options.precision in ("fp32", "bf16"):  # BF16 is how OpenVINO computes the FP32 graph
             torch_to_onnx(folded, self.sample_inputs(model, options, 2), path, io, axes, MIN_OPSET)
-            return ExportInfo(opset=check_onnx(path), precision="fp32", details=details)
+            return ExportInfo(opset=check_onnx(path), precision=options.precision, details=details)
         with tempfile.TemporaryDirectory(dir=path.parent, prefix=".fp32-") as scratch:
             fp32 = Path(scratch) / "fp32.onnx"
             torch_to_onnx(folded, self.sample_inputs(model, options, 2), fp32, io, axes, MIN_OPSET)
             train_images, _labels = digits("train")
             feeds = [{"pixel_values": train_images[i:i + 8]} for i in range(0, CALIBRATION_DIGITS, 8)]
-            quantize_linear_nodes = static_qdq(fp32, path, feeds)
+            openvino_kept = openvino_float_nodes(fp32) if options.target == "openvino" else {}
+            quantize_linear_nodes = static_qdq(fp32, path, feeds, openvino_kept)
         quantization = {"method": "onnxruntime.quantization.quantize_static (QDQ, per-channel int8 "
                                   "weights, per-tensor uint8 activations, MinMax calibration)",
                         "calibration_digits": CALIBRATION_DIGITS,
                         "quantize_linear_nodes": quantize_linear_nodes,
                         "spikes": "0/1 activations land exactly on the uint8 grid (scale 1/255, "
                                   "zero point 0)",
-                        "float": "the LIF arithmetic (Mul, Add, Greater, Cast) and the spike-rate outputs"}
+                        "float": "the LIF arithmetic (Mul, Add, Greater, Cast) and the spike-rate outputs",
+                        **({"openvino_float_nodes": openvino_kept} if options.target == "openvino" else {})}
         return ExportInfo(opset=check_onnx(path), precision="int8", details=details,
                           sections={"quantization": quantization})
 
@@ -315,12 +339,16 @@ class SnnFamily(Family):
         rates = np.abs(reference["spike_rates"].mean(0) - candidate["spike_rates"].mean(0))
         agreement = top1_agreement(reference["logits"], candidate["logits"])
         if options.bits == 8:  # against the FP32 model: rounding moves some neurons across V_th
-            return Parity((Check("top1_agreement", agreement, INT8_TOP1_FLOOR, True),),
+            return Parity((Check("top1_agreement", agreement, INT8_TOP1_FLOOR, True, MEAN),),
                           {"samples": int(len(reference["logits"])),
                            "spike_rate_diff_per_layer": [round(float(r), 6) for r in rates]})
-        floor = RANDOM_TOP1_FLOOR if options.random_init and not options.checkpoint else TOP1_FLOOR
-        return Parity((Check("top1_agreement", agreement, floor, True),
-                       Check("spike_rate_max_abs_diff", float(rates.max()), SPIKE_RATE_ABS, False)),
+        floor, rate_bar = (BF16_TOP1_FLOOR, BF16_SPIKE_RATE_ABS) if options.precision == "bf16" else \
+            (TOP1_FLOOR, SPIKE_RATE_ABS)
+        if options.random_init and not options.checkpoint:
+            floor = min(floor, RANDOM_TOP1_FLOOR)
+        # Spike rates are means over the samples: a batch's difference is averaged, not its worst.
+        return Parity((Check("top1_agreement", agreement, floor, True, MEAN),
+                       Check("spike_rate_max_abs_diff", float(rates.max()), rate_bar, False, MEAN)),
                       {"samples": int(len(reference["logits"])),
                        "logits_max_abs_diff": max_abs_diff(reference["logits"], candidate["logits"]),
                        "spike_rate_diff_per_layer": [round(float(r), 6) for r in rates]})

@@ -102,6 +102,7 @@ def emt_commands() -> typer.Typer:
 
     @commands.command("tune")
     def tune_command(
+        ctx: typer.Context,
         video: VideoArgument,
         name: Annotated[str, typer.Option(help="Model name: chunk k becomes its version k.")],
         meta: Annotated[Path, typer.Option(help="The meta-learned checkpoint (`emt meta-train`).")],
@@ -148,7 +149,7 @@ def emt_commands() -> typer.Typer:
 
             results = publish_video(video, name, repo, start, int(recorded["scale"]), recipe, bits, force,
                                     fps, stage=lambda message: bar.update(task, description=message),
-                                    done=done)
+                                    done=done, export_model=ctx.obj.export_model)
         console.print(table)
         console.print(f"{len(results)} versions of {name} in {repo}, verified against PyTorch; serve them "
                       f"with `tritonforge serve --repo {repo}`, then "

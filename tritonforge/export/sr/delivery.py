@@ -146,13 +146,15 @@ def read_chunks(video: str | Path, scale: int, seconds: float,
 def publish_video(video: str | Path, name: str, repo: Path | str, meta: nn.Module, scale: int,
                   recipe: TuneRecipe | None = None, bits: int = 32, force: bool = False,
                   fps: float | None = None, stage: Callable[[str], None] | None = None,
-                  done: Callable[[Any], None] | None = None) -> list[Any]:
+                  done: Callable[[Any], None] | None = None, *,
+                  export_model: Callable[..., Any]) -> list[Any]:
     """Tune every chunk of `video` from `meta` and publish chunk k as version k of `name`.
 
     Refuses a name that already has versions unless `force` (then versions 1..n are replaced;
     versions beyond the video's chunks are refused, as a player would take them for its own).
-    `done(result)` is called with each chunk's `ExportResult` as it is published."""
-    from tritonforge.export.pipeline import export_model
+    Each chunk is published by `export_model` (`tritonforge.pipeline.export.export_model`,
+    passed in: the pipeline sits above the families); `done(result)` is called with each
+    chunk's `ExportResult` as it is published."""
     from tritonforge.serving.repository import ModelRepository
     from tritonforge.triton_config import ServingOptions
 

@@ -97,7 +97,9 @@ class OpenVINOModel:
             # cannot poison the model for everyone after it.
             self.compiled = self.compile()
             raise
-        by_name = {port.get_any_name(): value for port, value in results.items()}
+        # A port carries every name of its tensor (DETR's `boxes` is also `/Min_1_output_0`):
+        # look the config's names up among all of them.
+        by_name = {name: value for port, value in results.items() for name in port.get_names()}
         return [np.asarray(by_name[name]) for name in names]
 
 
