@@ -81,8 +81,12 @@ def test_bits_16_is_bf16_on_openvino_only_for_families_without_an_fp16_graph(opt
         options(bits=16, target="onnxruntime")
 
 
-def test_for_target_is_the_recipe_export_would_make_for_another_target_and_width():
+def test_sixteen_bits_for_openvino_is_bf16(bf16):
     assert SROptions(arch="fsrcnn").for_target("openvino", 16).precision == "bf16"
+
+
+def test_for_target_is_the_recipe_export_would_make_for_another_target_and_width():
+    assert SROptions(arch="fsrcnn").for_target("onnxruntime", 16).precision == "fp16"
     detr = DetrOptions(gpu=True, **TINY_DETR).for_target("openvino", 8)
     assert (detr.target, detr.gpu, detr.precision) == ("openvino", False, "int8")
     # A float width leaves bert's quantization options out, where the recipe would refuse them.
