@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 REPO   ?= model_repo
 
-.PHONY: setup demo emt test gpu-check lint clean perf-analyzer
+.PHONY: setup demo emt test test-no-bf16 gpu-check lint clean perf-analyzer
 
 setup: $(VENV)/.installed
 
@@ -32,6 +32,11 @@ emt: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# The suite as on a CPU without AVX512_BF16 or AMX (runtime.cpu_has_bf16 honours the switch):
+# BF16 exports are refused or fall back, and BF16 tests skip with the reason.
+test-no-bf16: setup
+	TRITONFORGE_NO_BF16=1 $(BIN)/python -m pytest -q -rs
 
 # On a CUDA host: parity and latency with the CUDA and TensorRT execution providers and FP16.
 gpu-check: setup
