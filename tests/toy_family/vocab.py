@@ -53,7 +53,7 @@ class ImageVocabulary(Modality):
 
     @property
     def raw_inputs(self) -> tuple[RawInput, ...]:
-        return (RawInput("IMAGE", "image", "file"), RawInput("VOCABULARY", "", "text", per_request=True))
+        return (RawInput("IMAGE", "image"), RawInput("VOCABULARY", per_request=True))
 
     def read_inputs(self, given: Mapping[str, Sequence[str]]) -> list[VocabularyItem]:
         unknown = sorted(set(given) - {"IMAGE", "VOCABULARY"})

@@ -100,20 +100,15 @@ def parse_shape_arguments(arguments: Sequence[str], options: Sequence[ShapeOptio
 @dataclasses.dataclass(frozen=True)
 class RawInput:
     """One raw input a modality takes, by name: what the companion ensemble takes (TEXT, IMAGE,
-    LEFT and RIGHT streams, LABELS) and what `query --input NAME=VALUE` sets. `option` is the
-    short `query` option that also carries it (text, image, npy); `values` says how a
-    command-line value is read: "text" (the string itself) or "file" (the file's bytes).
-    `per_request`: one value list for the whole request (a vocabulary), not one per sample;
-    it travels as a [V] string tensor in every row."""
+    LEFT and RIGHT streams, LABELS) and what `query --input NAME=VALUE` sets; how a value is
+    read (a file, or the text itself) is the modality's `read_inputs`. `option` is the short
+    `query` option that also carries it (text, image, npy). `per_request`: one value list for
+    the whole request (a vocabulary), not one per sample; it travels as a [V] string tensor in
+    every row."""
 
     name: str
     option: str = ""
-    values: str = "file"
     per_request: bool = False
-
-    def __post_init__(self):
-        if self.values not in ("text", "file"):
-            raise TritonForgeError(f"raw input {self.name}: values {self.values!r} must be text or file")
 
     @property
     def dims(self) -> list[int]:
@@ -137,8 +132,7 @@ class Modality:
         one with several overrides this."""
         if not self.raw_input:
             return ()
-        values = "text" if self.query_option == "text" else "file"
-        return (RawInput(self.raw_input, self.query_option, values),)
+        return (RawInput(self.raw_input, self.query_option),)
 
     # -- the manifest record ---------------------------------------------------------------
 

@@ -462,15 +462,16 @@ def stream_sequences(client, name: str, frames: Mapping[int, Mapping[str, np.nda
 def stream_files(info: ModelInfo, values: Sequence[str]) -> dict[str, np.ndarray]:
     """`query --stream FILE.npy` (a model with one per-frame input) or `--stream NAME=FILE.npy`
     per input: the recordings of one sequence, each checked against its input."""
+    from tritonforge.modalities.tensors import Tensors
+
     inputs = {frame.name: frame for frame in info.frame_inputs()}
-    if len(values) == 1 and len(inputs) == 1 and "=" not in values[0]:
-        (name,) = inputs
-        return {name: stream_file(info, inputs[name], Path(values[0]))}
-    given = dict(value.partition("=")[::2] for value in values)
+    (given,) = Tensors().read_raw(values)  # [NAME=]FILE, read as `--npy` reads it
+    if set(given) == {""} and len(inputs) == 1:  # one file for the model's one input
+        given = {next(iter(inputs)): given[""]}
     if set(given) != set(inputs) or len(given) != len(values):
         raise TritonForgeError(f"model {info.name!r} streams {', '.join(inputs)} per frame: give "
                                f"--stream NAME=FILE.npy once for each")
-    return {name: stream_file(info, inputs[name], Path(path)) for name, path in given.items()}
+    return {name: stream_file(info, inputs[name], path) for name, path in given.items()}
 
 
 def stream_file(info: ModelInfo, frame: TensorInfo, path: Path) -> np.ndarray:
