@@ -267,7 +267,7 @@ def bench(
         run_bench,
         run_stream_bench,
     )
-    from tritonforge.serving.client import bench_payloads, connect, model_info, served_models, stream_samples
+    from tritonforge.serving.client import bench_payloads, connect, model_info, model_ready, stream_samples
     from tritonforge.serving.local import NOBATCH_SUFFIX
 
     levels = parse_levels(concurrency)
@@ -312,7 +312,7 @@ def bench(
     else:
         kind, payloads = bench_payloads(info, tokenizer_repo(repo), shape)
         models = [(name, "dynamic")]
-        if name + NOBATCH_SUFFIX in served_models(client, endpoint):
+        if model_ready(client, name + NOBATCH_SUFFIX, endpoint):
             models.append((name + NOBATCH_SUFFIX, "none"))
         models += [(other, "dynamic") for other in others]
         with progress_bar() as progress:

@@ -91,16 +91,19 @@ def connect(url: Endpoint | str = DEFAULT_URL):
     return client
 
 
-def served_models(client, url: Endpoint | str = DEFAULT_URL) -> set[str]:
-    """The models the server has loaded and ready."""
+def model_ready(client, name: str, url: Endpoint | str = DEFAULT_URL) -> bool:
+    """Whether the server has `name` loaded and ready. Asks the health API (model readiness),
+    never the repository index: Compose's restricted model-repository API guards the index."""
     from tritonclient.utils import InferenceServerException
 
     endpoint = Endpoint.of(url)
     try:
-        index = client.get_model_repository_index(headers=endpoint.call_headers, as_json=True)
+        return bool(client.is_model_ready(name, headers=endpoint.call_headers))
     except InferenceServerException as exc:
-        raise server_error(exc, endpoint) from exc
-    return {m["name"] for m in index.get("models", []) if m.get("state") == "READY"}
+        error = server_error(exc, endpoint, name)
+        if isinstance(error, ServerUnavailable) or RESTRICTED.search(str(exc)):
+            raise error from exc
+        return False  # an unknown model is not ready
 
 
 @dataclass(frozen=True)

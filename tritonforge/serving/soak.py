@@ -32,7 +32,7 @@ from tritonforge.errors import TritonForgeError
 from tritonforge.figures import save_figure
 from tritonforge.modalities import manifest_io
 from tritonforge.outputs import COSINE_MIN, Tolerances, compare_outputs
-from tritonforge.serving.client import ModelInfo, infer_inputs, model_info, served_models
+from tritonforge.serving.client import ModelInfo, infer_inputs, model_info, model_ready
 from tritonforge.serving.endpoint import Endpoint
 from tritonforge.serving.repository import ModelRepository
 from tritonforge.spec import Parity
@@ -303,8 +303,8 @@ def run_soak(url: Endpoint | str, repo: Path | str, name: str, requests: int = 1
         info = model_info(client, name, endpoint)
         modality = info.modality(repo)
         ensemble = f"{name}{modality.suffix}" if modality.suffix else None
-        served = served_models(client, endpoint)
-        raw_info = model_info(client, ensemble, endpoint) if raw_model and ensemble in served else None
+        raw_info = (model_info(client, ensemble, endpoint)
+                    if raw_model and ensemble and model_ready(client, ensemble, endpoint) else None)
     finally:
         client.close()
     tick = stage("encoding the inputs and computing ONNX Runtime's answers", 0)
