@@ -237,6 +237,16 @@ _BUILTIN_MODULES = {"bert": "tritonforge.export.bert", "dask": "tritonforge.expo
                     "snn": "tritonforge.export.snn", "sr": "tritonforge.export.sr"}
 
 
+# The built-in families' own command groups (`tritonforge snn train`): command -> (family, one
+# line), so that `tritonforge --help` names them without importing a family. A plugin family's
+# commands answer to its name (`tritonforge <family> --help`).
+BUILTIN_COMMANDS = {
+    "dask": ("dask", "DASK: train knowledge-injected sentiment classifiers, list pivot words."),
+    "emt": ("sr", "EMT video delivery: meta-train, tune each chunk into a version, play, compare."),
+    "snn": ("snn", "TET: train spiking classifiers on scikit-learn's digits."),
+}
+
+
 def register(cls: type[Family]) -> type[Family]:
     """Class decorator: make a family available by its `name`."""
     _REGISTRY[cls.name] = cls()

@@ -211,7 +211,29 @@ def speed_command(family) -> Callable:
     return generated_command(run, family.options_type, SPEED_PARAMETERS, doc, omit=SPEED_VARIES)
 
 
-class FamilyGroup(TyperGroup):
+def one_line(text: str | None) -> str:
+    """A command's summary for a listing: the first sentence or clause of its help, on one line
+    (a colon or semicolon inside parentheses does not end it)."""
+    first = " ".join((text or "").split("\n\n")[0].split())
+    depth = 0
+    for i, char in enumerate(first):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth == 0 and char in ".:;" and (i + 1 == len(first) or first[i + 1] == " "):
+            return first[:i] + "."
+    return first
+
+
+class OneLineGroup(TyperGroup):
+    """A group whose listing shows each command's help as one line (`one_line`)."""
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        if command is not None and not command.short_help:
+            command.short_help = one_line(command.help)
+        return command
+
+
+class FamilyGroup(OneLineGroup):
     """A command group with one subcommand per model family, built when it is asked for, so
     that `tritonforge --help` does not import every family."""
 
@@ -248,24 +270,46 @@ class SpeedGroup(FamilyGroup):
     build = staticmethod(speed_command)
 
 
-# Command groups named after the research rather than the family: `tritonforge emt ...` runs
-# the sr family's commands (EMT's video delivery).
-FAMILY_COMMAND_ALIASES = {"emt": "sr"}
+# `tritonforge --help` lists the commands in the order of the work, one line each; commands not
+# named here follow in registration order, then the families' own command groups.
+COMMAND_ORDER = ("export", "verify", "ls", "versions", "prune", "rollback", "serve", "query", "bench",
+                 "soak", "quality", "speed", "report", "push", "plan", "deploy")
+FAMILY_PANEL = "Family commands"
 
 
-class RootGroup(TyperGroup):
-    """`tritonforge <family> ...`: a family's own commands (e.g. training), when it has any.
-    They are not listed in `tritonforge --help` (that would import every family); the
-    family's documentation names them."""
+class RootGroup(OneLineGroup):
+    """`tritonforge`: the shared commands, and `tritonforge <family> ...`, a family's own
+    commands (e.g. training), built when asked for. `--help` names the built-in families'
+    commands from `BUILTIN_COMMANDS` without importing them."""
+
+    listing = False  # set while `--help` is printed: family groups are named, not built
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        from tritonforge.family import BUILTIN_COMMANDS
+
+        registered = super().list_commands(ctx)
+        ordered = [name for name in COMMAND_ORDER if name in registered]
+        return ordered + [name for name in registered if name not in ordered] + sorted(BUILTIN_COMMANDS)
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        type(self).listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            type(self).listing = False
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        from tritonforge.family import CommandServices, family_names, get_family
+        from tritonforge.family import BUILTIN_COMMANDS, CommandServices, family_names, get_family
         from tritonforge.pipeline.export import export_model
 
         command = super().get_command(ctx, name)
-        family = FAMILY_COMMAND_ALIASES.get(name, name)
-        if command is not None or family not in family_names():
+        if command is not None:
             return command
+        family, summary = BUILTIN_COMMANDS.get(name, (name, None))
+        if self.listing:
+            return summary and TyperGroup(name=name, short_help=summary, rich_help_panel=FAMILY_PANEL)
+        if family not in family_names():
+            return None
         commands = get_family(family).commands()
         if commands is None:
             return None
@@ -275,6 +319,7 @@ class RootGroup(TyperGroup):
         group.context_settings = {**group.context_settings, "obj": CommandServices(export_model=export_model)}
         for command in group.commands.values():  # errors and Ctrl-C as for every other command
             command.callback = friendly(command.callback)
+            command.short_help = command.short_help or one_line(command.help)
         return group
 
 

@@ -50,7 +50,7 @@ def verify(
     shape: dict[str, int] | None = None,  # the shape options (shape_parameters)
     shape_arguments: list[str] | None = None,
 ):
-    """Parity and latency of an exported version against its PyTorch reference."""
+    """Parity and latency of an export against its PyTorch reference."""
     from tritonforge.pipeline.verify import verify_model
     from tritonforge.serving.repository import ModelRepository
 

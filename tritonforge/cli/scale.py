@@ -25,10 +25,11 @@ def push(
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="List what would be uploaded and skipped; change nothing.")] = False,
 ):
-    """Upload the model repository to S3-compatible object storage (for KServe or Triton's
-    s3:// repositories): each model's version files first, config.pbtxt last; files already
-    there with the same sha256 are skipped, so rerunning completes a stopped push; every object
-    is checked afterwards. Credentials come from the environment or a profile
+    """Upload the repository to S3-compatible object storage.
+
+    For KServe or Triton's s3:// repositories: each model's version files first, config.pbtxt
+    last; files already there with the same sha256 are skipped, so rerunning completes a stopped
+    push; every object is checked afterwards. Credentials come from the environment or a profile
     (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE), never from the command line."""
     from tritonforge.scale.push import execute_push, plan_push, verify_push
 
@@ -89,8 +90,9 @@ def plan(
     out: Annotated[Path, typer.Option("-o", "--out", help="Where to write the plan (JSON).")
                    ] = Path("plan.json"),
 ):
-    """Replicas and per-replica concurrency for a target load at a p99 bound, from a measured
-    bench curve: the highest measured concurrency with p99 within the bound (no errors), its
+    """Replicas for a target load at a p99 bound, from a bench curve.
+
+    From a measured bench curve: the highest measured concurrency with p99 within the bound (no errors), its
     throughput less the headroom, replicas = ceil(target / that). `deploy kserve --plan` uses it."""
     from tritonforge.scale.plan import plan_replicas, read_bench, write_plan
 

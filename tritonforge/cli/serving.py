@@ -60,8 +60,10 @@ def serve(
     user: Annotated[str | None, typer.Option(
         help="Run tritonserver as this user (a name or uid; serve must run as root).")] = None,
 ):
-    """Run a real Triton Inference Server on this machine (no Docker) until Ctrl-C or SIGTERM:
-    it picks up new exports while serving, and is restarted if it dies."""
+    """Serve the repository with a real Triton on this machine (no Docker).
+
+    Runs until Ctrl-C or SIGTERM; it picks up new exports while serving, and is restarted if it
+    dies."""
     from tritonforge.serving.local import LocalTriton
 
     try:
@@ -152,8 +154,10 @@ def query(
     shape: dict[str, int] | None = None,  # the shape options (shape_parameters)
     shape_arguments: list[str] | None = None,
 ):
-    """Send one request over gRPC and print each output in its natural form (a stream: one
-    request per frame, each frame's output a row)."""
+    """Send one request and print each output by its kind.
+
+    Over gRPC; each output in its natural form (a stream: one request per frame, each frame's
+    output a row)."""
     from tritonforge.outputs import summaries, summary_json
     from tritonforge.serving.client import (
         connect,
@@ -257,7 +261,9 @@ def bench(
     shape: dict[str, int] | None = None,  # the shape options (shape_parameters)
     shape_arguments: list[str] | None = None,
 ):
-    """Asynchronous gRPC load: throughput and p50/p95/p99 per concurrency level, with and without
+    """Throughput and latency percentiles under gRPC load.
+
+    Asynchronous gRPC load: throughput and p50/p95/p99 per concurrency level, with and without
     dynamic batching (the latter when the server has <name>_nobatch: `serve --nobatch-twins`)."""
     from tritonforge.serving.bench import (
         bench_report,
