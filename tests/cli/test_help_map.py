@@ -67,7 +67,8 @@ def test_a_family_command_still_runs_its_own_group():
 
 
 def test_one_line_keeps_the_first_sentence_and_ignores_colons_in_parentheses():
-    assert one_line("Send one request (a stream: one per frame).\n\nMore.") == "Send one request (a stream: one per frame)."
+    assert one_line("Send one request (a stream: one per frame).\n\nMore.") == (
+        "Send one request (a stream: one per frame).")
     assert one_line("Sustained load with every answer checked: requests\n    alternate") == (
         "Sustained load with every answer checked.")
     assert one_line("Version 1.5 stays whole. Then more") == "Version 1.5 stays whole."

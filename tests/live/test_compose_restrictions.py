@@ -31,7 +31,8 @@ def compose_restrictions() -> list[str]:
     """docker-compose.yml's --http-restricted-api and --grpc-restricted-protocol arguments, with
     TRITON_ADMIN_KEY set as compose would substitute it."""
     command = yaml.safe_load(COMPOSE.read_text())["services"]["triton"]["command"]
-    return [re.sub(r"\$\{TRITON_ADMIN_KEY:\?[^}]*\}", ADMIN_KEY, arg) for arg in command if "restricted" in arg]
+    return [re.sub(r"\$\{TRITON_ADMIN_KEY:\?[^}]*\}", ADMIN_KEY, arg)
+            for arg in command if "restricted" in arg]
 
 
 def invoke(*args):
@@ -61,7 +62,8 @@ def test_the_repository_index_really_needs_the_admin_key(compose_triton):
 
 
 def test_query_needs_no_admin_key(compose_triton):
-    result = invoke("query", "tiny_text", "--url", compose_triton.grpc_url, "--text", "hello", "--text", "world")
+    result = invoke("query", "tiny_text", "--url", compose_triton.grpc_url, "--text", "hello",
+                    "--text", "world")
     assert result.exit_code == 0, result.output
     assert "[2, 32]" in result.output
 

@@ -105,8 +105,8 @@ def test_perf_analyzer_gets_the_tls_files(tls_triton, tls_files, tmp_path):
 
     try:
         find_perf_analyzer()
-    except TritonForgeError:
-        pytest.skip("perf_analyzer is not installed (`make perf-analyzer`)")
+    except TritonForgeError as exc:
+        pytest.skip(str(exc))
     endpoint = Endpoint(tls_triton.grpc_url, ssl=True, root_certificates=tls_files["ca"])
     client = connect(endpoint)
     info = model_info(client, "tiny_text", endpoint)

@@ -35,6 +35,9 @@ BINARY = "perf_analyzer"
 INSTALL_HINT = ("install it with `make perf-analyzer` (the binary of the tritonclient 2.50 wheel, "
                 "Debian's libb64-0d and the CUDA runtime wheel's libcudart.so.12, into the venv), "
                 "or put a perf_analyzer on PATH")
+# What `make test` writes into the venv when it could not install perf_analyzer: the end of the
+# installation's output, so the tests that need the binary skip with the reason.
+FAILED_RECORD = "perf_analyzer.failed"
 AGREEMENT = 0.15  # the two tools agree when throughput and p50 differ by at most this fraction
 PERCENTILES = (50, 95, 99)
 
@@ -48,7 +51,10 @@ def find_perf_analyzer() -> Path:
     beside = Path(sys.executable).parent / BINARY
     if beside.is_file() and os.access(beside, os.X_OK):
         return beside
-    raise TritonForgeError(f"perf_analyzer is neither on PATH nor in {beside.parent}: {INSTALL_HINT}")
+    failed = beside.parent.parent / FAILED_RECORD
+    why = (f" (`make perf-analyzer` failed here: {' '.join(failed.read_text().split())[-300:]})"
+           if failed.is_file() else "")
+    raise TritonForgeError(f"perf_analyzer is neither on PATH nor in {beside.parent}{why}: {INSTALL_HINT}")
 
 
 def connection_arguments(url: Endpoint | str) -> list[str]:
