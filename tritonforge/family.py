@@ -62,6 +62,20 @@ class CommandServices:
     export_model: Callable[..., Any]
 
 
+@dataclass(frozen=True)
+class VerifyDefaults:
+    """What `verify` measures when not told: sized so that its first answer comes within about
+    two minutes on 2 cores for the family's default export. `verify --precise` measures
+    `PRECISE_VERIFY` instead."""
+
+    batch_size: int = 8
+    iterations: int = 10  # timed runs per runtime
+    samples: int | None = None  # parity samples; None: the whole evaluation set
+
+
+PRECISE_VERIFY = VerifyDefaults(batch_size=8, iterations=30, samples=None)
+
+
 # -- the contract --------------------------------------------------------------------------
 
 
@@ -74,6 +88,7 @@ class Family(ABC):
 
     name: ClassVar[str]
     options_type: ClassVar[type]
+    verify_defaults: ClassVar[VerifyDefaults] = VerifyDefaults()
 
     @abstractmethod
     def load(self, options: Any, stage: Callable[[str], None] | None = None) -> Any:

@@ -64,8 +64,9 @@ class ServingOptions:
     # before Triton frees its slot (Triton's own default is 1 s, too short for a live stream).
     max_sequences: int = 64
     sequence_idle_us: int = 60_000_000
-    # Which versions Triton loads: "latest" (its default, the newest one) or "all" (every
-    # version stays addressable, as per-chunk models of one video need)
+    # Which versions Triton loads (`VERSION_POLICY_HELP`): "latest" (the newest one), "all"
+    # (every version stays addressable, as per-chunk models of one video need) or
+    # "specific:N,M" (those versions only); written normalised ("specific:1,3")
     version_policy: str = "latest"
 
     def __post_init__(self):
@@ -77,12 +78,98 @@ class ServingOptions:
         if self.target not in ("onnxruntime", "openvino", "tensorrt"):
             raise TritonForgeError(f"serving target {self.target!r} is unknown: choose onnxruntime, "
                                    "openvino or tensorrt")
-        if self.version_policy not in ("latest", "all"):
-            raise TritonForgeError(f"version policy {self.version_policy!r} is unknown: choose latest "
-                                   "(serve the newest version) or all (serve every version)")
+        kind, versions = parse_version_policy(self.version_policy)
+        object.__setattr__(self, "version_policy", format_version_policy(kind, versions))
         if self.max_sequences < 1 or self.sequence_idle_us < 1:
             raise TritonForgeError(f"max_sequences {self.max_sequences} and sequence_idle_us "
                                    f"{self.sequence_idle_us} must be positive")
+
+
+# -- version policies ----------------------------------------------------------------------
+
+VERSION_POLICY_HELP = ("Which versions Triton serves: latest (the newest), all (every version on disk) "
+                       "or specific:N,M (those versions; each must exist once this export is written).")
+
+
+def parse_version_policy(text: str) -> tuple[str, tuple[int, ...]]:
+    """("latest" | "all" | "specific", the specific versions, sorted) of a policy as the
+    command line writes it: latest, all, or specific:N[,M...]."""
+    kind, colon, listed = text.strip().partition(":")
+    kind = kind.strip().lower()
+    if kind in ("latest", "all") and not colon:
+        return kind, ()
+    if kind == "specific" and colon:
+        items = [item.strip() for item in listed.split(",")]
+        if items and all(item.isdigit() and int(item) >= 1 for item in items):
+            return kind, tuple(sorted({int(item) for item in items}))
+        raise TritonForgeError(f"version policy {text!r} names no valid versions: write specific:N or "
+                               "specific:N,M with version numbers from 1, e.g. specific:1,3")
+    raise TritonForgeError(f"version policy {text!r} is unknown: choose latest (serve the newest version), "
+                           "all (serve every version) or specific:N,M (serve those versions)")
+
+
+def format_version_policy(kind: str, versions: Sequence[int] = ()) -> str:
+    return f"specific:{','.join(map(str, sorted(versions)))}" if kind == "specific" else kind
+
+
+def set_version_policy(config: mc.ModelConfig, policy: str) -> mc.ModelConfig:
+    """Write `policy` (latest, all, specific:N,M) into `config`'s version_policy; returns it."""
+    kind, versions = parse_version_policy(policy)
+    config.ClearField("version_policy")
+    if kind == "latest":
+        config.version_policy.latest.num_versions = 1
+    elif kind == "all":
+        config.version_policy.all.SetInParent()
+    else:
+        config.version_policy.specific.versions.extend(versions)
+    return config
+
+
+def version_policy_text(config: mc.ModelConfig) -> str:
+    """A config's policy as the command line writes it (latest:N when it keeps the newest N);
+    no policy is Triton's default, latest."""
+    choice = config.version_policy.WhichOneof("policy_choice")
+    if choice == "specific":
+        return format_version_policy("specific", config.version_policy.specific.versions)
+    if choice == "latest" and config.version_policy.latest.num_versions > 1:
+        return f"latest:{config.version_policy.latest.num_versions}"
+    return choice or "latest"
+
+
+def policy_versions(config: mc.ModelConfig, available: Sequence[int]) -> list[int]:
+    """The versions among `available` (those on disk) that Triton serves under `config`'s
+    policy: the newest N for latest (N = 1 unless it says), every one for all, the listed
+    ones that exist for specific."""
+    available = sorted(available)
+    choice = config.version_policy.WhichOneof("policy_choice")
+    if choice == "all":
+        return available
+    if choice == "specific":
+        return [v for v in available if v in set(config.version_policy.specific.versions)]
+    newest = max(config.version_policy.latest.num_versions, 1) if choice == "latest" else 1
+    return available[-newest:]
+
+
+def follow_policy(companion: mc.ModelConfig, model: mc.ModelConfig,
+                  versions: Sequence[int]) -> mc.ModelConfig:
+    """`companion`'s config (a step or ensemble of the export `model`) as it follows the
+    export's version policy: a specific policy for the listed versions it has (`versions`: its
+    versions on disk), so the raw-input path serves the same versions as the model; a
+    specific policy of its own dropped (back to Triton's default) when the model's is not
+    specific. A copy when it changes; `companion` itself otherwise."""
+    wanted = (model.version_policy.specific.versions
+              if model.version_policy.WhichOneof("policy_choice") == "specific" else ())
+    listed = [v for v in wanted if v in set(versions)]
+    own = (list(companion.version_policy.specific.versions)
+           if companion.version_policy.WhichOneof("policy_choice") == "specific" else None)
+    if own == (listed or None):  # already so: no policy of its own to drop, or the same versions
+        return companion
+    followed = mc.ModelConfig()
+    followed.CopyFrom(companion)
+    followed.ClearField("version_policy")
+    if listed:
+        followed.version_policy.specific.versions.extend(listed)
+    return followed
 
 
 def triton_dtype(dtype: str) -> int:
@@ -124,8 +211,7 @@ def model_config(name: str, io: ModelIO, serving: ServingOptions,
     if serving.target == "openvino" and backend == "onnxruntime":
         backend = "openvino"
     config = mc.ModelConfig(name=name, backend=backend, max_batch_size=serving.max_batch_size)
-    if serving.version_policy == "all":
-        config.version_policy.all.SetInParent()
+    set_version_policy(config, serving.version_policy)
     add_tensors(config.input, [t for t in io.inputs if t.name not in state])
     add_tensors(config.output, [t for t in io.outputs if t.name not in state])
     kind = mc.ModelInstanceGroup.KIND_GPU if serving.gpu else mc.ModelInstanceGroup.KIND_CPU

@@ -42,12 +42,13 @@ def test_each_write_adds_the_next_version(tmp_path):
     assert repository.models() == ["m"]
 
 
-def test_version_policy_all_keeps_every_version_served_and_latest_is_tritons_default(tmp_path):
+def test_version_policy_all_keeps_every_version_served_and_latest_serves_the_newest(tmp_path):
     from tritonforge.triton_config import config_text, parse_config
 
     every = parse_config(config_text(model_config("m", IO, ServingOptions(version_policy="all"))))
     assert every.version_policy.WhichOneof("policy_choice") == "all"
-    assert "version_policy" not in config_text(model_config("m", IO, ServingOptions()))
+    latest = parse_config(config_text(model_config("m", IO, ServingOptions())))
+    assert latest.version_policy.latest.num_versions == 1  # Triton's default, written out
     with pytest.raises(TritonForgeError, match="version policy 'every' is unknown: choose latest"):
         ServingOptions(version_policy="every")
 

@@ -30,6 +30,7 @@ from tritonforge.command_options import (
 )
 from tritonforge.console import Stages, console, new_table, progress_bar
 from tritonforge.errors import TritonForgeError
+from tritonforge.triton_config import VERSION_POLICY_HELP
 
 
 def option_parameters(options_type: type) -> list[inspect.Parameter]:
@@ -85,21 +86,23 @@ EXPORT_PARAMETERS = [
         help="Version number. Default: the next one.")], None),
     common_parameter("force", Annotated[bool, typer.Option(
         help="Replace an existing version or config.")], False),
+    common_parameter("version_policy", Annotated[str, typer.Option(
+        metavar="latest|all|specific:N,M", help=VERSION_POLICY_HELP)], "latest"),
 ]
 
 
 def export_command(family) -> Callable:
-    def run(options, name, repo, max_batch, version, force) -> None:
+    def run(options, name, repo, max_batch, version, force, version_policy) -> None:
         from tritonforge.pipeline.export import export_model
         from tritonforge.triton_config import ServingOptions, validate_name
 
         if name is not None:
             validate_name(name)  # "" too: it would otherwise mean the default name
+        serving = ServingOptions(max_batch_size=max_batch, version_policy=version_policy)
 
         with progress_bar() as progress:
             stages = Stages(progress)
-            result = export_model(family, options, repo, name, ServingOptions(max_batch_size=max_batch),
-                                  version, force, stages)
+            result = export_model(family, options, repo, name, serving, version, force, stages)
             stages.finish()
         console.print(f"[green]exported[/] {result.folder}")
         for line in family.summary(result.manifest):

@@ -210,9 +210,11 @@ def export_model(family: str | Family, options: Any, repo: Path | str = "model_r
     family = get_family(family) if isinstance(family, str) else family
     name = validate_name(name or family.default_name(options))
     serving = family.serving(options, serving or ServingOptions())
+    repository = ModelRepository(repo)
+    repository.check_version_policy(name, serving.version_policy, version)  # before the model loads
     stage = stage or (lambda _message: None)
     context = ExportContext(family, options, lambda description, _total=0: as_tick(stage(description)),
-                            stage=stage, name=name, serving=serving, repository=ModelRepository(repo),
+                            stage=stage, name=name, serving=serving, repository=repository,
                             version=version, force=force)
     export_pipeline().run(context)
     return ExportResult(context.name, context.version, context.folder, context.manifest)

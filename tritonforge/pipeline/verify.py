@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from tritonforge.batching import batch_count, batches
 from tritonforge.errors import TritonForgeError
-from tritonforge.family import Family, get_family
+from tritonforge.family import PRECISE_VERIFY, Family, get_family
 from tritonforge.modalities import manifest_io
 from tritonforge.pipeline.steps import (
     CheckParity,
@@ -262,13 +262,17 @@ def verify_pipeline() -> Pipeline:
     ])
 
 
-def verify_model(repo: Path | str, name: str, version: int | None = None, batch_size: int = 8,
+def verify_model(repo: Path | str, name: str, version: int | None = None, batch_size: int | None = None,
                  shape: Mapping[str, int | None] | None = None, threads: int = 2, samples: int | None = None,
-                 iterations: int = 30, provider: str = "cpu",
+                 iterations: int | None = None, provider: str = "cpu",
                  stage: Callable[[str, int], Callable[[], None]] | None = None,
-                 triton_url: Endpoint | str | None = None) -> VerifyReport:
-    """Parity (all evaluation samples), the publish gates and interleaved latency (one batch)
-    of a version.
+                 triton_url: Endpoint | str | None = None, precise: bool = False) -> VerifyReport:
+    """Parity (on `samples` evaluation samples), the publish gates and interleaved latency (one
+    batch) of a version.
+
+    `batch_size`, `iterations` and `samples` not given come from the family's `verify_defaults`
+    (a first answer within about two minutes on 2 cores), or with `precise` from
+    `PRECISE_VERIFY` (the whole evaluation set, 30 timed runs).
 
     With `triton_url` (gRPC, e.g. 127.0.0.1:8001, or an Endpoint with TLS and headers) the served
     model gets the same parity check and its end-to-end gRPC latency is measured in the same
@@ -276,12 +280,16 @@ def verify_model(repo: Path | str, name: str, version: int | None = None, batch_
 
     `stage(description, total)` is told about each long step and returns a tick function.
     """
+    plan = plan_verify(repo, name, version)
+    defaults = PRECISE_VERIFY if precise else plan.family.verify_defaults
+    batch_size = defaults.batch_size if batch_size is None else batch_size
+    iterations = defaults.iterations if iterations is None else iterations
+    samples = defaults.samples if samples is None else samples
     if batch_size < 1 or threads < 1 or iterations < 1:
         raise TritonForgeError(
             f"batch size ({batch_size}), threads ({threads}) and iterations ({iterations}) "
             "must all be at least 1")
     stage = stage or (lambda _description, _total: (lambda: None))
-    plan = plan_verify(repo, name, version)
     context = VerifyContext(plan.family, plan.options,
                             lambda description, total=0: as_tick(stage(description, total)),
                             io=plan.io, folder=plan.model_path.parent, batch_size=batch_size, plan=plan,

@@ -46,7 +46,15 @@ from tritonforge.processes import pid_alive
 from tritonforge.serving.endpoint import Endpoint
 from tritonforge.serving.python_models import ONNX_RUNTIME_MODEL
 from tritonforge.serving.repository import ModelRepository, NewerManifestError
-from tritonforge.triton_config import CONFIG_FILE, PYTHON_MODEL_FILE, config_text, parse_config, state_specs
+from tritonforge.triton_config import (
+    CONFIG_FILE,
+    PYTHON_MODEL_FILE,
+    config_text,
+    parse_config,
+    policy_versions,
+    state_specs,
+    version_policy_text,
+)
 
 NOBATCH_SUFFIX = "_nobatch"
 SCRATCH_PREFIX = "tritonforge-serve-"
@@ -528,8 +536,11 @@ class LocalTriton:
     def sync(self, on_event: Callable[[str], None] | None = None) -> list[str]:
         """Load what changed in the source repository since the server last looked: new and
         changed models (new versions, a new config) are (re)loaded, and Triton keeps serving
-        the loaded versions until the new ones are ready; removed models are unloaded, and
-        Triton finishes their requests in flight first. A change is acted on once it has held
+        the loaded versions until the new ones are ready (a config-only change, such as the
+        version policy `rollback` writes, reloads the model under its new policy the same way);
+        versions removed that the server does not serve (`prune`) only leave the shadow, with
+        no reload; removed models are unloaded, and Triton finishes their requests in flight
+        first. A change is acted on once it has held
         for two calls, so an export that is still publishing its companions is taken whole.
         Returns what was done, one line each (also given to `on_event`)."""
         from tritonclient.utils import InferenceServerException
@@ -542,6 +553,10 @@ class LocalTriton:
             return []
         changed = sorted(name for name in snapshot if self._served.get(name) != snapshot[name])
         removed = sorted(name for name in self._served if name not in snapshot)
+        # Versions removed that the server does not serve (`prune`): no reload, nothing disturbed.
+        pruned = {name: gone for name in changed
+                  if (gone := self._unserved_removal(repository, name, snapshot[name]))}
+        changed = [name for name in changed if name not in pruned]
         done: list[str] = []
 
         def report(message: str) -> None:
@@ -555,14 +570,26 @@ class LocalTriton:
             report(f"not loading the changes to {', '.join(changed)}: {exc}")
             self._served = snapshot  # reported once; the next change is looked at again
             return done
+        for name, gone in sorted(pruned.items()):
+            for shadow in (name, f"{name}{NOBATCH_SUFFIX}"):
+                for version in gone:
+                    shutil.rmtree(self.shadow / shadow / str(version), ignore_errors=True)
+            report(f"removed version(s) {', '.join(map(str, gone))} of {name} from the shadow: not "
+                   "served, so nothing was reloaded")
+        if not updated and not removed:
+            self._served = snapshot
+            return done
         client, headers = self.grpc_endpoint.client(), self.grpc_endpoint.call_headers
         try:
             for model in sorted(updated, key=lambda m: m.config.platform == "ensemble"):
                 write_shadow_model(repository, self.shadow, model)
                 try:
                     client.load_model(model.name, headers=headers)
-                    versions = [str(v) for v in repository.versions(model.source)]
-                    report(f"loaded {model.name} (versions on disk: {', '.join(versions)})")
+                    versions = repository.versions(model.source)
+                    served = policy_versions(model.config, versions)
+                    report(f"loaded {model.name} (versions on disk: {', '.join(map(str, versions))}; "
+                           f"served: {', '.join(map(str, served)) or 'none'}, version policy "
+                           f"{version_policy_text(model.config)})")
                 except InferenceServerException as exc:
                     report(f"could not load {model.name}: {exc.message()}; the versions "
                            "loaded before keep serving")
@@ -585,6 +612,20 @@ class LocalTriton:
             client.close()
         self._served = snapshot
         return done
+
+    def _unserved_removal(self, repository: ModelRepository, name: str, now: tuple) -> list[int]:
+        """The versions of `name` removed since it was loaded, when that is its only change
+        (same config, the other versions the same folders) and the server serves none of
+        them; else []: the model is reloaded."""
+        before = self._served.get(name)
+        if before is None or before[0] != now[0] or not set(now[1]) < set(before[1]):
+            return []
+        gone = sorted({v for v, _inode in before[1]} - {v for v, _inode in now[1]})
+        try:
+            served = policy_versions(repository.read_config(name), [v for v, _inode in before[1]])
+        except TritonForgeError:
+            return []
+        return [] if set(gone) & set(served) else gone
 
     # -- supervision -----------------------------------------------------------------------
 

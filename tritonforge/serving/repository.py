@@ -24,6 +24,9 @@ What a reader (a Triton polling the repository) can see, whatever happens to a w
 - an export's companions (tokenizer step, ensemble) are built with its model and published
   after it, so no companion ever calls a missing model;
 - a full disk while building raises a TritonForgeError and publishes nothing.
+- a config-only change (a version policy: `rollback`) is one os.replace of config.pbtxt;
+- a version is removed (`prune`) by one rename out of the repository into a staging folder,
+  deleted from there; if the writer dies first, the next writer deletes it.
 A version number is chosen, and versions are published, under an flock on the repository
 folder; each writer's staging folder records the number it builds (flocked while it lives),
 so racing exports take N and N+1, and the folders of dead writers are removed by the next.
@@ -31,6 +34,7 @@ so racing exports take N and N+1, and the folders of dead writers are removed by
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import hashlib
@@ -54,10 +58,14 @@ from tritonforge.triton_config import (
     MANIFEST_FILE,
     CompanionModel,
     config_text,
+    follow_policy,
     io_signature,
     is_model_name,
     parse_config,
+    policy_versions,
+    set_version_policy,
     validate_name,
+    version_policy_text,
 )
 
 STAGING_PREFIX = "staging-"  # <staging area>/staging-<pid>-<random>/
@@ -66,6 +74,7 @@ INSIDE_STAGING = ".tritonforge-staging"  # the staging area when none can sit be
 OWNER_FILE = "owner.json"  # in a staging folder: who builds what; flocked while the writer lives
 STAGED_MODELS = "models"  # in a staging folder: the model folders being built
 REPLACED = "replaced"  # in a staging folder: versions moved aside to be replaced (force)
+RETIRED = "retired"  # in a staging folder: versions moved out of the repository to be deleted (prune)
 LOCK_FILE = ".tritonforge.lock"  # the write lock where folders cannot be flocked (NFS)
 FULL_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 # The manifest format this tritonforge writes; it reads this one and every older one.
@@ -233,6 +242,25 @@ class ModelRepository:
         except text_format.ParseError as exc:
             raise TritonForgeError(f"{path} is not a valid Triton model config: {exc}") from exc
 
+    def served_versions(self, name: str) -> list[int]:
+        """The versions on disk that `name`'s config's version policy serves."""
+        return policy_versions(self.read_config(name), self.versions(name))
+
+    def companions(self, name: str) -> list[str]:
+        """The companion models written with the export `name` (their manifests say
+        `companion_of` it), ensembles last: the order in which they are published."""
+        found = []
+        for model in self.models():
+            if model == name:
+                continue
+            try:
+                manifest = self.read_manifest(model)
+            except TritonForgeError:
+                continue
+            if (manifest.get("companion_of") or {}).get("name") == name:
+                found.append((manifest.get("kind") == "ensemble", model))
+        return [model for _ensemble, model in sorted(found)]
+
     # writing ------------------------------------------------------------------------------
 
     def _ensure_writable(self) -> None:
@@ -343,6 +371,27 @@ class ModelRepository:
         self._check_config(name, config, force)
         return version
 
+    def check_version_policy(self, name: str, policy: str, version: int | None = None) -> None:
+        """Refuse, before an export of `name` starts, a version policy that names versions which
+        will not exist once it is written as `version` (default: the next number). Checked again
+        under the lock when the version is chosen and when it is published."""
+        config = set_version_policy(mc.ModelConfig(name=validate_name(name)), policy)
+        self._check_policy(config, version or max([0, *self.versions(name)]) + 1)
+
+    def _check_policy(self, config: mc.ModelConfig, version: int) -> None:
+        """Refuse a specific version policy naming a version that will not exist once `version`
+        of `config.name` is published (Triton would serve fewer versions than asked, or none)."""
+        if config.version_policy.WhichOneof("policy_choice") != "specific":
+            return
+        after = sorted({*self.versions(config.name), version})
+        missing = [v for v in config.version_policy.specific.versions if v not in after]
+        if missing:
+            raise TritonForgeError(
+                f"version policy {version_policy_text(config)} of {config.name!r} names version(s) "
+                f"{', '.join(map(str, missing))}, which will not exist (versions once this export is "
+                f"written: {', '.join(map(str, after))}): name existing versions, e.g. "
+                f"--version-policy specific:{after[-1]}, or leave --version-policy out to serve the newest")
+
     def _check_config(self, name: str, config: mc.ModelConfig, force: bool) -> None:
         model_dir = self.root / name
         if (model_dir / CONFIG_FILE).is_file() and not force:
@@ -386,6 +435,11 @@ class ModelRepository:
         before anything is published, then the model is published before its companions, in
         their order (an ensemble last), so a reader never meets a companion whose model is
         missing: a kill between them leaves the new version served by the previous companions.
+
+        A specific version policy in `config` must name versions that exist once this one is
+        published (checked when the number is chosen and again when publishing, as a prune may
+        race); the companions follow it (`follow_policy`), so the raw-input path serves the
+        same versions as the model.
         """
         validate_name(name)
         models = [name, *(validate_name(companion.name) for companion in companions)]
@@ -399,6 +453,10 @@ class ModelRepository:
                 with self._locked():
                     version = self._choose_version(name, config, version, force,
                                                    self._remove_stale_staging())
+                    self._check_policy(config, version)
+                    companions = [dataclasses.replace(companion, config=follow_policy(
+                        companion.config, config, {*self.versions(companion.name), version}))
+                        for companion in companions]
                     staging, handle = self._open_staging(version, models)
                 built = staging / STAGED_MODELS
                 folder = _stage_model(built, config, version)
@@ -421,6 +479,8 @@ class ModelRepository:
                     "raise the file-size limit), then export again") from exc
             with self._locked():
                 self._check_config(name, config, force)  # another export may have published
+                for item in (config, *(companion.config for companion in companions)):
+                    self._check_policy(item, version)  # or a prune removed a version meanwhile
                 for model in models:
                     self._publish(staging, model, version, force or model != name)
             return version
@@ -429,6 +489,86 @@ class ModelRepository:
                 shutil.rmtree(staging, ignore_errors=True)
             if handle is not None:
                 os.close(handle)
+
+    @contextmanager
+    def _scratch(self) -> Iterator[Path]:
+        """Hold the write lock with a fresh staging folder recorded as this live process's (so
+        no other writer removes it), for a change that is not a new version. The folder is
+        removed when the block ends, after the lock is released."""
+        self._ensure_writable()
+        staging, handle = None, None
+        try:
+            with self._locked():
+                self._remove_stale_staging()
+                staging, handle = self._open_staging(0, [])
+                yield staging
+        finally:
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+            if handle is not None:
+                os.close(handle)
+
+    def update_configs(self, change: Callable[[], Mapping[str, mc.ModelConfig]]) -> dict[str, mc.ModelConfig]:
+        """Replace the config.pbtxt of existing models, each by one os.replace (what a poller
+        meets is the old config or the new one), with the configs `change()` returns by name.
+        `change` runs under the write lock, so what it reads (versions, configs) stays true
+        until its configs are in place; it may raise to change nothing. A config's inputs and
+        outputs must stay those of the config it replaces (its versions are served by it).
+        Returns what was written."""
+        with self._scratch() as staging:
+            configs = dict(change())
+            for name, config in configs.items():
+                if config.name != name or not (self.root / validate_name(name) / CONFIG_FILE).is_file():
+                    raise ValueError(f"config of {config.name!r} given for {name!r}, or no model {name!r}")
+                if io_signature(config) != io_signature(self.read_config(name)):
+                    raise TritonForgeError(f"the new config of {name!r} changes its inputs/outputs: "
+                                           "export the model again instead")
+                for version in config.version_policy.specific.versions:
+                    if version not in self.versions(name):
+                        raise TritonForgeError(f"{name!r} has no version {version} to serve "
+                                               f"(versions: {', '.join(map(str, self.versions(name)))})")
+            try:
+                for name, config in configs.items():  # every config written before any is replaced
+                    built = staging / f"{name}.{CONFIG_FILE}"
+                    built.write_text(config_text(config))
+                    publish_modes(built)
+                    _sync_tree(built)
+            except OSError as exc:
+                if exc.errno not in FULL_DISK_ERRORS:
+                    raise
+                raise TritonForgeError(
+                    f"no space left to write the config of {', '.join(configs)} ({exc.strerror}): "
+                    "nothing was changed; free space on that disk and try again") from exc
+            for name in configs:  # ensembles last, as configs is ordered by the caller
+                os.replace(staging / f"{name}.{CONFIG_FILE}", self.root / name / CONFIG_FILE)
+            return configs
+
+    def remove_versions(self, choose: Callable[[], Sequence[tuple[str, int]]],
+                        removed: Callable[[str, int, int], None] | None = None) -> list[tuple[str, int, int]]:
+        """Remove the versions `choose()` names, as (model, version) pairs, from the repository.
+
+        `choose` runs under the write lock, so an export, a rollback or another prune cannot
+        change what it decided on until the versions are gone. Each version leaves by one
+        rename into a staging folder (atomic: a poller sees it whole or not at all; a version
+        the config's policy serves is refused); they are deleted there once the lock is
+        released, and if this process dies first, the next writer deletes them. Returns
+        (model, version, bytes) of each removed version; `removed` is told of each."""
+        gone: list[tuple[str, int, int]] = []
+        with self._scratch() as staging:
+            for model, version in choose():
+                folder = self.root / validate_name(model) / str(version)
+                if version in self.served_versions(model):
+                    raise TritonForgeError(
+                        f"{folder} is served (version policy {version_policy_text(self.read_config(model))}):"
+                        " it is not removed; roll back to another version first")
+                size = tree_bytes(folder)
+                target = staging / RETIRED / model / str(version)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(folder, target)
+                gone.append((model, version, size))
+                if removed is not None:
+                    removed(model, version, size)
+        return gone
 
     def _publish(self, staging: Path, model: str, version: int, replace: bool) -> None:
         """Make `version` of `model`, built in `staging`, visible by renames a poller can meet
@@ -518,6 +658,18 @@ def _sync_tree(root: Path) -> None:
                 os.fsync(handle)
             finally:
                 os.close(handle)
+
+
+def tree_bytes(path: Path) -> int:
+    """The bytes of the files under `path` (links not followed): what deleting it frees."""
+    total = 0
+    for folder, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except FileNotFoundError:
+                pass
+    return total
 
 
 def sha256_file(path: Path) -> str:

@@ -226,12 +226,18 @@ async def _soak(endpoint: Endpoint, models: Sequence[tuple[str, bool]], inputs: 
 
     computing = asyncio.Lock()
 
-    async def answers(version: int) -> list[dict[str, np.ndarray]]:
-        """A version's answers; a new version's are computed off the event loop, once."""
+    async def answers(version: int) -> list[dict[str, np.ndarray]] | None:
+        """A version's answers; a new version's are computed off the event loop, once. None
+        when the version left the repository before they were (`prune` removed it)."""
         if version not in references.known:
             async with computing:
                 if version not in references.known:
-                    await asyncio.to_thread(references.answers, version)
+                    try:
+                        await asyncio.to_thread(references.answers, version)
+                    except Exception:
+                        if version in references.versions():
+                            raise
+                        return None
         return references.answers(version)
 
     def agreeing(judged: Mapping[str, Parity]) -> tuple[bool, int]:
@@ -243,10 +249,12 @@ async def _soak(endpoint: Endpoint, models: Sequence[tuple[str, bool]], inputs: 
         version = result.get_response().model_version
         got = {name: result.as_numpy(name) for name in references.outputs}
         if raw:  # the ensemble's steps run the latest loaded version of the model: the closest one
-            judged = max([compare_outputs(kinds, (await answers(v))[index], got, tolerances)
-                          for v in references.versions()], key=agreeing, default={})
+            judged = max([compare_outputs(kinds, known[index], got, tolerances)
+                          for v in references.versions() if (known := await answers(v)) is not None],
+                         key=agreeing, default={})
         else:
-            judged = compare_outputs(kinds, (await answers(int(version)))[index], got, tolerances)
+            known = await answers(int(version))
+            judged = {} if known is None else compare_outputs(kinds, known[index], got, tolerances)
         right = bool(judged) and all(parity.passed for parity in judged.values())
         return (STATUS_OK if right else STATUS_WRONG), version, judged
 
