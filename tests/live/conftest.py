@@ -76,7 +76,7 @@ def tls_files(tmp_path_factory) -> dict[str, Path]:
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     folder = tmp_path_factory.mktemp("tls")
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
 
     def certificate(subject: str, key, issuer: str, issuer_key, ca: bool = False,
                     names: tuple = (), usage=None):

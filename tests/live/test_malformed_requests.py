@@ -4,13 +4,20 @@ the server answers the next good request.
 
 The limits are declared once, in the manifest (`Text`: max_length, vocab_size, type_vocab_size,
 max_text_bytes), and enforced by the tokenizer step and the ONNX Runtime wrapper; dtypes, ranks,
-dims, input names and batch sizes are Triton's own checks against the config. Cases that
+dims, input names and batch sizes are Triton's own checks against the config. The token limits
+(value ranges, max_sequence_length) are also written into model.onnx itself as guards
+(`tritonforge.export.input_guards`): in production, where Triton's onnxruntime or openvino
+backend runs the graph without the wrapper, the graph fails on the same requests, with the
+runtime's error naming the guard node (`test_the_graph_itself_fails_on_what_the_wrapper_refuses`
+below; tests/export/test_input_guards.py). The wrapper's refusal, checked here, is the one with
+the friendly message; it runs first, so the guard never fires under `tritonforge serve`. Cases that
 test_grpc_serving.py already sends (wrong dtype and rank, unequal lengths, over max positions,
 empty strings, text as numbers, batch above max_batch_size, unknown model or input) are not
 repeated here."""
 
 from __future__ import annotations
 
+import functools
 import json
 import urllib.error
 import urllib.request
@@ -75,7 +82,8 @@ def test_the_client_refuses_a_text_above_max_text_bytes_with_the_servers_words()
 # -- gRPC --------------------------------------------------------------------------------------------
 
 GRPC_CASES = {
-    # values: the ONNX Runtime wrapper, from value_ranges in the manifest
+    # values: the ONNX Runtime wrapper, from value_ranges in the manifest; in production the
+    # graph's guards (GRAPH_GUARDS) fail on the same requests
     "token id at vocab_size": ("tiny", tokens(input_ids=np.full((1, 8), VOCAB)),
                                [f"input 'input_ids' holds {VOCAB} at index [0, 0]",
                                 f"token ids below vocab_size {VOCAB}, 0 to {VOCAB - 1}"]),
@@ -90,7 +98,7 @@ GRPC_CASES = {
     "bad row in a batch": ("tiny", {name: np.ones((3, 8), np.int64) for name in TOKENS}
                            | {"input_ids": np.array([[1] * 8, [1] * 8, [1] * 7 + [10**9]])},
                            ["holds 1000000000 at index [2, 7]"]),
-    # lengths: the wrapper, from max_sequence_length
+    # lengths: the wrapper, from max_sequence_length; in production the graph's guards
     "zero-length sequence": ("tiny", {name: np.ones((1, 0), np.int64) for name in TOKENS},
                              ["has 0 positions on axis 1", "takes 1 to 512 (max_sequence_length)"]),
     "longer than max_length": ("tiny", {name: np.ones((1, 513), np.int64) for name in TOKENS},
@@ -123,12 +131,48 @@ GRPC_CASES = {
 }
 
 
+# The wrapper's cases that the graph itself also refuses, and the guard node that fails.
+GRAPH_GUARDS = {
+    "token id at vocab_size": "input_ids_out_of_range_0_30521",
+    "negative token id": "input_ids_out_of_range_0_30521",
+    "token type 2": "token_type_ids_out_of_range_0_1",
+    "attention mask value 2": "attention_mask_out_of_range_0_1",
+    "negative attention mask": "attention_mask_out_of_range_0_1",
+    "bad row in a batch": "input_ids_out_of_range_0_30521",
+    "zero-length sequence": "_length_out_of_range_1_512",
+    "longer than max_length": "_length_out_of_range_1_512",
+}
+
+
 @pytest.mark.parametrize("case", list(GRPC_CASES))
 def test_grpc_refuses_with_invalid_argument_naming_the_limit(client, case):
+    """Refused before the graph runs: by the wrapper (values, lengths; in production the graph's
+    guards refuse these, see GRAPH_GUARDS), the tokenizer step (texts) or Triton (the rest)."""
     model, arrays, expected = GRPC_CASES[case]
     assert_refused(lambda: client.infer(model, infer_inputs(arrays)), "StatusCode.INVALID_ARGUMENT",
                    expected)
     assert_still_serving(client)
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_the_graph_itself_fails_on_what_the_wrapper_refuses(tiny_repo, runtime):
+    """Production: Triton's onnxruntime or openvino backend runs model.onnx without the wrapper,
+    and the graph's guard fails on each of the wrapper's value and length cases, naming itself.
+    (Through Triton's backends the client sees the runtime's message, not the wrapper's.)"""
+    path = str(tiny_repo / "tiny" / "1" / "model.onnx")
+    if runtime == "openvino":
+        import openvino
+
+        run = openvino.Core().compile_model(path, "CPU").create_infer_request().infer
+    else:
+        import onnxruntime
+
+        run = functools.partial(onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"]).run,
+                                None)
+    for case, node in GRAPH_GUARDS.items():
+        with pytest.raises(Exception, match=node):  # noqa: PT011 - the runtime's own error types
+            run(GRPC_CASES[case][1])
+    assert run(GOOD) is not None
 
 
 def assert_refused(call, status: str, expected: list[str]) -> None:
@@ -193,6 +237,7 @@ def http_inputs(arrays: dict[str, np.ndarray]) -> list:
 
 @pytest.mark.parametrize("case", list(HTTP_CLIENT_CASES))
 def test_http_refuses_with_400_naming_the_limit(http_client, client, case):
+    """The token cases: the wrapper's refusal (in production the graph's guards fail on them)."""
     model, arrays, expected = HTTP_CLIENT_CASES[case]
     assert_refused(lambda: http_client.infer(model, http_inputs(arrays)), "400", expected)
     assert http_client.is_server_ready()
@@ -252,6 +297,7 @@ def body_and_headers(case: str) -> tuple[bytes, dict]:
 RAW_HTTP_CASES = {  # case: (model, the phrases of the 400's message)
     "unknown datatype": ("tiny", ["invalid datatype for input input_ids"]),
     "unknown output requested": ("tiny", ["unexpected inference output 'pooled' for model 'tiny'"]),
+    # the wrapper (in production the graph's guard input_ids_out_of_range_0_30521 fails)
     "token id out of range in JSON": ("tiny", ["input 'input_ids' holds 50000 at index [0, 1]",
                                                f"vocab_size {VOCAB}"]),
     "header length beyond the body": ("tiny", ["inference header size should be in range"]),

@@ -33,7 +33,8 @@ from tritonforge.verify.parity import parity_check
 
 def test_export_and_verify_are_lists_of_named_steps():
     assert [step.name for step in export_pipeline().walk()] == [
-        "load", "io", "export", "graph", "runtime", "parity", "gates", "quality", "manifest", "publish"]
+        "load", "io", "export", "graph", "guards", "runtime", "parity", "gates", "quality", "manifest",
+        "publish"]
     assert [step.name for step in verify_pipeline().walk()] == [
         "load", "parity", "gates", "quality", "triton parity", "latency", "serving latency"]
 

@@ -2,8 +2,9 @@
 
 The steps, in order (`export_pipeline`): load the reference, declare its io and Triton models,
 then build the version in a staging folder (export the graph, check it against the config,
-open the target's runtime on it, parity, the publish gates, quality, the manifest) and publish
-it with its companions (`ModelRepository.write_version`).
+write the modality's input limits into it as guards, open the target's runtime on it, parity,
+the publish gates, quality, the manifest) and publish it with its companions
+(`ModelRepository.write_version`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, ClassVar
 
 from tritonforge import __version__
 from tritonforge.errors import TritonForgeError
+from tritonforge.export.input_guards import InputGuard, declared_guards, guard_onnx_file
 from tritonforge.export.onnx import onnx_io_signature
 from tritonforge.family import ExportInfo, Family, get_family
 from tritonforge.pipeline.steps import (
@@ -66,6 +68,7 @@ class ExportContext(Context):
     force: bool = False
     triton: TritonModels | None = None
     info: ExportInfo | None = None
+    guards: tuple[InputGuard, ...] = ()  # the checks written into the graph
     manifest: dict[str, Any] | None = None
 
 
@@ -116,6 +119,24 @@ class CheckGraph(Step):
 
 
 @dataclass
+class GuardInputs(Step):
+    """The limits the modality declares (`Modality.limits`: value ranges of integer inputs,
+    max_sequence_length), written into the final graph (`tritonforge.export.input_guards`), so
+    Triton's onnxruntime and openvino backends fail on what `tritonforge serve`'s wrapper
+    refuses. After the family's export (quantization, the transformer optimizer, FP16), before
+    parity: every check runs on the guarded graph."""
+
+    name: ClassVar[str] = "guards"
+
+    def skip(self, context: ExportContext) -> bool:
+        return not declared_guards(context.io, context.io.preprocessing.limits())
+
+    def run(self, context: ExportContext) -> None:
+        context.guards = declared_guards(context.io, context.io.preprocessing.limits())
+        guard_onnx_file(context.folder / MODEL_FILE, context.guards)
+
+
+@dataclass
 class OpenRuntime(Step):
     """The target's runtime on the graph, and the real inputs parity runs (kept as samples.npz)."""
 
@@ -143,14 +164,16 @@ class WriteManifest(Step):
             "name": context.name,
             "version": context.version,
             "family": family.name,
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "source": family.source(context.model),
             "recipe": dataclasses.asdict(options),
             "precision": info.precision,
             "io": context.io.to_json(),
             "onnx": {"file": MODEL_FILE, "sha256": sha256_file(folder / MODEL_FILE),
                      "bytes": (folder / MODEL_FILE).stat().st_size, "opset": info.opset,
-                     **dict(info.details)},
+                     **dict(info.details),
+                     **({"input_guards": [guard.to_json() for guard in context.guards]}
+                        if context.guards else {})},
             "serving": dataclasses.asdict(context.serving),
             "parity": {"reference": "pytorch", "samples": EXPORT_PARITY_SAMPLES, **context.parity.to_json()},
             "gates": [gate.to_json() for gate in context.gates],
@@ -189,7 +212,7 @@ class Publish(Step):
 
 def export_pipeline() -> Pipeline:
     """export's steps; the version is built by the publish step's own."""
-    build = Pipeline([ExportGraph(), CheckGraph(), OpenRuntime(), CheckParity(required=True),
+    build = Pipeline([ExportGraph(), CheckGraph(), GuardInputs(), OpenRuntime(), CheckParity(required=True),
                       RunGates(required=True),
                       MeasureQuality(label="measuring quality against full precision"), WriteManifest()])
     return Pipeline([LoadReference(), DeclareIO(), Publish(build=build)])

@@ -15,6 +15,8 @@ import tritonforge.export.bert.outlier_suppression as bert_quantized
 from tritonforge.data import sentences
 from tritonforge.errors import TritonForgeError
 from tritonforge.export.bert import BertOptions, tokenize
+from tritonforge.export.input_guards import declared_guards, guard_onnx_file
+from tritonforge.modalities import manifest_io
 from tritonforge.pipeline.export import export_model
 from tritonforge.quant import qdq
 from tritonforge.quant.qdq import NIBBLE_VALUES, dequantize_weights, gather_rows, pack_nibbles, raise_opset
@@ -43,6 +45,8 @@ def exports(tmp_path_factory, tiny_bert):
     w4, traced, weights = tiny_export(tiny_bert, 4, tmp_path_factory.mktemp("w4"))
     int8_container = traced  # the same traced graph and integers, the 8-bit layout
     dequantize_weights(int8_container, weights, pack_int4=False)
+    io = manifest_io(json.loads((w4.folder / "tritonforge.json").read_text()))  # guarded as the export
+    guard_onnx_file(int8_container, declared_guards(io, io.preprocessing.limits()))
     w8, _, _ = tiny_export(tiny_bert, 8, tmp_path_factory.mktemp("w8"))
     return w4.folder / "model.onnx", int8_container, w8.folder / "model.onnx", weights
 

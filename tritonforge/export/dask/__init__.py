@@ -166,12 +166,14 @@ class DaskFamily(Family):
     def io(self, model, options: DaskOptions) -> ModelIO:
         classes = int(model.classifier[-1].out_features)
         labels = LABELS if classes == 2 else tuple(f"class {i}" for i in range(classes))
+        config = self.latency_baseline(model).bert.config
         return ModelIO((TensorSpec("input_ids", "int64", (-1,)), TensorSpec("position_ids", "int64", (-1,)),
                         TensorSpec("visible_matrix", "uint8", (-1, -1))),
                        (TensorSpec("logits", "float32", (classes,), CLASS_SCORES),
                         TensorSpec("probabilities", "float32", (classes,), CLASS_PROBABILITIES)),
                        TextKnowledge(max_length=options.max_length, max_triples=model.injector.max_triples,
-                                     buckets=model.injector.lengths),
+                                     buckets=model.injector.lengths, vocab_size=int(config.vocab_size),
+                                     max_position_embeddings=int(config.max_position_embeddings)),
                        labels=labels)
 
     def texts(self, n: int | None) -> tuple[list[str], np.ndarray | None]:

@@ -58,13 +58,29 @@ class TextKnowledge(RawText, Modality):
     buckets: tuple[int, ...] = DEFAULT_BUCKETS
     tokenizer: str = TOKENIZER_FILE  # relative to the version folder
     knowledge: str = KNOWLEDGE_FILE
+    vocab_size: int | None = None  # rows of the embedding table: input_ids lie in 0..vocab_size-1
+    max_position_embeddings: int | None = None  # rows of the position table: soft positions below it
 
     def __post_init__(self):
         if not 8 <= self.max_length <= 512:
             raise TritonForgeError(f"max_length {self.max_length} must be from 8 to 512 tokens")
+        for name in ("vocab_size", "max_position_embeddings"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise TritonForgeError(f"text knowledge {name} {value} must be at least 1")
 
     def limits(self) -> dict[str, Any]:
-        return {"max_sequence_length": self.max_length}
+        """max_sequence_length; value_ranges {input: [low, high, what]} (integers, inclusive):
+        what the local wrapper refuses and the exported graph's guards fail on
+        (`tritonforge.export.input_guards`)."""
+        ranges: dict[str, list] = {}
+        if self.vocab_size:
+            ranges["input_ids"] = [0, self.vocab_size - 1, f"token ids below vocab_size {self.vocab_size}"]
+        if self.max_position_embeddings:
+            ranges["position_ids"] = [0, self.max_position_embeddings - 1, "soft positions below "
+                                      f"max_position_embeddings {self.max_position_embeddings}"]
+        ranges["visible_matrix"] = [0, 1, "visible matrix values (1: may attend, 0: may not)"]
+        return {"max_sequence_length": self.max_length, "value_ranges": ranges}
 
     def companions(self, name: str, io: ModelIO, serving: ServingOptions) -> tuple[CompanionModel, ...]:
         parameters = {"max_length": str(self.max_length),

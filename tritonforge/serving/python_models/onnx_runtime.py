@@ -27,6 +27,8 @@ one call run as one batch, their states stacked in the same order.
 
 Every refusal is INVALID_ARGUMENT and names the input, the offending value or row and the limit,
 and is checked before anything runs: non-finite floats, too long or empty, values out of range.
+The last two are also written into model.onnx by the export (tritonforge/export/input_guards.py):
+in production, without this wrapper, the graph itself fails on them, with the runtime's error.
 Triton itself refuses wrong dtypes, ranks, dims and batches above
 max_batch_size before this model sees the request.
 """
