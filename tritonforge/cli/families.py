@@ -79,7 +79,7 @@ def generated_command(function: Callable, options_type: type, common: list[inspe
 
 EXPORT_PARAMETERS = [
     common_parameter("name", Annotated[str | None, typer.Option(
-        help="Model name. Default: the family's, e.g. bert_fp32, bert_w6a6, bert_w6a6_osplus.")], None),
+        help="Model name. Default: the family's, from the recipe (e.g. bert_w6a6, detr_fp32).")], None),
     common_parameter("repo", RepoOption, DEFAULT_REPO),
     common_parameter("max_batch", Annotated[int, typer.Option(help="Triton max_batch_size.")], 32),
     common_parameter("version", Annotated[int | None, typer.Option(

@@ -133,7 +133,7 @@ def load_detector(options: DetrOptions) -> tuple[Any, list[str] | None]:
 
 @register
 class DetrFamily(Family):
-    """A detection transformer (DETR or Deformable DETR), pre- and post-processing in the graph."""
+    """A detection transformer (DETR, Deformable DETR or MTTrans), pre- and post-processing in the graph."""
 
     name = "detr"
     options_type = DetrOptions
