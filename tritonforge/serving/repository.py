@@ -485,10 +485,7 @@ class ModelRepository:
                     self._publish(staging, model, version, force or model != name)
             return version
         finally:
-            if staging is not None:
-                shutil.rmtree(staging, ignore_errors=True)
-            if handle is not None:
-                os.close(handle)
+            _discard_staging(staging, handle)
 
     @contextmanager
     def _scratch(self) -> Iterator[Path]:
@@ -503,10 +500,7 @@ class ModelRepository:
                 staging, handle = self._open_staging(0, [])
                 yield staging
         finally:
-            if staging is not None:
-                shutil.rmtree(staging, ignore_errors=True)
-            if handle is not None:
-                os.close(handle)
+            _discard_staging(staging, handle)
 
     def update_configs(self, change: Callable[[], Mapping[str, mc.ModelConfig]]) -> dict[str, mc.ModelConfig]:
         """Replace the config.pbtxt of existing models, each by one os.replace (what a poller
@@ -599,6 +593,14 @@ class ModelRepository:
             raise TritonForgeError(
                 f"could not publish {target} ({exc.strerror or exc}); another export may have "
                 "written it meanwhile: run the export again") from exc
+
+
+def _discard_staging(staging: Path | None, handle: int | None) -> None:
+    """Remove a writer's staging folder and close its owner record (after the lock is released)."""
+    if staging is not None:
+        shutil.rmtree(staging, ignore_errors=True)
+    if handle is not None:
+        os.close(handle)
 
 
 def _stage_model(built: Path, config: mc.ModelConfig, version: int) -> Path:
