@@ -45,6 +45,13 @@ test: setup
 test-no-bf16: setup
 	TRITONFORGE_NO_BF16=1 $(BIN)/python -m pytest -q -rs
 
+# Every figure of the docs, measured in one run on this machine (16 min on a quiet 2-core EPYC):
+# docs/benchmarks.md with the machine, commit, date and versions, and per table the command that
+# reproduces it alone (`tritonforge report --only SECTION`; `--quick` measures a part in minutes).
+.PHONY: benchmarks
+benchmarks: setup
+	$(BIN)/tritonforge report --out docs/benchmarks.md
+
 # On a CUDA host: parity and latency with the CUDA and TensorRT execution providers and FP16.
 gpu-check: setup
 	$(BIN)/python -m pytest -q -m gpu tests/test_gpu.py

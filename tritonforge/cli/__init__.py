@@ -1,8 +1,9 @@
 """The `tritonforge` command: parses, calls the library, prints. No family-specific logic.
 
-One module per command group: `models` (verify, ls), `serving` (serve, query, bench, soak),
-`scale` (push, plan, deploy kserve), `families` (the commands generated from each family's
-options and its own commands); `base` holds the app and what they share.
+One module per command group: `models` (verify, ls, versions, prune, rollback), `serving`
+(serve, query, bench, soak), `scale` (push, plan, deploy kserve), `report` (docs/benchmarks.md),
+`families` (the commands generated from each family's options and its own commands); `base`
+holds the app and what they share.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import typer
 
 # isort: off
 # Each module registers its commands on import, in this order (`tritonforge --help` lists them so).
-from tritonforge.cli import models, serving, scale, families  # noqa: F401
+from tritonforge.cli import models, serving, scale, report, families  # noqa: F401
 # isort: on
 from tritonforge.cli.base import app
 from tritonforge.console import console
