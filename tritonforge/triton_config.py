@@ -329,6 +329,23 @@ def io_signature(config: mc.ModelConfig) -> list[tuple]:
     return rows
 
 
+def onnx_io_signature(path: Path) -> tuple[list[tuple[str, int, list]], list[tuple[str, int, list]]]:
+    """(name, ONNX elem type, dims) for each graph input and output; dims are ints or names."""
+    import onnx
+
+    def describe(values: Sequence) -> list[tuple[str, int, list]]:
+        rows = []
+        for value in values:
+            tensor = value.type.tensor_type
+            dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in tensor.shape.dim]
+            rows.append((value.name, tensor.elem_type, dims))
+        return rows
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    return describe([i for i in graph.input if i.name not in initializers]), describe(graph.output)
+
+
 def onnx_io_matches_config(onnx_inputs: Sequence, onnx_outputs: Sequence,
                            config: mc.ModelConfig) -> list[str]:
     """Differences between an ONNX file's graph I/O and the config (empty when they agree).

@@ -162,7 +162,7 @@ def test_each_guard_fails_in_both_runtimes_naming_its_node_and_good_inputs_compu
 
 
 def test_the_guarded_graph_keeps_its_inputs_outputs_and_opset(toy):
-    from tritonforge.export.onnx import onnx_io_signature
+    from tritonforge.triton_config import onnx_io_signature
 
     plain, guarded = toy
     assert onnx_io_signature(guarded) == onnx_io_signature(plain)

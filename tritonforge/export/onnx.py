@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -142,22 +142,6 @@ def fastest_graph(candidates: Mapping[str, Path], feed: Mapping[str, np.ndarray]
             times[name].append((time.perf_counter() - start) * 1e3)
     medians = {name: float(np.median(t)) for name, t in times.items()}
     return min(medians, key=medians.__getitem__), medians
-
-
-def onnx_io_signature(path: Path) -> tuple[list[tuple[str, int, list]], list[tuple[str, int, list]]]:
-    """(name, ONNX elem type, dims) for each graph input and output; dims are ints or names."""
-
-    def describe(values: Sequence) -> list[tuple[str, int, list]]:
-        rows = []
-        for value in values:
-            tensor = value.type.tensor_type
-            dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in tensor.shape.dim]
-            rows.append((value.name, tensor.elem_type, dims))
-        return rows
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    initializers = {i.name for i in graph.initializer}
-    return describe([i for i in graph.input if i.name not in initializers]), describe(graph.output)
 
 
 def to_float16(path: Path) -> Path:

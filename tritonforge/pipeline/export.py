@@ -20,7 +20,6 @@ from typing import Any, ClassVar
 from tritonforge import __version__
 from tritonforge.errors import TritonForgeError
 from tritonforge.export.input_guards import InputGuard, declared_guards, guard_onnx_file
-from tritonforge.export.onnx import onnx_io_signature
 from tritonforge.family import ExportInfo, Family, get_family
 from tritonforge.pipeline.steps import (
     CheckParity,
@@ -40,6 +39,7 @@ from tritonforge.triton_config import (
     TritonModels,
     name_family,
     onnx_io_matches_config,
+    onnx_io_signature,
     validate_name,
 )
 

@@ -105,7 +105,6 @@ def measure_bert_runtimes(context: Context, result: SectionResult) -> None:
     batch, and latency at 8 x 128 and 1 x 32, every variant in the same interleaved rounds."""
     import torch
 
-    from tritonforge.export.bert import BertOptions
     from tritonforge.family import get_family
     from tritonforge.runtime import open_session, run_session
     from tritonforge.serving.repository import ModelRepository
@@ -115,7 +114,7 @@ def measure_bert_runtimes(context: Context, result: SectionResult) -> None:
     workspace, stage, quick = context.workspace, context.stage, context.quick
     iterations = 6 if quick else 20
     family = get_family("bert")
-    base = BertOptions(target="onnxruntime", bits=32, threads=workspace.threads)
+    base = family.options_type(target="onnxruntime", bits=32, threads=workspace.threads)
     quantized = {}  # bits -> (options, model, model.onnx): the report's own exports, loaded
     if not quick:
         for bits in (8, 6):

@@ -31,6 +31,7 @@ from tritonforge.triton_config import (
     follow_policy,
     format_version_policy,
     onnx_io_matches_config,
+    onnx_io_signature,
     parse_version_policy,
     policy_versions,
     set_version_policy,
@@ -306,7 +307,6 @@ def _check_servable(repository: ModelRepository, name: str, version: int, config
     path = repository.root / name / str(version) / MODEL_FILE
     if not path.is_file():
         return
-    from tritonforge.export.onnx import onnx_io_signature
 
     mismatch = onnx_io_matches_config(*onnx_io_signature(path), config)
     if mismatch:

@@ -11,12 +11,11 @@ import pytest
 from tritonforge.data import sentences
 from tritonforge.export.bert import BertOptions, tokenize
 from tritonforge.export.bert.model import embedded_model_dir, load_bert
-from tritonforge.export.onnx import onnx_io_signature
 from tritonforge.pipeline.export import export_model
 from tritonforge.pipeline.verify import verify_model
 from tritonforge.runtime import ort_session, run_session
 from tritonforge.serving.repository import ModelRepository
-from tritonforge.triton_config import config_text, onnx_io_matches_config, parse_config
+from tritonforge.triton_config import config_text, onnx_io_matches_config, onnx_io_signature, parse_config
 
 
 @pytest.mark.slow
