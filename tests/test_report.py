@@ -18,7 +18,6 @@ from tritonforge.report.machine import (
     SourceState,
     describe_machine,
     parse_cpuinfo,
-    parse_lscpu,
     parse_meminfo,
     source_state,
 )
@@ -82,7 +81,7 @@ def test_meminfo_gives_the_total_in_gigabytes():
 def test_lscpu_stands_in_where_cpuinfo_names_no_model():
     machine = describe_machine(cpuinfo=ARM, meminfo=MEMINFO, lscpu=LSCPU)
     assert machine.cpu == "Neoverse-N1" and not any(machine.flags.values())
-    assert parse_lscpu(LSCPU)["cpu"] == "Neoverse-N1"
+    assert parse_cpuinfo(LSCPU)["cpu"] == "Neoverse-N1"
 
 
 def test_the_machine_label_names_present_and_missing_flags():

@@ -81,18 +81,10 @@ def machine() -> dict[str, Any]:
         capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
         found["openvino_capabilities"] = [str(c) for c in capabilities]
     except TritonForgeError:
-        found["cpu"] = _cpuinfo_model_name()
+        from tritonforge.report.machine import describe_machine
+
+        found["cpu"] = describe_machine().cpu
     return found
-
-
-def _cpuinfo_model_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def load_references(family: Family, options: Any, fp_options: Any, stage: Stage) -> tuple[Any, Any]:

@@ -47,7 +47,8 @@ def missing() -> str:
     return ""
 
 
-needs_perf_analyzer = pytest.mark.skipif(bool(missing()), reason=missing() or "installed")
+MISSING = missing()
+needs_perf_analyzer = pytest.mark.skipif(bool(MISSING), reason=MISSING or "installed")
 
 
 def token_payloads(texts: list[str]) -> list[dict[str, np.ndarray]]:

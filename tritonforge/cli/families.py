@@ -295,11 +295,11 @@ class RootGroup(OneLineGroup):
         return ordered + [name for name in registered if name not in ordered] + sorted(BUILTIN_COMMANDS)
 
     def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        type(self).listing = True
+        self.listing = True
         try:
             super().format_help(ctx, formatter)
         finally:
-            type(self).listing = False
+            self.listing = False
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         from tritonforge.family import BUILTIN_COMMANDS, CommandServices, family_names, get_family

@@ -31,8 +31,9 @@ class Machine:
 
     def label(self) -> str:
         """One line: `AMD EPYC, 2 cores, 23.5 GB, AVX512_BF16 AVX512_VNNI, no AMX`."""
-        present = [name for name in ("AMX", "AVX512_BF16", "AVX512_VNNI") if self.flags.get(name)]
-        absent = [f"no {name}" for name in ("AMX", "AVX512_BF16", "AVX512_VNNI") if not self.flags.get(name)]
+        named = ("AMX", "AVX512_BF16", "AVX512_VNNI")
+        present = [name for name in named if self.flags.get(name)]
+        absent = [f"no {name}" for name in named if not self.flags.get(name)]
         memory = f", {self.memory_gb:.1f} GB" if self.memory_gb is not None else ""
         return f"{self.cpu}, {self.cores} cores{memory}, " + ", ".join([*present, *absent])
 
@@ -67,7 +68,8 @@ class SourceState:
 def parse_cpuinfo(text: str) -> dict[str, Any]:
     """The CPU's model name and the flags named in FLAGS, from /proc/cpuinfo's text (x86:
     `model name` and `flags`; other architectures: `Model name`/`Hardware`/`cpu model`, and
-    `Features`). A model name that cannot be found is None."""
+    `Features`); `lscpu`'s output reads the same way (its `Model name:` and `Flags:` lines). A
+    model name that cannot be found is None."""
     model, flags = None, set()
     for line in text.splitlines():
         key, colon, value = line.partition(":")
@@ -77,21 +79,6 @@ def parse_cpuinfo(text: str) -> dict[str, Any]:
         if key in ("model name", "hardware", "cpu model", "uarch") and model is None and value:
             model = value
         elif key in ("flags", "features") and not flags:
-            flags = set(value.lower().split())
-    return {"cpu": model, "flags": {name: any(f in flags for f in names) for name, names in FLAGS.items()}}
-
-
-def parse_lscpu(text: str) -> dict[str, Any]:
-    """The same from `lscpu`'s output (its `Model name:` and `Flags:` lines)."""
-    model, flags = None, set()
-    for line in text.splitlines():
-        key, colon, value = line.partition(":")
-        if not colon:
-            continue
-        key = key.strip().lower()
-        if key == "model name" and model is None:
-            model = value.strip() or None
-        elif key == "flags":
             flags = set(value.lower().split())
     return {"cpu": model, "flags": {name: any(f in flags for f in names) for name, names in FLAGS.items()}}
 
@@ -127,7 +114,7 @@ def describe_machine(cpuinfo: str | None = None, meminfo: str | None = None,
                                        env={**os.environ, "LC_ALL": "C"}).stdout
             except (OSError, subprocess.SubprocessError):
                 lscpu = ""
-        listed = parse_lscpu(lscpu or "")
+        listed = parse_cpuinfo(lscpu or "")
         found = {"cpu": found["cpu"] or listed["cpu"],
                  "flags": {k: found["flags"][k] or listed["flags"][k] for k in FLAGS}}
     try:

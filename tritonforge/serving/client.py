@@ -91,14 +91,15 @@ def connect(url: Endpoint | str = DEFAULT_URL):
     return client
 
 
-def model_ready(client, name: str, url: Endpoint | str = DEFAULT_URL) -> bool:
-    """Whether the server has `name` loaded and ready. Asks the health API (model readiness),
-    never the repository index: Compose's restricted model-repository API guards the index."""
+def model_ready(client, name: str, url: Endpoint | str = DEFAULT_URL, version: int | str = "") -> bool:
+    """Whether the server has `name` (that version; default: the policy's) loaded and ready.
+    Asks the health API (model readiness), never the repository index: Compose's restricted
+    model-repository API guards the index."""
     from tritonclient.utils import InferenceServerException
 
     endpoint = Endpoint.of(url)
     try:
-        return bool(client.is_model_ready(name, headers=endpoint.call_headers))
+        return bool(client.is_model_ready(name, str(version), headers=endpoint.call_headers))
     except InferenceServerException as exc:
         error = server_error(exc, endpoint, name)
         if isinstance(error, ServerUnavailable) or RESTRICTED.search(str(exc)):

@@ -152,7 +152,7 @@ def server_versions(endpoint: Endpoint | str, name: str, versions: Sequence[int]
     model-repository API guards). A model the server does not know is ready in no version."""
     from tritonclient.utils import InferenceServerException
 
-    from tritonforge.serving.client import connect, server_error
+    from tritonforge.serving.client import connect, model_ready, server_error
 
     endpoint = Endpoint.of(endpoint)
     client = connect(endpoint)
@@ -165,17 +165,8 @@ def server_versions(endpoint: Endpoint | str, name: str, versions: Sequence[int]
             if isinstance(error, ServerUnavailable) or "restricts this API" in str(error):
                 raise error from exc
             return {version: False for version in versions}  # not loaded (or unknown) there
-        ready = {}
-        for version in sorted({*versions, *listed}):
-            try:
-                ready[version] = bool(client.is_model_ready(name, str(version),
-                                                            headers=endpoint.call_headers))
-            except InferenceServerException as exc:
-                error = server_error(exc, endpoint, name)
-                if isinstance(error, ServerUnavailable):
-                    raise error from exc
-                ready[version] = False
-        return ready
+        return {version: model_ready(client, name, endpoint, version)
+                for version in sorted({*versions, *listed})}
     finally:
         client.close()
 
