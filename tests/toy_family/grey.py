@@ -30,6 +30,7 @@ from tritonforge.family import ExportInfo, Family, Shape, register
 from tritonforge.modalities import Modality, ShapeOption, register_modality
 from tritonforge.modalities.image import ImageBytes, photographs, read_image_files
 from tritonforge.outputs import OutputKind, Part, QueryContext, Summary, Tolerances, register_kind
+from tritonforge.outputs.metrics import max_abs_diff
 from tritonforge.spec import Check, ModelIO, Parity, TensorSpec
 
 BRIGHTNESS = "toy_brightness"
@@ -50,7 +51,7 @@ class Brightness(OutputKind):
         return Summary("brightness", part.label, [word for word, _ in words], lines=lines)
 
     def agreement(self, reference: Part, candidate: Part, tolerances: Tolerances) -> Parity:
-        diff = float(np.abs(reference.value - candidate.value).max()) if reference.value.size else 0.0
+        diff = max_abs_diff(reference.value, candidate.value) if reference.value.size else 0.0
         return Parity((Check("brightness_max_diff", diff, MAX_DIFF, higher_is_better=False),))
 
 
@@ -134,5 +135,5 @@ class ToyGreyFamily(Family):
         return ExportInfo(opset=check_onnx(path), precision="fp32")
 
     def compare(self, reference, candidate, options, inputs=None) -> Parity:
-        diff = max(float(np.abs(reference[k] - candidate[k]).max()) for k in ("brightness", "quadrants"))
+        diff = max(max_abs_diff(reference[k], candidate[k]) for k in ("brightness", "quadrants"))
         return Parity((Check("max_abs_diff", diff, MAX_DIFF, higher_is_better=False),))

@@ -15,6 +15,7 @@ from torch import nn
 from tritonforge.export.onnx import check_onnx, torch_to_onnx
 from tritonforge.family import ExportInfo, Family, register
 from tritonforge.modalities import Tensors
+from tritonforge.outputs.metrics import max_abs_diff
 from tritonforge.spec import CLASS_SCORES, Check, ModelIO, Parity, TensorSpec
 
 ROWS, WIDTH, HIDDEN, CLASSES = 8, 8, 12, 10
@@ -94,5 +95,5 @@ class StereoFamily(Family):
         return ExportInfo(opset=check_onnx(path), precision="fp32")
 
     def compare(self, reference, candidate, options, inputs=None) -> Parity:
-        diff = float(np.abs(reference["logits"] - candidate["logits"]).max())
+        diff = max_abs_diff(reference["logits"], candidate["logits"])
         return Parity((Check("max_abs_diff", diff, 1e-5, higher_is_better=False),))

@@ -25,6 +25,7 @@ from tritonforge.family import ExportInfo, Family, Shape, register
 from tritonforge.modalities import Modality, register_modality
 from tritonforge.modalities.base import RawInput, preprocessing_companions, raw_bytes_array
 from tritonforge.modalities.image import ImageBytes, photographs, read_image_files
+from tritonforge.outputs.metrics import max_abs_diff
 from tritonforge.spec import VOCABULARY_LABELS, Check, ModelIO, Parity, TensorSpec
 from tritonforge.triton_config import CompanionModel, ServingOptions
 
@@ -140,7 +141,7 @@ class ToyVocabFamily(Family):
         return ExportInfo(opset=check_onnx(path), precision="fp32")
 
     def compare(self, reference, candidate, options, inputs=None) -> Parity:
-        diff = float(np.abs(reference["scores"] - candidate["scores"]).max())
+        diff = max_abs_diff(reference["scores"], candidate["scores"])
         same = float((reference["label"] == candidate["label"]).mean())
         return Parity((Check("max_abs_diff", diff, 1e-5, higher_is_better=False),
                        Check("label_agreement", same, 1.0, higher_is_better=True)))
