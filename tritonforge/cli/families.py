@@ -303,7 +303,6 @@ class RootGroup(OneLineGroup):
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         from tritonforge.family import BUILTIN_COMMANDS, CommandServices, family_names, get_family
-        from tritonforge.pipeline.export import export_model
 
         command = super().get_command(ctx, name)
         if command is not None:
@@ -313,6 +312,8 @@ class RootGroup(OneLineGroup):
             return summary and TyperGroup(name=name, short_help=summary, rich_help_panel=FAMILY_PANEL)
         if family not in family_names():
             return None
+        from tritonforge.pipeline.export import export_model  # only a family's own commands need it
+
         commands = get_family(family).commands()
         if commands is None:
             return None
