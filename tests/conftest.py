@@ -151,3 +151,38 @@ def bf16() -> None:
     if not cpu_has_bf16():
         pytest.skip("no native bfloat16 here (no AVX512_BF16 or AMX, or TRITONFORGE_NO_BF16=1): "
                     "OpenVINO cannot run a BF16 artifact")
+
+
+@pytest.fixture(scope="session")
+def vit_models(tmp_path_factory) -> dict[str, Path]:
+    """The digits ViT trained through `tritonforge vit train` (the default recipe), and two
+    DELIBERATELY BACKDOORED copies made through `tritonforge vit poison` (patch and blend
+    triggers, target class 3): the positive controls of the backdoor screens."""
+    from typer.testing import CliRunner
+
+    from tritonforge.cli import app
+
+    root = tmp_path_factory.mktemp("vit")
+    models = {"clean": root / "clean", "patch": root / "patch", "blend": root / "blend"}
+    result = CliRunner().invoke(app, ["vit", "train", "--out", str(models["clean"])])
+    assert result.exit_code == 0, result.output
+    assert "epoch  40/40" in result.output
+    for trigger in ("patch", "blend"):
+        result = CliRunner().invoke(app, ["vit", "poison", "--model", str(models["clean"]), "--trigger",
+                                          trigger, "--target", "3", "--out", str(models[trigger])])
+        assert result.exit_code == 0, result.output
+        assert "DELIBERATELY BACKDOORED" in result.output
+    return models
+
+
+@pytest.fixture(scope="session")
+def vit_repo(tmp_path_factory, vit_models) -> Path:
+    """The clean digits ViT exported with its scan (`vit_fp32`, + `_image`) and the patch-poisoned
+    control exported with the STRIP guard and the scan skipped (`vit_fp32_strip`, + `_image`)."""
+    from tritonforge.export.vit import VitOptions
+    from tritonforge.pipeline.export import export_model
+
+    repo = tmp_path_factory.mktemp("vit_repo")
+    export_model("vit", VitOptions(model=str(vit_models["clean"]), scan=False), repo)
+    export_model("vit", VitOptions(model=str(vit_models["patch"]), scan=False, guard="strip:16"), repo)
+    return repo

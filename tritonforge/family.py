@@ -142,6 +142,11 @@ class Family(ABC):
         and `verify` runs them again. Default: none."""
         return []
 
+    def gate_sections(self, model: Any, options: Any) -> Mapping[str, Any]:
+        """Manifest sections that describe how the gates ran (which method, data and threshold
+        a scan used, or that it was skipped); read after `gates`. Default: none."""
+        return {}
+
     def gate_advice(self, options: Any, failed: Sequence[Check]) -> str:
         """What to do when `failed` gates stop a publish (ends the error message)."""
         return "Check the model and where its weights came from before publishing it"
@@ -249,7 +254,8 @@ _REGISTRY: dict[str, Family] = {}
 # family can be found by name without importing every family's heavy dependencies.
 _BUILTIN_MODULES = {"bert": "tritonforge.export.bert", "dask": "tritonforge.export.dask",
                     "detr": "tritonforge.export.detr",
-                    "snn": "tritonforge.export.snn", "sr": "tritonforge.export.sr"}
+                    "snn": "tritonforge.export.snn", "sr": "tritonforge.export.sr",
+                    "vit": "tritonforge.export.vit"}
 
 
 # The built-in families' own command groups (`tritonforge snn train`): command -> (family, one
@@ -259,6 +265,7 @@ BUILTIN_COMMANDS = {
     "dask": ("dask", "DASK: train knowledge-injected sentiment classifiers, list pivot words."),
     "emt": ("sr", "EMT video delivery: meta-train, tune each chunk into a version, play, compare."),
     "snn": ("snn", "TET: train spiking classifiers on scikit-learn's digits."),
+    "vit": ("vit", "ViT/BEiT: train on the digits, make backdoored controls, scan for backdoors."),
 }
 
 

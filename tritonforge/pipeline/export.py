@@ -179,6 +179,7 @@ class WriteManifest(Step):
             "gates": [gate.to_json() for gate in context.gates],
             **({"quality": context.quality} if context.quality is not None else {}),
             **dict(info.sections),
+            **dict(family.gate_sections(context.model, options)),
             "environment": environment(),
         }
         write_manifest(folder, manifest)

@@ -1,8 +1,7 @@
 """`tritonforge snn train`: a spiking VGG trained with the TET loss on scikit-learn's digits.
 
-The digits (1,797 real 8 x 8 handwritten digits, bundled with scikit-learn) are split once,
-by a fixed permutation, into 1,437 training and 360 test images; pixel values 0-16 are scaled
-to 0-1 (what a PNG's 0-255 becomes through the Image modality). Deterministic for a seed.
+The digits are `tritonforge.data.digits`' fixed split (1,437 training, 360 test). Deterministic
+for a seed.
 """
 
 from __future__ import annotations
@@ -15,11 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from tritonforge.data.digits import DIGITS_CLASSES, DIGITS_SIZE, digits
 from tritonforge.errors import TritonForgeError
 from tritonforge.export.snn.model import SpikingVGG, tet_loss
 from tritonforge.safe_load import load_weights
-
-DIGITS_SIZE, DIGITS_CLASSES, TEST_SHARE = 8, 10, 0.2
 
 
 @dataclass(frozen=True)
@@ -40,18 +38,6 @@ class TrainRecipe:
         if self.epochs < 1 or not self.widths or min(self.widths) < 1:
             raise TritonForgeError(
                 f"--epochs {self.epochs} and --widths {list(self.widths)} must be positive")
-
-
-def digits(split: str) -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's digits as ([N, 1, 8, 8] float32 in 0-1, [N] int64), `train` or `test`."""
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    order = np.random.default_rng(0).permutation(len(data.target))
-    cut = int(len(order) * (1 - TEST_SHARE))
-    chosen = order[:cut] if split == "train" else order[cut:]
-    images = (data.images[chosen] / 16.0).astype(np.float32)[:, None]
-    return images, data.target[chosen].astype(np.int64)
 
 
 def build(recipe: TrainRecipe) -> SpikingVGG:
