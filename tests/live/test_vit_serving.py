@@ -59,8 +59,9 @@ def test_query_prints_the_verdict_and_verify_runs_through_triton(vit_server, vit
     pngs, _labels = digit_pngs("evaluation")
     PILImage.open(io.BytesIO(pngs[0])).save(clean)
     answer = tmp_path / "answer.json"
-    result = runner.invoke(app, ["query", "vit_fp32_strip_image", "--url", vit_server.grpc_url, "--image",
-                                 str(sample), "--image", str(clean), "--json", str(answer)], terminal_width=200)
+    result = runner.invoke(app, ["query", "vit_fp32_strip_image", "--url", vit_server.grpc_url,
+                                 "--image", str(sample), "--image", str(clean), "--json", str(answer)],
+                           terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "flagged (score" in result.output and "clear (score" in result.output
     written = json.loads(answer.read_text())

@@ -17,7 +17,7 @@ from tritonforge.export.vit import VitOptions
 from tritonforge.export.vit.data import CLASSES, digit_pixels
 from tritonforge.export.vit.model import Size, build, load_directory, save_directory, training_record
 from tritonforge.export.vit.poison import PoisonRecipe, Trigger
-from tritonforge.export.vit.scan import ScanRecipe, anomaly_indices, scan
+from tritonforge.export.vit.scan import anomaly_indices, scan
 from tritonforge.export.vit.strip import GuardSpec, parse_guard
 from tritonforge.export.vit.train import TrainRecipe, train
 from tritonforge.family import get_family
@@ -98,13 +98,6 @@ def test_a_patch_backdoor_is_refused_naming_its_class_and_nothing_is_published(v
     record = json.loads((kept / "report.json").read_text())
     assert record["refused"] and record["suspected_class"] == str(TARGET) and record["anomaly_index"] > 2
     assert record["separation"] >= 1.3 and (kept / "suspected_trigger.npz").is_file()
-
-
-def test_the_scan_finds_the_blended_trigger_with_its_whole_image_form(vit_models):
-    pixels, _labels = digit_pixels("defence")
-    recipe = ScanRecipe(forms=("blend",))
-    result = scan(load_directory(vit_models["blend"]), np.array(pixels), CLASSES, recipe)
-    assert result.flagged and result.suspect == TARGET, result.to_json()
 
 
 def test_no_scan_is_recorded(vit_models, tmp_path):
