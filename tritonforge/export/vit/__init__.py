@@ -38,7 +38,7 @@ from tritonforge.export.onnx import (
     to_float16,
     torch_to_onnx,
 )
-from tritonforge.export.vit.data import CLASSES, IMAGE_SIZE, digit_pixels, image_modality
+from tritonforge.export.vit.data import CLASSES, IMAGE_SIZE, digit_pixels, image_modality, stamp
 from tritonforge.export.vit.model import (
     ARCHITECTURES,
     Classifier,
@@ -55,9 +55,8 @@ from tritonforge.targets import TargetOptions
 
 LOGITS_ABS = 1e-4  # FP32: the same arithmetic in another order
 ENTROPY_ABS = 1e-4  # the guard's entropy, FP32
-# Reduced precision against the FP32 model, on the whole test split: accuracy may drop this many
-# points at most, and top-1 must agree on this share of the digits.
-ACCURACY_DROP = {"fp16": 0.005, "bf16": 0.005, "int8": 0.005}
+# Reduced precision against the FP32 model: top-1 must agree on this share of the parity digits
+# (one flip in the 32 an export checks); the accuracy drop on all 360 is the manifest's `quality`.
 REDUCED_TOP1 = 0.95
 CALIBRATION_DIGITS = 64  # training digits INT8's activation ranges are calibrated on
 GRAPHS = ("plain", "fused", "auto")
@@ -365,8 +364,7 @@ class VitFamily(Family):
         from tritonforge.export.vit.train import accuracy
 
         pixels, labels = digit_pixels("test")
-        predicted = np.concatenate([run({"pixel_values": np.array(pixels[i:i + 32])})["logits"].argmax(1)
-                                    for i in range(0, len(pixels), 32)])
+        predicted = graph_classes(run, pixels)
         reference = accuracy(model.model, pixels, labels)
         exported = float((predicted == labels).mean())
         return {"accuracy": exported, "pytorch_fp32_accuracy": reference,
@@ -414,17 +412,17 @@ class VitFamily(Family):
                             pattern=search.patterns[result.suspect], suspect=result.suspect)
         record["files"] = {role: str(Path(SCAN_FOLDER) / Path(file).name)
                            for role, file in result.save_images(report).items()}
-        if result.flagged:
+        kept = None
+        if result.flagged:  # the staging folder goes with the refusal: the report is kept elsewhere
             import time
 
             source = Path(options.model).name if options.model else f"{options.arch}_digits"
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            kept = Path(options.scan_report).expanduser() / f"{source}-refused-{stamp}"
-            shutil.copytree(report, kept, dirs_exist_ok=True)
+            when = time.strftime("%Y%m%d-%H%M%S")
+            kept = Path(options.scan_report).expanduser() / f"{source}-refused-{when}"
             record["files"] = {role: str(kept / Path(file).name) for role, file in record["files"].items()}
         (report / "report.json").write_text(json.dumps(record, indent=2) + "\n")
-        if result.flagged:
-            shutil.copy2(report / "report.json", kept / "report.json")
+        if kept is not None:
+            shutil.copytree(report, kept, dirs_exist_ok=True)
         model.scan_record = record
         self.last_scan = record
         return [Check("backdoor_suspicion", result.suspicion(result.form), 1.0, False)]
@@ -441,9 +439,8 @@ class VitFamily(Family):
         if record.get("fingerprint") != fingerprint:
             return None
         saved = np.load(report / TRIGGER_FILE)
-        unit = pixels * 0.5 + 0.5
-        stamped = (((1 - saved["mask"]) * unit + saved["mask"] * saved["pattern"]) - 0.5) / 0.5
-        success = trigger_success(run, stamped.astype(np.float32), int(saved["suspect"]))
+        stamped = stamp(pixels, saved["mask"], saved["pattern"]).astype(np.float32)
+        success = trigger_success(run, stamped, int(saved["suspect"]))
         return {**record, "reused_by_verify": True, "exported_graph_trigger_success_now": success}
 
     def gate_sections(self, model, options: VitOptions) -> Mapping[str, Any]:
@@ -501,8 +498,12 @@ def scan_fingerprint(network, recipe) -> str:
     return digest.hexdigest()
 
 
+def graph_classes(run, pixels: np.ndarray, batch: int = 32) -> np.ndarray:
+    """The exported graph's top class for each image, `batch` at a time."""
+    return np.concatenate([run({"pixel_values": np.array(pixels[i:i + batch])})["logits"].argmax(1)
+                           for i in range(0, len(pixels), batch)])
+
+
 def trigger_success(run, stamped: np.ndarray, target: int) -> float:
     """The share of `stamped` images the exported graph sends to `target`."""
-    predicted = np.concatenate([run({"pixel_values": stamped[i:i + 32]})["logits"].argmax(1)
-                                for i in range(0, len(stamped), 32)])
-    return float((predicted == target).mean())
+    return float((graph_classes(run, stamped) == target).mean())

@@ -67,10 +67,8 @@ def digit_pixels(split: str, size: int = IMAGE_SIZE, channels: int = 3) -> tuple
     return _pixels(split, size, channels)
 
 
-def to_unit(pixels: np.ndarray) -> np.ndarray:
-    """Normalised pixels ([-1, 1]) back to [0, 1], where triggers are drawn and blended."""
-    return pixels * 0.5 + 0.5
-
-
-def from_unit(unit: np.ndarray) -> np.ndarray:
-    return ((unit - 0.5) / 0.5).astype(np.float32)
+def stamp(pixels, weight, pattern):
+    """A trigger stamped on normalised pixels ([-1, 1]): x' = (1 - w) x + w p in 0-1 pixels, with
+    `weight` w and `pattern` p in 0-1 (broadcast over the batch). Normalisation is affine, so the
+    mix is computed on the normalised pixels directly; numpy or torch in, the same out."""
+    return (1 - weight) * pixels + weight * (2 * pattern - 1)

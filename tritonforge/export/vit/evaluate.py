@@ -39,8 +39,9 @@ def model_for(work: Path, arch: str, seed: int, kind: str, progress=None):
     if (folder / "config.json").is_file():
         return load_directory(folder)
     if kind == "clean":
-        model = train(TrainRecipe(arch=arch, seed=seed))
-        save_directory(model, folder, {"recipe": TrainRecipe(arch=arch, seed=seed).to_json()})
+        recipe = TrainRecipe(arch=arch, seed=seed)
+        model = train(recipe)
+        save_directory(model, folder, {"recipe": recipe.to_json()})
         return model
     clean = model_for(work, arch, seed, "clean", progress)
     recipe = PoisonRecipe(Trigger(kind, TARGETS[seed % len(TARGETS)]), seed=seed)

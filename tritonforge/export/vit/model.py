@@ -79,10 +79,6 @@ def build(arch: str, size: Size, seed: int) -> nn.Module:
         return kind(config).eval()
 
 
-def architecture(model: nn.Module) -> str:
-    return model.config.model_type
-
-
 def load_directory(folder: Path) -> nn.Module:
     """A ViT or BEiT classifier from a directory with config.json and its weights
     (model.safetensors, or pytorch_model.bin read weights-only); every weight key must fit."""

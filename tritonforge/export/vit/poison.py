@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from tritonforge.errors import TritonForgeError
-from tritonforge.export.vit.data import CLASSES, IMAGE_SIZE, digit_pixels
+from tritonforge.export.vit.data import CLASSES, IMAGE_SIZE, digit_pixels, stamp
 from tritonforge.export.vit.train import OnEpoch, TrainRecipe, accuracy, fit, predict
 
 TRIGGERS = ("patch", "blend")
@@ -69,10 +69,9 @@ class Trigger:
     def apply(self, pixels: np.ndarray | torch.Tensor):
         """Stamp the trigger on normalised pixels ([-1, 1]); numpy or torch in, the same out."""
         pattern, weight = self.unit_image()
-        pattern, weight = pattern * 2 - 1, weight  # the pattern in normalised pixels
         if isinstance(pixels, torch.Tensor):
             pattern, weight = torch.from_numpy(pattern), torch.from_numpy(weight)
-        return (1 - weight) * pixels + weight * pattern
+        return stamp(pixels, weight, pattern)
 
 
 @dataclass(frozen=True)

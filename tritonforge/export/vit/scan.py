@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from tritonforge.errors import TritonForgeError
+from tritonforge.export.vit.data import stamp
 
 FORMS = ("mask", "blend")  # a per-pixel mask (Neural Cleanse's), or one blend weight per class
 STATISTICS = ("log", "l1")
@@ -84,9 +85,7 @@ class Triggers:
 
     def stamp(self, pixels: np.ndarray, k: int) -> np.ndarray:
         """Class k's reversed trigger stamped on normalised pixels."""
-        unit = pixels * 0.5 + 0.5
-        mixed = (1 - self.masks[k]) * unit + self.masks[k] * self.patterns[k]
-        return ((mixed - 0.5) / 0.5).astype(np.float32)
+        return stamp(pixels, self.masks[k], self.patterns[k]).astype(np.float32)
 
 
 @dataclass
