@@ -186,3 +186,32 @@ def vit_repo(tmp_path_factory, vit_models) -> Path:
     export_model("vit", VitOptions(model=str(vit_models["clean"]), scan=False), repo)
     export_model("vit", VitOptions(model=str(vit_models["patch"]), scan=False, guard="strip:16"), repo)
     return repo
+
+
+@pytest.fixture(scope="session")
+def spikedepth_checkpoint(tmp_path_factory) -> Path:
+    """A UGDF spike-depth network trained through `tritonforge spikedepth train` on 16 procedural
+    scenes for one epoch, window T = 8: an untrained-quality model whose graphs exercise every
+    path (unpacking, cost volume, fusion) in seconds."""
+    from typer.testing import CliRunner
+
+    from tritonforge.cli import app
+
+    path = tmp_path_factory.mktemp("spikedepth") / "ugdf.pt"
+    result = CliRunner().invoke(app, ["spikedepth", "train", "--scenes", "16", "--epochs", "1", "--window",
+                                      "8", "--eval-scenes", "8", "--out", str(path)])
+    assert result.exit_code == 0, result.output
+    return path
+
+
+@pytest.fixture(scope="session")
+def spikedepth_repo(tmp_path_factory, spikedepth_checkpoint) -> Path:
+    """That network exported windowed (`spikedepth_ugdf`, + `_spikes` taking .dat bytes) and
+    streaming (`spikedepth_ugdf_stream`, one frame per camera per request)."""
+    from tritonforge.export.spikedepth import SpikeDepthOptions
+    from tritonforge.pipeline.export import export_model
+
+    repo = tmp_path_factory.mktemp("spikedepth_repo")
+    export_model("spikedepth", SpikeDepthOptions(checkpoint=str(spikedepth_checkpoint)), repo)
+    export_model("spikedepth", SpikeDepthOptions(checkpoint=str(spikedepth_checkpoint), streaming=True), repo)
+    return repo

@@ -254,8 +254,8 @@ _REGISTRY: dict[str, Family] = {}
 # family can be found by name without importing every family's heavy dependencies.
 _BUILTIN_MODULES = {"bert": "tritonforge.export.bert", "dask": "tritonforge.export.dask",
                     "detr": "tritonforge.export.detr",
-                    "snn": "tritonforge.export.snn", "sr": "tritonforge.export.sr",
-                    "vit": "tritonforge.export.vit"}
+                    "snn": "tritonforge.export.snn", "spikedepth": "tritonforge.export.spikedepth",
+                    "sr": "tritonforge.export.sr", "vit": "tritonforge.export.vit"}
 
 
 # The built-in families' own command groups (`tritonforge snn train`): command -> (family, one
@@ -265,6 +265,7 @@ BUILTIN_COMMANDS = {
     "dask": ("dask", "DASK: train knowledge-injected sentiment classifiers, list pivot words."),
     "emt": ("sr", "EMT video delivery: meta-train, tune each chunk into a version, play, compare."),
     "snn": ("snn", "TET: train spiking classifiers on scikit-learn's digits."),
+    "spikedepth": ("spikedepth", "Spike-camera depth: simulate .dat streams, make scenes, train, evaluate."),
     "vit": ("vit", "ViT/BEiT: train on the digits, make backdoored controls, scan for backdoors."),
 }
 

@@ -16,10 +16,11 @@ import torch
 from typer.testing import CliRunner
 
 from tritonforge.cli import app
+from tritonforge.data.video import read_video
 from tritonforge.export.sr import emt
 from tritonforge.export.sr.delivery import META_FILE
 from tritonforge.export.sr.model import load_checkpoint
-from tritonforge.export.sr.video import demo_clip, read_video, split_chunks
+from tritonforge.export.sr.video import demo_clip, split_chunks
 from tritonforge.serving.client import connect, infer
 from tritonforge.serving.local import LocalTriton
 

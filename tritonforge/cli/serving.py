@@ -137,9 +137,10 @@ def query(
     input_json: Annotated[Path | None, typer.Option(
         help="JSON object {input name: nested list} sent as the request.")] = None,
     stream: Annotated[list[str] | None, typer.Option(
-        "--stream", help="A streaming model: a .npy recording [frames, ...], sent frame by frame as "
-                         "one sequence; the output of every frame is printed. A model with several "
-                         "per-frame inputs (left and right): NAME=FILE for each.")] = None,
+        "--stream", help="A streaming model: a .npy recording [frames, ...] (or the model's own format, "
+                         "such as a spike camera's .dat), sent frame by frame as one sequence; the "
+                         "output of every frame is printed. A model with several per-frame inputs "
+                         "(left and right): NAME=FILE for each.")] = None,
     repo: Annotated[Path | None, typer.Option(
         "--repo", help="Repository with the model's export, to encode raw input for a tensor model "
                        "(its tokenizer).")] = None,

@@ -252,6 +252,11 @@ class Modality:
         """A short label for one raw input in `query`'s tables."""
         return f"#{index}"
 
+    def recording(self, path: Path) -> np.ndarray | None:
+        """A streaming model's recording in the modality's own file format (a spike camera's
+        `.dat`) as frames [frames, ...], for `query --stream`; None: the file is a .npy array."""
+        return None
+
 
 def raw_bytes_array(items: Sequence[bytes]) -> np.ndarray:
     """Raw payloads as a batch for a TYPE_STRING input declared with dims [1]."""

@@ -42,7 +42,7 @@ class Tensors(Modality):
         return {"timesteps": self.timesteps} if self.timesteps else {}
 
     def write_samples(self, folder: Path, inputs: Mapping[str, np.ndarray]) -> None:
-        np.savez(Path(folder) / SAMPLES_FILE, **{k: np.ascontiguousarray(v) for k, v in inputs.items()})
+        save_samples(folder, inputs)
 
     def read_raw(self, values: Sequence[str]) -> list[dict[str, Any]]:
         """`--npy FILE` (a model with one input) or `--npy NAME=FILE` per input: one raw item,
@@ -84,6 +84,12 @@ class Tensors(Modality):
     def describe_raw(self, item: Any, index: int) -> str:
         names = [Path(v).name for v in item.values() if isinstance(v, (str, Path))]
         return f"#{index} {', '.join(names)}" if names else f"#{index}"
+
+
+def save_samples(folder: Path, inputs: Mapping[str, np.ndarray]) -> None:
+    """Keep the graph's real inputs beside an export (`samples.npz`): what `bench` sends to a
+    model whose clients send tensors, and the sequences it streams to a streaming one."""
+    np.savez(Path(folder) / SAMPLES_FILE, **{k: np.ascontiguousarray(v) for k, v in inputs.items()})
 
 
 def load_array(source: Any) -> np.ndarray:

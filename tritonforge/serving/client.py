@@ -479,14 +479,16 @@ def stream_files(info: ModelInfo, values: Sequence[str]) -> dict[str, np.ndarray
 
 
 def stream_file(info: ModelInfo, frame: TensorInfo, path: Path) -> np.ndarray:
-    """A recording [frames, ...one frame...] for one input of a streaming model, checked
-    against the frame the server declares (dtype, shape, finite values)."""
+    """A recording [frames, ...one frame...] for one input of a streaming model (a .npy array,
+    or a file in the model's own format such as a spike camera's .dat), checked against the
+    frame the server declares (dtype, shape, finite values)."""
     from tritonclient.utils import triton_to_np_dtype
 
     from tritonforge.modalities.tensors import load_array, refuse_non_finite
 
     dims = list(frame.shape[1:] if info.max_batch_size else frame.shape)
-    frames = load_array(path)
+    recorded = info.modality().recording(Path(path)) if "preprocessing" in info.parameters else None
+    frames = load_array(path) if recorded is None else recorded
     dtype = np.dtype(triton_to_np_dtype(frame.datatype))
     fits = frames.ndim == len(dims) + 1 and all(d < 0 or d == n for d, n in zip(dims, frames.shape[1:],
                                                                              strict=True))

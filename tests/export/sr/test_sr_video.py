@@ -6,17 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
+from tritonforge.data.video import Video, read_video, write_video
 from tritonforge.errors import TritonForgeError
-from tritonforge.export.sr.video import (
-    Chunk,
-    Video,
-    check_patch,
-    crop_to_scale,
-    demo_clip,
-    read_video,
-    split_chunks,
-    write_video,
-)
+from tritonforge.export.sr.video import Chunk, check_patch, crop_to_scale, demo_clip, split_chunks
 
 # A small clip: 3 shots of 1 s at 10 fps, 96x48 (divisible by 2, 3 and 4), so tests take seconds.
 SIZE, FPS, SHOT_S, SHOTS = (96, 48), 10.0, 1.0, 3

@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image as PILImage
 from torch import nn
 
+from tritonforge.data.video import Video, read_video, write_video
 from tritonforge.errors import TritonForgeError
 from tritonforge.export.sr import SRFamily, SROptions, SRReference
 from tritonforge.export.sr.data import psnr
@@ -44,14 +45,7 @@ from tritonforge.export.sr.emt import (
     upscale,
 )
 from tritonforge.export.sr.model import architecture, load_checkpoint, save_checkpoint
-from tritonforge.export.sr.video import (
-    DEFAULT_CHUNK_SECONDS,
-    Chunk,
-    Video,
-    read_video,
-    split_chunks,
-    write_video,
-)
+from tritonforge.export.sr.video import DEFAULT_CHUNK_SECONDS, Chunk, split_chunks
 from tritonforge.family import ExportInfo
 
 SECTION = "emt"  # the manifest section of a chunk's version

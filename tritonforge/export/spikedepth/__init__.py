@@ -1,0 +1,364 @@
+"""The `spikedepth` family: depth from spike cameras, monocular, stereo and UGDF's fusion of both.
+
+No spike-camera data installs offline, so the family makes its own (`spikes.py`: an
+integrate-and-fire simulator and SpikeCV's `.dat` format; `scenes.py`: procedural stereo
+scenes with exact depth). The embedded default is a UGDF network trained here on them
+(`tritonforge spikedepth train`; `export spikedepth` trains it when no `--checkpoint` is given).
+
+The exported graph takes each camera's T-frame window bit-packed exactly as the `.dat` file
+stores it and unpacks it itself (`model.PackedInput`); it returns `depth` and `uncertainty`
+(depth maps, metres and the Laplace scale of the log depth), and for `ugdf` each branch's too.
+Clients send `.dat` bytes to `<name>_spikes` (`modality.SpikeStream`), or, with
+`--streaming`, one packed frame per camera per request under Triton's sequence batcher, the
+window kept as implicit state (`model.StreamStep`).
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tritonforge.errors import TritonForgeError
+from tritonforge.export.onnx import MIN_OPSET, check_onnx, to_float16, torch_to_onnx
+from tritonforge.export.spikedepth.data import SceneSet, depth_metrics, scene_set
+from tritonforge.export.spikedepth.modality import SpikeStream
+from tritonforge.export.spikedepth.model import (
+    ARCHITECTURES,
+    PackedInput,
+    StreamStep,
+    input_names,
+    output_names,
+)
+from tritonforge.export.spikedepth.scenes import Rig
+from tritonforge.family import ExportInfo, Family, Shape, VerifyDefaults, option, register
+from tritonforge.spec import DEPTH_MAP, MEAN, Check, ModelIO, Parity, TensorSpec
+from tritonforge.targets import TargetOptions
+
+DEPTH_REL = 1e-4  # FP32: max relative difference of every output against PyTorch
+HALF_REL = 0.02  # FP16 / BF16 against the FP32 model: mean relative difference of the depth
+INT8_REL = 0.05  # INT8 against the FP32 model, mean; its bar is the abs-rel increase below
+INT8_ABS_REL_INCREASE = 0.005  # on the held-out scenes: a publish gate
+STREAM_ABS = 1e-5  # streaming output after frame T against the windowed graph on the same frames
+EVAL_SCENES = 100  # held-out scenes the quality and the INT8 gate are measured on
+CALIBRATION_SCENES = 32  # training scenes INT8 ranges are calibrated on
+STREAM_EXTRA = 3  # frames a parity stream runs past its first full window
+WEIGHTS_FILE = "pytorch/model.pt"  # the reference's weights, saved with a version trained here
+
+
+@dataclass(frozen=True)
+class SpikeDepthOptions(TargetOptions):
+    """The export recipe; written verbatim into the manifest."""
+
+    arch: str = option("ugdf", help="mono (left camera), stereo (cost volume), or ugdf (both, fused by "
+                                    "their uncertainty in the graph).")
+    checkpoint: str | None = option(None, help="A checkpoint of `tritonforge spikedepth train` (default: "
+                                               "train the network now on procedural scenes, minutes).")
+    seed: int = option(0, help="Seed of the default network's training.")
+    bits: int = option(32, help="32 (FP32), 16 (FP16; BF16 on --target openvino) or 8 (INT8 QDQ: the "
+                                "convolutions; the unpacking, cost volume and fusion stay float).")
+    streaming: bool = option(False, help="Export one frame per camera per request, the T-frame window "
+                                         "kept as state (Triton's sequence batcher).")
+
+    def __post_init__(self):
+        if self.arch not in ARCHITECTURES:
+            raise TritonForgeError(f"--arch {self.arch!r} is unknown: choose one of "
+                                   f"{', '.join(ARCHITECTURES)}")
+        if self.bits not in (32, 16, 8):
+            raise TritonForgeError(f"--bits {self.bits} is not offered: choose 32, 16 or 8")
+        if self.streaming and self.bits != 32:
+            raise TritonForgeError("--streaming exports FP32 steps only: leave out --bits, or export the "
+                                   f"windowed graph with --bits {self.bits}")
+        super().__post_init__()
+
+
+@register
+class SpikeDepthFamily(Family):
+    """Spike-camera depth: T binary frames per camera in, depth and uncertainty out."""
+
+    name = "spikedepth"
+    options_type = SpikeDepthOptions
+    verify_defaults = VerifyDefaults(batch_size=4, iterations=10, samples=16)
+
+    def default_name(self, options: SpikeDepthOptions) -> str:
+        suffix = ("" if options.precision == "fp32" else f"_{options.precision}") + \
+            ("_stream" if options.streaming else "")
+        return f"spikedepth_{options.arch}{suffix}"
+
+    def serving(self, options: SpikeDepthOptions, base):
+        return options.serving(base)
+
+    # -- the reference ---------------------------------------------------------------------------
+
+    def load(self, options: SpikeDepthOptions, stage=None):
+        import torch
+
+        from tritonforge.export.spikedepth.train import TrainRecipe, load_checkpoint, recipe_json, train
+
+        torch.set_num_threads(options.threads)
+        if options.checkpoint:
+            net, recipe = load_checkpoint(Path(options.checkpoint))
+            return self._wrap(net, options, f"from --checkpoint {options.checkpoint}", recipe, saved=False)
+        recipe = TrainRecipe(arch=options.arch, seed=options.seed)
+        tick = stage(f"training the {options.arch} network on {recipe.scenes} procedural scenes",
+                     recipe.epochs) if stage else None
+        net = train(recipe, (lambda *_: tick()) if callable(tick) else None)
+        return self._wrap(net, options, f"trained here on procedural scenes (seed {options.seed})",
+                          recipe_json(recipe), saved=True)
+
+    def load_version(self, options: SpikeDepthOptions, folder: Path, stage=None):
+        from tritonforge.export.spikedepth.train import load_checkpoint
+
+        saved = folder / WEIGHTS_FILE
+        if not saved.is_file():
+            return self.load(options, stage)
+        net, recipe = load_checkpoint(saved)
+        return self._wrap(net, options, f"saved with the version ({WEIGHTS_FILE})", recipe, saved=False)
+
+    def _wrap(self, net, options: SpikeDepthOptions, weights: str, recipe, saved: bool):
+        if net.config.arch != options.arch:
+            raise TritonForgeError(f"--checkpoint holds a {net.config.arch} network, not --arch "
+                                   f"{options.arch}: pass --arch {net.config.arch}")
+        graph = StreamStep(net) if options.streaming else PackedInput(net)
+        graph.weights, graph.recipe, graph.save_weights = weights, recipe, saved
+        graph.checked = {}  # quality measured once per export: the gate and the manifest share it
+        return graph.eval()
+
+    def source(self, model) -> dict[str, Any]:
+        config = network(model).config
+        return {"architecture": config.arch, "window": config.window, "height": config.height,
+                "width": config.width, "focal_px": config.focal, "baseline_m": config.baseline,
+                "weights": model.weights, **({"training": model.recipe} if model.recipe else {})}
+
+    def write_side_files(self, model, version_dir: Path) -> None:
+        """A network trained here travels with its version, so `verify` rebuilds the same
+        reference without training again."""
+        from tritonforge.export.spikedepth.train import save_checkpoint
+
+        if model.save_weights:
+            save_checkpoint(version_dir / WEIGHTS_FILE, network(model), model.recipe or {}, {})
+
+    # -- inputs and outputs ----------------------------------------------------------------------
+
+    def io(self, model, options: SpikeDepthOptions) -> ModelIO:
+        config = network(model).config
+        cameras = ("left", "right") if config.stereo else ("left",)
+        tensors = input_names(config.arch)
+        frame = config.height * config.width // 8
+        plane = (1, config.height, config.width)
+        outputs = tuple(TensorSpec(name, "float32", plane, DEPTH_MAP) for name in output_names(config.arch))
+        modality = SpikeStream(height=config.height, width=config.width, window=config.window,
+                               cameras=cameras, tensors=tensors, streaming=options.streaming)
+        if not options.streaming:
+            return ModelIO(tuple(TensorSpec(t, "uint8", (config.window, frame)) for t in tensors), outputs,
+                           modality)
+        windows = tuple((f"window_{camera}_in", f"window_{camera}_out") for camera in cameras)
+        state = (*windows, ("frames_in", "frames_out"))
+        inputs = (*(TensorSpec(t, "uint8", (frame,)) for t in tensors),
+                  *(TensorSpec(pair[0], "uint8", (config.window, frame)) for pair in windows),
+                  TensorSpec("frames_in", "float32", (1,)))
+        state_outputs = (*(TensorSpec(pair[1], "uint8", (config.window, frame)) for pair in windows),
+                         TensorSpec("frames_out", "float32", (1,)))
+        return ModelIO(inputs, (*outputs, *state_outputs), modality, state=state)
+
+    def sample_inputs(self, model, options: SpikeDepthOptions, n: int | None, shape: Shape | None = None
+                      ) -> dict[str, np.ndarray]:
+        """Held-out procedural scenes (never trained on): each camera's packed window; a
+        streaming export gets recordings [N, T + 3, H*W/8] (the window, then 3 frames more)."""
+        config = network(model).config
+        count = n or EVAL_SCENES
+        if not options.streaming:
+            scenes = held_out(config, count)
+            return packed_inputs(scenes, config.stereo)
+        scenes = scene_set("test", count, config.window + STREAM_EXTRA, rig_of(config))
+        tensors = input_names(config.arch)
+        return {name: np.ascontiguousarray(side) for name, side in zip(tensors, (scenes.left, scenes.right),
+                                                                       strict=False)}
+
+    def steps(self, inputs: Mapping[str, np.ndarray], io: ModelIO) -> list[dict[str, np.ndarray]]:
+        if not io.state:
+            return [dict(inputs)]
+        frames = next(iter(inputs.values())).shape[1]
+        return [{name: np.ascontiguousarray(array[:, t]) for name, array in inputs.items()}
+                for t in range(frames)]
+
+    # -- the graph -------------------------------------------------------------------------------
+
+    def export(self, model, path: Path, options: SpikeDepthOptions) -> ExportInfo:
+        io = self.io(model, options)
+        axes = {name: {0: "batch"} for name in (*io.input_names, *io.output_names)}
+        details: dict[str, Any] = {"unpacking": "in the graph: floor(x / 2^k) arithmetic on the .dat bytes",
+                                   "window": network(model).config.window}
+        if options.streaming:
+            return self._export_step(model, path, io, axes, details)
+        feed = self.sample_inputs(model, options, 2)
+        if options.precision != "int8":
+            torch_to_onnx(model, feed, path, io, axes, MIN_OPSET)
+            if options.precision == "fp16":
+                to_float16(path)
+            return ExportInfo(opset=check_onnx(path), precision=options.precision, details=details)
+        from tritonforge.quant.static import QUANTIZED_OP_TYPES, openvino_float_nodes, static_qdq
+
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".fp32-") as scratch:
+            fp32 = Path(scratch) / "fp32.onnx"
+            torch_to_onnx(model, feed, fp32, io, axes, MIN_OPSET)
+            config = network(model).config
+            calibration = packed_inputs(scene_set("train", CALIBRATION_SCENES, config.window, rig_of(config)),
+                                        config.stereo)
+            feeds = [{k: v[i:i + 4] for k, v in calibration.items()} for i in range(0, CALIBRATION_SCENES, 4)]
+            kept = openvino_float_nodes(fp32) if options.target == "openvino" else {}
+            nodes = static_qdq(fp32, path, feeds, kept)
+        quantization = {"method": "onnxruntime.quantization.quantize_static (QDQ, per-channel int8 weights, "
+                                  "per-tensor uint8 activations, MinMax calibration)",
+                        "calibration_scenes": CALIBRATION_SCENES,
+                        "quantized_op_types": list(QUANTIZED_OP_TYPES),
+                        "quantize_linear_nodes": nodes,
+                        "float": "the unpacking of the spikes, the cost volume (Mul, ReduceMean), "
+                                 "soft-argmin, the depth and uncertainty heads' activations and the fusion",
+                        **({"openvino_float_nodes": kept} if kept else {})}
+        return ExportInfo(opset=check_onnx(path), precision="int8", details=details,
+                          sections={"quantization": quantization})
+
+    def _export_step(self, model, path: Path, io: ModelIO, axes, details) -> ExportInfo:
+        """The one-frame graph, checked here against the windowed graph: after each frame from
+        the T-th on, its outputs must be the windowed model's on the last T frames."""
+        import torch
+
+        from tritonforge.runtime import ort_session
+        from tritonforge.verify.parity import session_steps
+
+        step = StreamStep(copy.deepcopy(network(model))).eval()
+        config = network(model).config
+        frame = config.height * config.width // 8
+        feed = {spec.name: np.zeros((2, *spec.dims), np.dtype(spec.dtype)) for spec in io.inputs}
+        torch_to_onnx(step, feed, path, io, axes, MIN_OPSET)
+        recordings = self.sample_inputs(model, SpikeDepthOptions(arch=config.arch, streaming=True), 4)
+        streamed = session_steps(ort_session(path), self.steps(recordings, io), io)
+        windowed = PackedInput(network(model)).eval()
+        worst = 0.0
+        with torch.inference_mode():
+            for last in range(config.window - 1, config.window + STREAM_EXTRA):
+                cut = [torch.from_numpy(np.ascontiguousarray(r[:, last - config.window + 1:last + 1]))
+                       for r in recordings.values()]
+                for name, out in zip(output_names(config.arch), windowed(*cut), strict=True):
+                    worst = max(worst, float(np.abs(streamed[name][:, last] - out.numpy()).max()))
+        early = max(float(np.abs(streamed[name][:, :config.window - 1]).max())
+                    for name in output_names(config.arch))
+        if worst > STREAM_ABS or early != 0.0:
+            raise TritonForgeError(f"the streaming graph differs from the windowed one by {worst:.3g} after "
+                                   f"the window filled (bar {STREAM_ABS}) and gives {early:.3g} before it: "
+                                   "nothing was written. Report the model")
+        details = {**details, "streaming": "one packed frame per camera per request; state = each camera's "
+                                           "last T packed frames and the frame count; outputs are 0 (no "
+                                           "depth) until T frames have arrived",
+                   "state_bytes": sum(config.window * frame for _ in range(2 if config.stereo else 1)) + 4,
+                   "stream_vs_window_max_abs_diff": worst}
+        return ExportInfo(opset=check_onnx(path), precision="fp32", details=details)
+
+    # -- judging --------------------------------------------------------------------------------
+
+    def compare(self, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray],
+                options: SpikeDepthOptions, inputs: Mapping[str, np.ndarray] | None = None) -> Parity:
+        names = [name for name in reference if name.startswith(("depth", "uncertainty"))]
+        worst = {name: relative_difference(reference[name], candidate[name]) for name in names}
+        details: dict[str, Any] = {"samples": int(len(reference["depth"])),
+                                   **{f"{name}_max_rel_diff": w[0] for name, w in worst.items()},
+                                   **{f"{name}_mean_rel_diff": w[1] for name, w in worst.items()}}
+        if options.precision == "fp32":
+            return Parity(tuple(Check(f"{name}_max_rel_diff", w[0], DEPTH_REL, False)
+                                for name, w in worst.items()), details)
+        bar = INT8_REL if options.precision == "int8" else HALF_REL
+        return Parity((Check("depth_mean_rel_diff", worst["depth"][1], bar, False, MEAN),), details)
+
+    def gates(self, model, options: SpikeDepthOptions, io: ModelIO, run, folder: Path) -> list[Check]:
+        """INT8: the abs-rel increase on the held-out scenes against the FP32 PyTorch model."""
+        if options.precision != "int8":
+            return []
+        measured = self._quality(model, options, run)
+        return [Check("abs_rel_increase", measured["abs_rel_increase"], INT8_ABS_REL_INCREASE, False)]
+
+    def gate_advice(self, options, failed) -> str:
+        return ("INT8 loses too much depth accuracy on this network: publish FP32 or --bits 16, or "
+                "retrain with more scenes")
+
+    def quality(self, model, options: SpikeDepthOptions, run) -> dict[str, Any] | None:
+        """Depth metrics of the exported graph on the held-out scenes, beside PyTorch's."""
+        if options.streaming:
+            return None
+        return self._quality(model, options, run)
+
+    def _quality(self, model, options, run) -> dict[str, Any]:
+        if "quality" in model.checked:
+            return model.checked["quality"]
+        import torch
+
+        config = network(model).config
+        scenes = held_out(config, EVAL_SCENES)
+        feeds = packed_inputs(scenes, config.stereo)
+        graph, torch_depth = [], []
+        for start in range(0, EVAL_SCENES, 8):
+            feed = {k: v[start:start + 8] for k, v in feeds.items()}
+            graph.append(run(feed)["depth"][:, 0])
+            with torch.inference_mode():
+                torch_depth.append(model(*(torch.from_numpy(v) for v in feed.values()))[0][:, 0].numpy())
+        exported = depth_metrics(np.concatenate(graph), scenes.depth)
+        reference = depth_metrics(np.concatenate(torch_depth), scenes.depth)
+        measured = {"samples": EVAL_SCENES, "abs_rel": exported["abs_rel"], "rmse": exported["rmse"],
+                    "delta_1.25": exported["delta_1.25"], "pytorch_abs_rel": reference["abs_rel"],
+                    "abs_rel_increase": exported["abs_rel"] - reference["abs_rel"]}
+        model.checked["quality"] = measured
+        return measured
+
+    def summary(self, manifest) -> list[str]:
+        source, quality = manifest["source"], manifest.get("quality")
+        lines = [f"{source['architecture']} spike-depth network, window T = {source['window']}, "
+                 f"{source['height']} x {source['width']}, {manifest['onnx']['bytes'] / 1e6:.1f} MB; weights "
+                 f"{source['weights']}", *super().summary(manifest)[:1]]
+        if quality:
+            lines.append(f"held-out scenes ({quality['samples']}): abs rel {quality['abs_rel']:.4f} (PyTorch "
+                         f"{quality['pytorch_abs_rel']:.4f}), RMSE {quality['rmse']:.3f} m, "
+                         f"delta<1.25 {quality['delta_1.25']:.3f}")
+        return lines + super().summary(manifest)[2 if quality else 1:]
+
+    def commands(self):
+        from tritonforge.export.spikedepth.commands import spikedepth_commands
+
+        return spikedepth_commands()
+
+
+def network(model):
+    """The DepthNet inside an export graph (windowed or streaming)."""
+    return model.graph.net if isinstance(model, StreamStep) else model.net
+
+
+def rig_of(config) -> Rig:
+    return Rig(height=config.height, width=config.width, focal=config.focal, baseline=config.baseline)
+
+
+def held_out(config, count: int) -> SceneSet:
+    return scene_set("test", count, config.window, rig_of(config))
+
+
+def packed_inputs(scenes: SceneSet, stereo: bool) -> dict[str, np.ndarray]:
+    if stereo:
+        return {"spikes_left": np.ascontiguousarray(scenes.left),
+                "spikes_right": np.ascontiguousarray(scenes.right)}
+    return {"spikes": np.ascontiguousarray(scenes.left)}
+
+
+def relative_difference(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, float]:
+    """(max, mean) of |candidate - reference| / |reference| over the pixels where the reference
+    holds a value (a stream's outputs before its window fills are 0 in both)."""
+    reference, candidate = np.asarray(reference, np.float64), np.asarray(candidate, np.float64)
+    held = reference != 0
+    if (candidate[~held] != 0).any():
+        return float("inf"), float("inf")
+    if not held.any():
+        return 0.0, 0.0
+    relative = np.abs(candidate[held] - reference[held]) / np.abs(reference[held])
+    return float(relative.max()), float(relative.mean())
