@@ -172,3 +172,43 @@ def test_eval_reports_every_branch_per_band(tmp_path, spikedepth_checkpoint):
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert sorted(metrics) == ["ugdf:fused", "ugdf:mono", "ugdf:stereo"]
     assert {"abs_rel", "near_abs_rel", "far_abs_rel", "rmse", "delta_1.25"} <= set(metrics["ugdf:fused"])
+
+
+def test_adapt_publishes_the_next_version_with_its_report(tmp_path, spikedepth_checkpoint):
+    from tritonforge.pipeline.export import export_model
+
+    export_model("spikedepth", SpikeDepthOptions(checkpoint=str(spikedepth_checkpoint)), tmp_path / "repo",
+                 name="depth")
+    result = runner.invoke(app, ["spikedepth", "adapt", "--name", "depth", "--repo", str(tmp_path / "repo"),
+                                 "--domain", "camera", "--source-scenes", "8", "--target-scenes", "8",
+                                 "--teacher-epochs", "1", "--cfkd-epochs", "1", "--adapt-epochs", "1",
+                                 "--out", str(tmp_path / "adapted.pt"), "--json", str(tmp_path / "a.json")])
+    assert result.exit_code == 0, result.output
+    assert "published as version 2 of depth" in result.output
+    report = json.loads((tmp_path / "a.json").read_text())
+    assert set(report) == {"recipe", "source_only", "adapted"}
+    assert set(report["adapted"]["target"]) == {"mono", "stereo", "fused"}
+    saved = manifest(tmp_path / "repo", "depth")
+    assert saved["version"] == 2 and saved["source"]["training"]["adaptation"]["domain"] == "camera"
+    assert (tmp_path / "repo" / "depth" / "2" / "pytorch" / "model.pt").is_file()
+    # A stereo network has no monocular branch to distil the RGB teacher into.
+    stereo = train(TrainRecipe(arch="stereo", scenes=4, epochs=1, window=8, width_factor=4))
+    save_checkpoint(tmp_path / "stereo.pt", stereo, {}, {})
+    result = runner.invoke(app, ["spikedepth", "adapt", "--checkpoint", str(tmp_path / "stereo.pt")])
+    assert result.exit_code == 2 and "--no-cfkd" in result.output
+
+
+def test_eval_reads_recordings_and_refuses_nan_depth(tmp_path, spikedepth_checkpoint):
+    result = runner.invoke(app, ["spikedepth", "scenes", "--count", "2", "--window", "8", "--out",
+                                 str(tmp_path / "s")])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["spikedepth", "eval", str(spikedepth_checkpoint), "--recordings",
+                                 str(tmp_path / "s"), "--json", str(tmp_path / "m.json")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "m.json").read_text())["ugdf:fused"]["pixels"] == 2 * 64 * 96
+    depth = np.load(tmp_path / "s" / "scene_0001" / "depth.npy")
+    depth[5, 7] = np.nan
+    np.save(tmp_path / "s" / "scene_0001" / "depth.npy", depth)
+    result = runner.invoke(app, ["spikedepth", "eval", str(spikedepth_checkpoint), "--recordings",
+                                 str(tmp_path / "s")])
+    assert result.exit_code == 2 and "holds NaN at [5, 7]" in " ".join(result.output.split())

@@ -103,13 +103,13 @@ class SpikeDepthFamily(Family):
         torch.set_num_threads(options.threads)
         if options.checkpoint:
             net, recipe = load_checkpoint(Path(options.checkpoint))
-            return self._wrap(net, options, f"from --checkpoint {options.checkpoint}", recipe, saved=False)
+            return self._wrap(net, options, f"from --checkpoint {options.checkpoint}", recipe)
         recipe = TrainRecipe(arch=options.arch, seed=options.seed)
         tick = stage(f"training the {options.arch} network on {recipe.scenes} procedural scenes",
                      recipe.epochs) if stage else None
         net = train(recipe, (lambda *_: tick()) if callable(tick) else None)
         return self._wrap(net, options, f"trained here on procedural scenes (seed {options.seed})",
-                          recipe_json(recipe), saved=True)
+                          recipe_json(recipe))
 
     def load_version(self, options: SpikeDepthOptions, folder: Path, stage=None):
         from tritonforge.export.spikedepth.train import load_checkpoint
@@ -118,14 +118,14 @@ class SpikeDepthFamily(Family):
         if not saved.is_file():
             return self.load(options, stage)
         net, recipe = load_checkpoint(saved)
-        return self._wrap(net, options, f"saved with the version ({WEIGHTS_FILE})", recipe, saved=False)
+        return self._wrap(net, options, f"saved with the version ({WEIGHTS_FILE})", recipe)
 
-    def _wrap(self, net, options: SpikeDepthOptions, weights: str, recipe, saved: bool):
+    def _wrap(self, net, options: SpikeDepthOptions, weights: str, recipe):
         if net.config.arch != options.arch:
             raise TritonForgeError(f"--checkpoint holds a {net.config.arch} network, not --arch "
                                    f"{options.arch}: pass --arch {net.config.arch}")
         graph = StreamStep(net) if options.streaming else PackedInput(net)
-        graph.weights, graph.recipe, graph.save_weights = weights, recipe, saved
+        graph.weights, graph.recipe = weights, recipe
         graph.checked = {}  # quality measured once per export: the gate and the manifest share it
         return graph.eval()
 
@@ -136,12 +136,12 @@ class SpikeDepthFamily(Family):
                 "weights": model.weights, **({"training": model.recipe} if model.recipe else {})}
 
     def write_side_files(self, model, version_dir: Path) -> None:
-        """A network trained here travels with its version, so `verify` rebuilds the same
-        reference without training again."""
+        """The network travels with its version (a few hundred kB), so `verify` rebuilds the same
+        reference without training again, and a version adapted from a checkpoint file stays
+        verifiable when that file is gone."""
         from tritonforge.export.spikedepth.train import save_checkpoint
 
-        if model.save_weights:
-            save_checkpoint(version_dir / WEIGHTS_FILE, network(model), model.recipe or {}, {})
+        save_checkpoint(version_dir / WEIGHTS_FILE, network(model), model.recipe or {}, {})
 
     # -- inputs and outputs ----------------------------------------------------------------------
 

@@ -3,11 +3,14 @@ mono / stereo / UGDF networks, and evaluate them per distance band."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from tritonforge.errors import TritonForgeError
 
 SeedOption = Annotated[int, typer.Option(help="Seed: the same seed gives the same result.")]
 GainOption = Annotated[float, typer.Option(help="Accumulated per step at luminance 1.")]
@@ -146,28 +149,172 @@ def spikedepth_commands() -> typer.Typer:
     @commands.command("eval")
     def eval_command(
         checkpoint: Annotated[list[Path], typer.Argument(help="Checkpoints to compare "
-                                                              "(`spikedepth train`).")],
-        scenes: Annotated[int, typer.Option(help="Held-out scenes.")] = 100,
+                                                              "(`spikedepth train`, `spikedepth adapt`).")],
+        scenes: Annotated[int, typer.Option(help="Scenes (or recordings of the Motorcycle scene).")] = 100,
+        domain: Annotated[str, typer.Option(help="source (held-out procedural scenes), camera (the "
+                                                 "adaptation target camera) or motorcycle (the real "
+                                                 "Middlebury scene).")] = "source",
+        recordings: Annotated[Path | None, typer.Option(help="Or a folder of recorded scenes with depth "
+                                                             "(`spikedepth scenes`' layout).")] = None,
         json_path: Annotated[Path | None, typer.Option("--json", help="Write the metrics here.")] = None,
     ):
         """abs rel, RMSE and delta < 1.25 overall and per distance band (near < 3 m, middle, far >= 8 m)
-        of every branch of every checkpoint, on held-out procedural scenes."""
+        of every branch of every checkpoint."""
         from tritonforge.console import console
-        from tritonforge.export.spikedepth.data import scene_set
+        from tritonforge.export.spikedepth.data import domain_scenes, read_recordings
         from tritonforge.export.spikedepth.train import evaluate, load_checkpoint
 
         results = {}
         for path in checkpoint:
             net, _recipe = load_checkpoint(path)
-            data = scene_set("test", scenes, net.config.window)
+            window = net.config.window
+            if recordings:
+                data = read_recordings(recordings, window)
+            else:
+                data = domain_scenes(domain, scenes, window)
             for branch, metrics in evaluate(net, data).items():
                 results[f"{path.stem}:{branch}"] = metrics
-        console.print(metrics_table(f"{scenes} held-out scenes", results))
+        where = str(recordings) if recordings else f"{scenes} {domain} scenes"
+        console.print(metrics_table(where, results))
+        if json_path:
+            json_path.write_text(json.dumps(results, indent=2) + "\n")
+            console.print(f"written to {json_path}")
+
+    @commands.command("adapt")
+    def adapt_command(
+        ctx: typer.Context,
+        name: Annotated[str | None, typer.Option(help="The model to adapt: its latest version in --repo is "
+                                                      "loaded, and the adapted network is published as its "
+                                                      "next version.")] = None,
+        checkpoint: Annotated[Path | None, typer.Option(help="Or a checkpoint to adapt (nothing is "
+                                                             "published).")] = None,
+        repo: Annotated[Path, typer.Option(help="Model repository.")] = Path("model_repo"),
+        domain: Annotated[str, typer.Option(help="camera (a dimmer, noisier spike camera filming scenes "
+                                                 "textured with unseen photographs) or motorcycle (the "
+                                                 "Middlebury scene recorded by the spike camera).")
+                              ] = "camera",
+        cfkd: Annotated[bool, typer.Option(help="Distil an RGB teacher on the source scenes.")] = True,
+        ugmt: Annotated[bool, typer.Option(help="Learn the mean teacher's certain pseudo-labels.")] = True,
+        glfa: Annotated[bool, typer.Option(help="Align global features of source and target.")] = True,
+        target_scenes: Annotated[int, typer.Option(help="Unlabelled target windows.")] = 400,
+        source_scenes: Annotated[int, typer.Option(help="Labelled source scenes.")] = 800,
+        teacher_epochs: Annotated[int, typer.Option(help="Epochs of the RGB teacher.")] = 6,
+        cfkd_epochs: Annotated[int, typer.Option(help="Epochs of the source stage.")] = 2,
+        adapt_epochs: Annotated[int, typer.Option(help="Epochs over the target windows.")] = 3,
+        seed: SeedOption = 0,
+        out: Annotated[Path | None, typer.Option(help="Where to write the adapted checkpoint (default: "
+                                                      "NAME_DOMAIN.pt).")] = None,
+        json_path: Annotated[Path | None, typer.Option("--json", help="Write the metrics here.")] = None,
+    ):
+        """BiCross: adapt a network to a new spike camera without its depth labels (CFKD, UGMT,
+        GLFA), report it against the source-only network on the target domain, and publish it
+        as the next version of --name."""
+        from tritonforge.console import console, progress_bar
+        from tritonforge.export.spikedepth.adapt import AdaptRecipe, adapt
+        from tritonforge.export.spikedepth.train import save_checkpoint
+
+        if (name is None) == (checkpoint is None):
+            raise TritonForgeError("give the model to adapt: --name (a served model in --repo) or "
+                                   "--checkpoint FILE")
+        recipe = AdaptRecipe(domain=domain, cfkd=cfkd, ugmt=ugmt, glfa=glfa, target_scenes=target_scenes,
+                             source_scenes=source_scenes, teacher_epochs=teacher_epochs,
+                             cfkd_epochs=cfkd_epochs, adapt_epochs=adapt_epochs, seed=seed)
+        net, options = load_for_adaptation(name, checkpoint, repo)
+        with progress_bar() as bar:
+            adapted, report = adapt(net, recipe, stages(bar))
+        origin = str(checkpoint or f"{repo}/{name}")
+        path = save_checkpoint(out or Path(f"{name or checkpoint.stem}_{domain}.pt"), adapted,
+                               {"adapted_from": origin, "adaptation": recipe.to_json()}, report)
+        console.print(adaptation_table(report, recipe))
+        console.print(f"adapted network written to {path}")
+        if json_path:
+            json_path.write_text(json.dumps(report, indent=2) + "\n")
+        if name is not None:
+            options = dataclasses.replace(options, checkpoint=str(path))
+            result = ctx.obj.export_model("spikedepth", options, repo, name=name)
+            console.print(f"published as version {result.version} of {name} in {repo}")
+
+    @commands.command("adapt-study")
+    def adapt_study_command(
+        checkpoint: Annotated[Path, typer.Argument(help="The source network (`spikedepth train`).")],
+        domain: Annotated[str, typer.Option(help="camera or motorcycle.")] = "camera",
+        target_scenes: Annotated[int, typer.Option(help="Unlabelled target windows.")] = 400,
+        seed: SeedOption = 0,
+        json_path: Annotated[Path | None, typer.Option("--json", help="Write the metrics here.")] = None,
+    ):
+        """BiCross with and without each of CFKD, UGMT and GLFA, against the source-only network,
+        on the target domain: one table."""
+        from tritonforge.console import console, new_table, progress_bar
+        from tritonforge.export.spikedepth.adapt import AdaptRecipe, adapt
+        from tritonforge.export.spikedepth.train import load_checkpoint
+
+        net, _recipe = load_checkpoint(checkpoint)
+        variants = {"BiCross (CFKD+UGMT+GLFA)": {}, "without CFKD": {"cfkd": False},
+                    "without UGMT": {"ugmt": False}, "without GLFA": {"glfa": False}}
+        if net.mono is None:
+            variants = {k: {**v, "cfkd": False} for k, v in variants.items() if k != "without CFKD"}
+        results = {}
+        with progress_bar() as bar:
+            for label, changes in variants.items():
+                recipe = AdaptRecipe(domain=domain, target_scenes=target_scenes, seed=seed, **changes)
+                _adapted, report = adapt(net, recipe, stages(bar, f"{label}: "))
+                results.setdefault("source only", report["source_only"])
+                results[label] = report["adapted"]
+        final = {"mono": "mono", "stereo": "stereo", "ugdf": "fused"}[net.config.arch]
+        table = new_table(f"{checkpoint.name} adapted to the {domain} domain ({final} output)", "network",
+                          "target abs rel", "target δ<1.25", "target RMSE (m)", "source test abs rel")
+        for label, metrics in results.items():
+            target, source = metrics["target"][final], metrics["source_test"][final]
+            table.add_row(label, f"{target['abs_rel']:.4f}", f"{target['delta_1.25']:.3f}",
+                          f"{target['rmse']:.3f}", f"{source['abs_rel']:.4f}")
+        console.print(table)
         if json_path:
             json_path.write_text(json.dumps(results, indent=2) + "\n")
             console.print(f"written to {json_path}")
 
     return commands
+
+
+def stages(bar, prefix: str = ""):
+    """A progress callback for `adapt`: each stage gets its own bar."""
+    def stage(description: str, total: int):
+        task = bar.add_task(prefix + description, total=total or None)
+        return lambda: bar.advance(task)
+    return stage
+
+
+def load_for_adaptation(name: str | None, checkpoint: Path | None, repo: Path):
+    """The network to adapt and the recipe its next version is exported with."""
+    from tritonforge.export.spikedepth import SpikeDepthOptions, network
+    from tritonforge.export.spikedepth.train import load_checkpoint
+    from tritonforge.family import get_family
+    from tritonforge.serving.repository import ModelRepository
+
+    if checkpoint is not None:
+        net, _recipe = load_checkpoint(checkpoint)
+        return net, SpikeDepthOptions(arch=net.config.arch, checkpoint=str(checkpoint))
+    repository = ModelRepository(repo)
+    manifest = repository.read_manifest(name)
+    if manifest.get("family") != "spikedepth":
+        raise TritonForgeError(f"{name!r} in {repo} is a {manifest.get('family')} model, not a spikedepth "
+                               "one: give a spikedepth model or --checkpoint")
+    family = get_family("spikedepth")
+    options = family.options_from_json(manifest["recipe"])
+    _version, folder = repository.resolve(name)
+    return network(family.load_version(options, folder)), options
+
+
+def adaptation_table(report, recipe):
+    from tritonforge.console import new_table
+
+    table = new_table(f"BiCross ({recipe.parts}) on the {recipe.domain} domain", "network", "branch",
+                      "target abs rel", "target δ<1.25", "source test abs rel")
+    for label in ("source_only", "adapted"):
+        for branch, metrics in report[label]["target"].items():
+            source = report[label]["source_test"][branch]
+            table.add_row(label.replace("_", " "), branch, f"{metrics['abs_rel']:.4f}",
+                          f"{metrics['delta_1.25']:.3f}", f"{source['abs_rel']:.4f}")
+    return table
 
 
 def metrics_table(title: str, results):

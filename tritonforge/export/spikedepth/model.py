@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +69,13 @@ class NetConfig:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+class Features(NamedTuple):
+    """What a branch shows of itself besides its depth, for adaptation (`adapt.py`)."""
+
+    coarse: torch.Tensor  # the coarsest level: pooled for global alignment and contrastive distillation
+    decoded: torch.Tensor | None = None  # full-resolution decoder features: pixel-level distillation
 
 
 def conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -128,11 +136,13 @@ class MonoNet(nn.Module):
         self.decoder = Decoder(self.encoder.widths)
         self.head = nn.Conv2d(config.width_factor, 2, 3, 1, 1)
 
-    def forward(self, spikes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """spikes [B, T, H, W] in {-1, 1} -> (mu, s) [B, 1, H, W] and the bottleneck features."""
-        features = self.encoder(spikes)
-        out = self.head(self.decoder(features))
-        return squash_log_depth(out[:, :1]), log_scale(out[:, 1:]), features[-1]
+    def forward(self, spikes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Features]:
+        """spikes [B, T, H, W] in {-1, 1} (or an image [B, 1, H, W]: BiCross' teacher) ->
+        (mu, s) [B, 1, H, W] and its features."""
+        levels = self.encoder(spikes)
+        decoded = self.decoder(levels)
+        out = self.head(decoded)
+        return squash_log_depth(out[:, :1]), log_scale(out[:, 1:]), Features(levels[-1], decoded)
 
 
 def correlation(left: torch.Tensor, right: torch.Tensor, shifts: int) -> torch.Tensor:
@@ -178,7 +188,7 @@ class StereoNet(nn.Module):
         disparity = torch.clamp(disparity + refined[:, :1], min=self.min_disparity)
         mu = math.log(self.focal_baseline) - torch.log(disparity)
         mu = torch.clamp(mu, math.log(MIN_DEPTH), math.log(MAX_DEPTH))
-        return mu, log_scale(refined[:, 1:]), levels[-1]
+        return mu, log_scale(refined[:, 1:]), Features(levels[-1])
 
 
 def fuse(mu_mono: torch.Tensor, s_mono: torch.Tensor, mu_stereo: torch.Tensor, s_stereo: torch.Tensor):

@@ -233,16 +233,28 @@ def _intersect(surface: Surface, ox, oy, oz, dx, dy):
 
 @dataclass(frozen=True)
 class Views:
-    """A rendered window: luminance per frame for both cameras [T, H, W], and the left
-    camera's depth and luminance at the last frame."""
+    """A rendered window: both cameras' images at the keyframes [K, H, W] and which keyframe
+    each frame of the window shows (`held`, [T]), the left camera's depth and luminance at the
+    last frame, and the right camera's depth there (for flipped training pairs)."""
 
-    left: np.ndarray
-    right: np.ndarray
+    left_keys: np.ndarray
+    right_keys: np.ndarray
+    held: np.ndarray
     depth: np.ndarray
     image: np.ndarray
+    depth_right: np.ndarray
+
+    @property
+    def left(self) -> np.ndarray:
+        """Luminance per frame [T, H, W]."""
+        return self.left_keys[self.held]
+
+    @property
+    def right(self) -> np.ndarray:
+        return self.right_keys[self.held]
 
 
-def render_window(scene: Scene, rig: Rig, frames: int, keyframes: int = 4) -> Views:
+def render_window(scene: Scene, rig: Rig, frames: int, keyframes: int = 2) -> Views:
     """The scene seen by both cameras over `frames` steps, the rig moving by the scene's
     velocity each step. The images are rendered at `keyframes` moments and each held for its
     share of the window (a spike camera at 20 kHz sees little change within a few frames)."""
@@ -250,11 +262,12 @@ def render_window(scene: Scene, rig: Rig, frames: int, keyframes: int = 4) -> Vi
     held = np.minimum(np.arange(frames) * keyframes // frames, keyframes - 1)
     left, right = [], []
     velocity = np.asarray(scene.velocity)
-    moments = [int(np.max(np.nonzero(held == k))) for k in range(keyframes)]
-    for moment in moments:
-        origin = velocity * moment
-        left.append(render(scene, rig, origin)[0])
-        right.append(render(scene, rig, origin + np.array([rig.baseline, 0.0, 0.0]))[0])
-    image, depth = render(scene, rig, velocity * (frames - 1))
-    return Views(np.stack(left)[held].astype(np.float32), np.stack(right)[held].astype(np.float32),
-                 depth.astype(np.float32), image.astype(np.float32))
+    offset = np.array([rig.baseline, 0.0, 0.0])
+    for moment in (int(np.max(np.nonzero(held == k))) for k in range(keyframes)):
+        left.append(render(scene, rig, velocity * moment)[0])
+        right.append(render(scene, rig, velocity * moment + offset)[0])
+    last = velocity * (frames - 1)
+    image, depth = render(scene, rig, last)
+    depth_right = render(scene, rig, last + offset)[1]
+    return Views(np.stack(left).astype(np.float32), np.stack(right).astype(np.float32), held,
+                 depth.astype(np.float32), image.astype(np.float32), depth_right.astype(np.float32))

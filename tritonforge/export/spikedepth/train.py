@@ -74,21 +74,45 @@ def supervised_loss(net: DepthNet, left: torch.Tensor, right: torch.Tensor, dept
     return sum(laplace_nll(mu, s, log_truth) for mu, s, _features in net.predict(left, right).values())
 
 
+def mirrored(net: DepthNet, left: torch.Tensor, right: torch.Tensor, depth: torch.Tensor,
+             depth_right: torch.Tensor | None, chosen: torch.Tensor):
+    """The samples `chosen` ([B] bool) seen in a mirror: a stereo pair mirrored swaps its cameras
+    (the mirrored right view becomes the left, with the right camera's depth), a monocular
+    window just flips."""
+    pick = chosen.reshape(-1, 1, 1, 1)
+    if net.config.stereo:
+        if depth_right is None:
+            return left, right, depth
+        new_left, new_right, new_depth = right.flip(-1), left.flip(-1), depth_right.flip(-1)
+    else:
+        new_left, new_right, new_depth = left.flip(-1), right.flip(-1), depth.flip(-1)
+    return (torch.where(pick, new_left, left), torch.where(pick, new_right, right),
+            torch.where(pick[:, 0], new_depth, depth))
+
+
 def fit(net: DepthNet, data: SceneSet, epochs: int, batch_size: int, lr: float, seed: int,
         progress: Callable[[], None] | None = None,
-        loss_fn: Callable[..., torch.Tensor] | None = None) -> DepthNet:
+        loss_fn: Callable[..., torch.Tensor] | None = None, augment: bool = True) -> DepthNet:
     """Train `net` on `data` (AdamW, one-cycle learning rate); `progress()` after each epoch.
-    `loss_fn(net, left, right, depth, index)` replaces the supervised loss (adaptation)."""
+    `augment`: each epoch after the first re-records the scenes with fresh spikes
+    (`SceneSet.respiked`), and half of every batch is mirrored. `loss_fn(net, left, right,
+    depth, index)` replaces the supervised loss (adaptation)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     steps = epochs * -(-len(data) // batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=0.2)
     net.train()
-    for _epoch in range(epochs):
+    for epoch in range(epochs):
+        recorded = data.respiked(seed * 1000 + epoch) if augment and epoch else data
         for index in batches(len(data), batch_size, rng):
-            left, right = as_inputs(data, index)
-            depth = torch.from_numpy(data.depth[index])
+            left, right = as_inputs(recorded, index)
+            depth = torch.from_numpy(recorded.depth[index])
+            if augment:
+                other = recorded.depth_right
+                other = None if other is None else torch.from_numpy(other[index])
+                chosen = torch.from_numpy(rng.random(len(index)) < 0.5)
+                left, right, depth = mirrored(net, left, right, depth, other, chosen)
             if loss_fn is None:
                 loss = supervised_loss(net, left, right, depth)
             else:
