@@ -143,3 +143,13 @@ def test_verify_through_triton(spikedepth_server, spikedepth_repo):
     report = verify_model(spikedepth_repo, "spikedepth_ugdf", iterations=2, samples=8,
                           triton_url=spikedepth_server.grpc_url)
     assert report.parity.passed and report.triton_parity.passed
+
+
+def test_soak_checks_every_depth_map_it_gets(spikedepth_server, spikedepth_repo, tmp_path):
+    result = runner.invoke(app, ["soak", "spikedepth_ugdf", "--url", spikedepth_server.grpc_url, "--repo",
+                                 str(spikedepth_repo), "--requests", "24", "--concurrency", "4",
+                                 "--json", str(tmp_path / "soak.json")])
+    assert result.exit_code == 0, result.output
+    rows = {row["model"]: row for row in json.loads((tmp_path / "soak.json").read_text())["models"]}
+    assert set(rows) == {"spikedepth_ugdf", "spikedepth_ugdf_spikes", "all"}  # tensors and .dat bytes
+    assert (rows["all"]["ok"], rows["all"]["errors"], rows["all"]["wrong"]) == (24, 0, 0)

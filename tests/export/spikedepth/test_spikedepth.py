@@ -212,3 +212,19 @@ def test_eval_reads_recordings_and_refuses_nan_depth(tmp_path, spikedepth_checkp
     result = runner.invoke(app, ["spikedepth", "eval", str(spikedepth_checkpoint), "--recordings",
                                  str(tmp_path / "s")])
     assert result.exit_code == 2 and "holds NaN at [5, 7]" in " ".join(result.output.split())
+
+
+def test_the_quality_table_scores_every_variant_against_the_true_depth(tmp_path, spikedepth_checkpoint):
+    variants = "onnxruntime:fp32,openvino:fp32,onnxruntime:int8"
+    result = runner.invoke(app, ["quality", "spikedepth", "--checkpoint", str(spikedepth_checkpoint),
+                                 "--variants", variants, "--scenes", "8", "--iterations", "2",
+                                 "--json", str(tmp_path / "q.json")])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "q.json").read_text())
+    assert [(row["variant"], row["runtime"]) for row in rows] == [
+        ("ugdf fp32 (PyTorch eager)", "pytorch"), ("ugdf fp32", "onnxruntime"), ("ugdf fp32", "openvino"),
+        ("ugdf int8", "onnxruntime")]
+    pytorch = rows[0]
+    assert abs(rows[1]["abs_rel"] - pytorch["abs_rel"]) < 1e-5 and abs(rows[2]["abs_rel_increase"]) < 1e-5
+    assert abs(rows[3]["abs_rel_increase"]) < 0.05 and rows[3]["abs_rel"] > 0
+    assert all(row["latency_p50_ms"] > 0 for row in rows)

@@ -325,6 +325,18 @@ class SpikeDepthFamily(Family):
                          f"delta<1.25 {quality['delta_1.25']:.3f}")
         return lines + super().summary(manifest)[2 if quality else 1:]
 
+    def quality_options(self) -> type:
+        from tritonforge.export.spikedepth.compare_recipes import SpikeDepthQualityOptions
+
+        return SpikeDepthQualityOptions
+
+    def quality_table(self, options, stage) -> list:
+        """PyTorch, ONNX Runtime and OpenVINO in every precision on held-out scenes, scored against
+        their true depth and timed interleaved in one run."""
+        from tritonforge.export.spikedepth.compare_recipes import quality_table
+
+        return quality_table(options, stage)
+
     def commands(self):
         from tritonforge.export.spikedepth.commands import spikedepth_commands
 
