@@ -212,6 +212,6 @@ def spikedepth_repo(tmp_path_factory, spikedepth_checkpoint) -> Path:
     from tritonforge.pipeline.export import export_model
 
     repo = tmp_path_factory.mktemp("spikedepth_repo")
-    export_model("spikedepth", SpikeDepthOptions(checkpoint=str(spikedepth_checkpoint)), repo)
+    export_model("spikedepth", SpikeDepthOptions(checkpoint=str(spikedepth_checkpoint), eval_scenes=16), repo)
     export_model("spikedepth", SpikeDepthOptions(checkpoint=str(spikedepth_checkpoint), streaming=True), repo)
     return repo

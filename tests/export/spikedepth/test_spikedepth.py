@@ -99,7 +99,7 @@ def test_int8_is_gated_on_the_depth_it_loses(tmp_path, spikedepth_checkpoint):
     net, recipe = load_checkpoint(spikedepth_checkpoint)
     mono = train(TrainRecipe(arch="mono", scenes=8, epochs=1, window=8, width_factor=4))
     path = save_checkpoint(tmp_path / "mono.pt", mono, {}, {})
-    options = SpikeDepthOptions(arch="mono", checkpoint=str(path), bits=8)
+    options = SpikeDepthOptions(arch="mono", checkpoint=str(path), bits=8, eval_scenes=16)
     result = export_model("spikedepth", options, tmp_path)
     saved = result.manifest
     assert saved["precision"] == "int8" and saved["quantization"]["quantize_linear_nodes"] > 0
@@ -177,11 +177,12 @@ def test_eval_reports_every_branch_per_band(tmp_path, spikedepth_checkpoint):
 def test_adapt_publishes_the_next_version_with_its_report(tmp_path, spikedepth_checkpoint):
     from tritonforge.pipeline.export import export_model
 
-    export_model("spikedepth", SpikeDepthOptions(checkpoint=str(spikedepth_checkpoint)), tmp_path / "repo",
-                 name="depth")
+    export_model("spikedepth", SpikeDepthOptions(checkpoint=str(spikedepth_checkpoint), eval_scenes=8),
+                 tmp_path / "repo", name="depth")
     result = runner.invoke(app, ["spikedepth", "adapt", "--name", "depth", "--repo", str(tmp_path / "repo"),
                                  "--domain", "camera", "--source-scenes", "8", "--target-scenes", "8",
                                  "--teacher-epochs", "1", "--cfkd-epochs", "1", "--adapt-epochs", "1",
+                                 "--eval-scenes", "8",
                                  "--out", str(tmp_path / "adapted.pt"), "--json", str(tmp_path / "a.json")])
     assert result.exit_code == 0, result.output
     assert "published as version 2 of depth" in result.output

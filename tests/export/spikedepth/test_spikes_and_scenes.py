@@ -160,3 +160,43 @@ def test_the_window_is_the_last_t_frames():
 def test_bad_streams_are_refused_with_the_reason(left, right, message):
     with pytest.raises(StreamError, match=message):
         cut_windows({"left": [left], "right": [right]}, 6, 8, window=3, max_frames=100)
+
+
+def test_an_untrained_fusion_is_pure_certainty_weighting():
+    from tritonforge.export.spikedepth.model import Fusion
+
+    generator = torch.Generator().manual_seed(0)
+    mu_m, s_m, mu_s, s_s = (torch.randn((2, 1, 4, 6), generator=generator) for _ in range(4))
+    fused, uncertainty = Fusion()(mu_m, s_m, mu_s, s_s)
+    expected, expected_s = fuse(mu_m, s_m, mu_s, s_s)
+    assert torch.allclose(fused, expected, atol=1e-6) and torch.allclose(uncertainty, expected_s)
+
+
+def test_the_motorcycle_scene_keeps_its_true_depth():
+    from tritonforge.export.spikedepth.data import motorcycle
+
+    scene = motorcycle(8, copies=2)
+    valid = np.isfinite(scene.depth[0])
+    assert 0.9 < valid.mean() < 0.95  # Middlebury leaves some pixels without a disparity
+    assert 2.0 < scene.depth[0][valid].min() and scene.depth[0][valid].max() < 5.1
+    assert scene.rig.focal == pytest.approx(994.978 * 96 / 741)
+    assert scene.rig.baseline == pytest.approx(0.193001)
+    assert not np.array_equal(scene.left[0], scene.left[1])  # two recordings of the same scene
+
+
+def test_training_re_records_and_mirrors_scenes_consistently():
+    from tritonforge.export.spikedepth.model import DepthNet, NetConfig
+    from tritonforge.export.spikedepth.train import mirrored
+
+    scenes = scene_set("test", 2, 8)
+    again = scenes.respiked(7)
+    assert not np.array_equal(again.left, scenes.left)  # other spikes ...
+    rates = [unpack(s.left, 64, 96).mean() for s in (scenes, again)]
+    assert abs(rates[0] - rates[1]) < 0.01  # ... of the same scenes
+    left, right = (torch.from_numpy(scenes.windows(slice(None), side)) for side in ("left", "right"))
+    depth, depth_right = torch.from_numpy(scenes.depth), torch.from_numpy(scenes.depth_right)
+    stereo = DepthNet(NetConfig(arch="stereo", window=8, width_factor=2, disparities=2))
+    chosen = torch.tensor([True, False])
+    new_left, new_right, new_depth = mirrored(stereo, left, right, depth, depth_right, chosen)
+    assert torch.equal(new_left[0], right[0].flip(-1)) and torch.equal(new_right[0], left[0].flip(-1))
+    assert torch.equal(new_depth[0], depth_right[0].flip(-1)) and torch.equal(new_left[1], left[1])

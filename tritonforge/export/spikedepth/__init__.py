@@ -45,7 +45,6 @@ HALF_REL = 0.02  # FP16 / BF16 against the FP32 model: mean relative difference 
 INT8_REL = 0.05  # INT8 against the FP32 model, mean; its bar is the abs-rel increase below
 INT8_ABS_REL_INCREASE = 0.005  # on the held-out scenes: a publish gate
 STREAM_ABS = 1e-5  # streaming output after frame T against the windowed graph on the same frames
-EVAL_SCENES = 100  # held-out scenes the quality and the INT8 gate are measured on
 CALIBRATION_SCENES = 32  # training scenes INT8 ranges are calibrated on
 STREAM_EXTRA = 3  # frames a parity stream runs past its first full window
 WEIGHTS_FILE = "pytorch/model.pt"  # the reference's weights, saved with a version trained here
@@ -64,6 +63,7 @@ class SpikeDepthOptions(TargetOptions):
                                 "convolutions; the unpacking, cost volume and fusion stay float).")
     streaming: bool = option(False, help="Export one frame per camera per request, the T-frame window "
                                          "kept as state (Triton's sequence batcher).")
+    eval_scenes: int = option(100, help="Held-out scenes the quality (and INT8's gate) is measured on.")
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
@@ -71,6 +71,8 @@ class SpikeDepthOptions(TargetOptions):
                                    f"{', '.join(ARCHITECTURES)}")
         if self.bits not in (32, 16, 8):
             raise TritonForgeError(f"--bits {self.bits} is not offered: choose 32, 16 or 8")
+        if self.eval_scenes < 1:
+            raise TritonForgeError(f"--eval-scenes {self.eval_scenes} must be at least 1")
         if self.streaming and self.bits != 32:
             raise TritonForgeError("--streaming exports FP32 steps only: leave out --bits, or export the "
                                    f"windowed graph with --bits {self.bits}")
@@ -171,7 +173,7 @@ class SpikeDepthFamily(Family):
         """Held-out procedural scenes (never trained on): each camera's packed window; a
         streaming export gets recordings [N, T + 3, H*W/8] (the window, then 3 frames more)."""
         config = network(model).config
-        count = n or EVAL_SCENES
+        count = n or options.eval_scenes
         if not options.streaming:
             scenes = held_out(config, count)
             return packed_inputs(scenes, config.stereo)
@@ -298,17 +300,18 @@ class SpikeDepthFamily(Family):
         import torch
 
         config = network(model).config
-        scenes = held_out(config, EVAL_SCENES)
+        count = options.eval_scenes
+        scenes = held_out(config, count)
         feeds = packed_inputs(scenes, config.stereo)
         graph, torch_depth = [], []
-        for start in range(0, EVAL_SCENES, 8):
+        for start in range(0, count, 8):
             feed = {k: v[start:start + 8] for k, v in feeds.items()}
             graph.append(run(feed)["depth"][:, 0])
             with torch.inference_mode():
                 torch_depth.append(model(*(torch.from_numpy(v) for v in feed.values()))[0][:, 0].numpy())
         exported = depth_metrics(np.concatenate(graph), scenes.depth)
         reference = depth_metrics(np.concatenate(torch_depth), scenes.depth)
-        measured = {"samples": EVAL_SCENES, "abs_rel": exported["abs_rel"], "rmse": exported["rmse"],
+        measured = {"samples": count, "abs_rel": exported["abs_rel"], "rmse": exported["rmse"],
                     "delta_1.25": exported["delta_1.25"], "pytorch_abs_rel": reference["abs_rel"],
                     "abs_rel_increase": exported["abs_rel"] - reference["abs_rel"]}
         model.checked["quality"] = measured

@@ -45,7 +45,6 @@ from tritonforge.export.spikedepth.train import (
 )
 
 DOMAINS = ("camera", "motorcycle")  # the target domains (data.DOMAINS less the source)
-EVAL_SCENES = 100  # held-out scenes (or recordings of the Motorcycle scene) the report is measured on
 
 
 @dataclass(frozen=True)
@@ -66,12 +65,13 @@ class AdaptRecipe:
     cfkd: bool = True
     ugmt: bool = True
     glfa: bool = True
+    eval_scenes: int = 100  # held-out scenes (or recordings of the Motorcycle scene) the report uses
     seed: int = 0
 
     def __post_init__(self):
         if self.domain not in DOMAINS:
             raise TritonForgeError(f"--domain {self.domain!r} is unknown: choose one of {', '.join(DOMAINS)}")
-        if min(self.source_scenes, self.target_scenes, self.batch_size) < 1 or \
+        if min(self.source_scenes, self.target_scenes, self.batch_size, self.eval_scenes) < 1 or \
                 min(self.teacher_epochs, self.cfkd_epochs, self.adapt_epochs) < 0:
             raise TritonForgeError("scene counts and the batch size must be positive, epochs at least 0")
 
@@ -167,8 +167,8 @@ def adapt(net: DepthNet, recipe: AdaptRecipe, progress: Callable[[str, int], Cal
     source = scene_set("train", recipe.source_scenes, config.window, rig, seed=recipe.seed)
     target = domain_scenes(recipe.domain, recipe.target_scenes, config.window, rig, held_out=False,
                            seed=recipe.seed)  # unlabelled: training never reads its depth
-    judged = domain_scenes(recipe.domain, EVAL_SCENES, config.window, rig, seed=recipe.seed + 1)
-    held_out = scene_set("test", EVAL_SCENES, config.window, rig)
+    judged = domain_scenes(recipe.domain, recipe.eval_scenes, config.window, rig, seed=recipe.seed + 1)
+    held_out = scene_set("test", recipe.eval_scenes, config.window, rig)
     report = {"recipe": recipe.to_json(), "source_only": {"target": evaluate(net, judged),
                                                           "source_test": evaluate(net, held_out)}}
     student = copy.deepcopy(net)
@@ -180,8 +180,10 @@ def adapt(net: DepthNet, recipe: AdaptRecipe, progress: Callable[[str, int], Cal
             loss_fn = cfkd_loss(teacher, source, recipe)
         step = tick("CFKD on the source scenes" if recipe.cfkd else "fine-tuning on the source scenes",
                     recipe.cfkd_epochs)
+        # No mirroring or re-recording here, with or without CFKD: the teacher sees each scene's
+        # image as rendered, and the ablation keeps everything else equal.
         fit(student, source, recipe.cfkd_epochs, recipe.batch_size, recipe.lr, recipe.seed, step,
-            loss_fn=loss_fn, augment=not recipe.cfkd)
+            loss_fn=loss_fn, augment=False)
     if recipe.adapt_epochs:
         step = tick(f"adapting to the {recipe.domain} domain ({recipe.parts})", recipe.adapt_epochs)
         _target_stage(student, source, target, recipe, step)

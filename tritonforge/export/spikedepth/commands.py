@@ -114,8 +114,8 @@ def spikedepth_commands() -> typer.Typer:
     def train_command(
         arch: Annotated[str, typer.Option(help="mono, stereo or ugdf (both, trained jointly and fused).")
                         ] = "ugdf",
-        scenes: Annotated[int, typer.Option(help="Training scenes.")] = 800,
-        epochs: Annotated[int, typer.Option(help="Epochs over them.")] = 15,
+        scenes: Annotated[int | None, typer.Option(help="Training scenes (default 2,000).")] = None,
+        epochs: Annotated[int | None, typer.Option(help="Epochs over them (default 8).")] = None,
         window: Annotated[int, typer.Option(help="Spike frames per window (T).")] = 32,
         seed: SeedOption = 0,
         eval_scenes: Annotated[int, typer.Option(help="Held-out scenes it is reported on.")] = 100,
@@ -134,11 +134,13 @@ def spikedepth_commands() -> typer.Typer:
             train,
         )
 
-        recipe = TrainRecipe(arch=arch, scenes=scenes, epochs=epochs, window=window, seed=seed)
+        given = {"scenes": scenes, "epochs": epochs}
+        recipe = TrainRecipe(arch=arch, window=window, seed=seed,
+                             **{k: v for k, v in given.items() if v is not None})
         with progress_bar() as bar:
-            task = bar.add_task(f"rendering {scenes} training scenes", total=scenes)
-            data = scene_set("train", scenes, window, seed=seed, progress=lambda: bar.advance(task))
-            task = bar.add_task(f"training {arch}", total=epochs)
+            task = bar.add_task(f"rendering {recipe.scenes} training scenes", total=recipe.scenes)
+            data = scene_set("train", recipe.scenes, window, seed=seed, progress=lambda: bar.advance(task))
+            task = bar.add_task(f"training {arch}", total=recipe.epochs)
             net = train(recipe, lambda: bar.advance(task), data)
         metrics = evaluate(net, scene_set("test", eval_scenes, window))
         path = save_checkpoint(out or Path(f"spikedepth_{arch}.pt"), net, recipe_json(recipe), metrics)
@@ -201,6 +203,7 @@ def spikedepth_commands() -> typer.Typer:
         teacher_epochs: Annotated[int, typer.Option(help="Epochs of the RGB teacher.")] = 6,
         cfkd_epochs: Annotated[int, typer.Option(help="Epochs of the source stage.")] = 2,
         adapt_epochs: Annotated[int, typer.Option(help="Epochs over the target windows.")] = 3,
+        eval_scenes: Annotated[int, typer.Option(help="Held-out scenes the report is measured on.")] = 100,
         seed: SeedOption = 0,
         out: Annotated[Path | None, typer.Option(help="Where to write the adapted checkpoint (default: "
                                                       "NAME_DOMAIN.pt).")] = None,
@@ -218,7 +221,8 @@ def spikedepth_commands() -> typer.Typer:
                                    "--checkpoint FILE")
         recipe = AdaptRecipe(domain=domain, cfkd=cfkd, ugmt=ugmt, glfa=glfa, target_scenes=target_scenes,
                              source_scenes=source_scenes, teacher_epochs=teacher_epochs,
-                             cfkd_epochs=cfkd_epochs, adapt_epochs=adapt_epochs, seed=seed)
+                             cfkd_epochs=cfkd_epochs, adapt_epochs=adapt_epochs, eval_scenes=eval_scenes,
+                             seed=seed)
         net, options = load_for_adaptation(name, checkpoint, repo)
         with progress_bar() as bar:
             adapted, report = adapt(net, recipe, stages(bar))

@@ -11,9 +11,10 @@ likelihood, |mu - log d| / b + log b, the uncertainty learns where the network e
   `disparities` shifts (one Mul + ReduceMean per shift: it exports to plain ONNX), a 2-D
   aggregation network, soft-argmin disparity, a full-resolution refinement, then depth =
   focal x baseline / disparity. Accurate near (large disparities), poor far (sub-pixel ones).
-- `Ugdf`: both, trained jointly (UGDF's dual-task training); their log depths fused by
-  certainty, w = 1 / b^2 each, mu = (w_m mu_m + w_s mu_s) / (w_m + w_s), fused b =
-  (w_m + w_s)^-1/2, inside the graph.
+- `ugdf`: both, trained jointly (UGDF's dual-task training); their log depths fused by
+  certainty inside the graph (`Fusion`): inverse-variance weights w = 1 / b^2, mu = (w_m mu_m +
+  w_s mu_s) / (w_m + w_s), fused b = (w_m + w_s)^-1/2, with a small learned correction of the
+  weight and the fused uncertainty from both uncertainties and the branches' disagreement.
 
 `PackedInput` wraps any of them for export: the graph takes each camera's window bit-packed as
 the `.dat` file stores it ([B, T, H * W / 8] uint8, rows flipped, least significant bit
@@ -192,10 +193,34 @@ class StereoNet(nn.Module):
 
 
 def fuse(mu_mono: torch.Tensor, s_mono: torch.Tensor, mu_stereo: torch.Tensor, s_stereo: torch.Tensor):
-    """UGDF's fusion by certainty: inverse-variance weights of the two Laplace log depths."""
+    """Fusion by certainty: inverse-variance weights of the two Laplace log depths."""
     w_mono, w_stereo = torch.exp(-2.0 * s_mono), torch.exp(-2.0 * s_stereo)
     total = w_mono + w_stereo
     return (w_mono * mu_mono + w_stereo * mu_stereo) / total, -0.5 * torch.log(total)
+
+
+class Fusion(nn.Module):
+    """UGDF's fusion: the inverse-variance weighting of `fuse`, corrected by a small learned map of
+    both branches' log depths and uncertainties (zero at initialisation, so training starts from
+    pure certainty weighting). The weight on the monocular branch is sigmoid(log w_mono -
+    log w_stereo + correction); the fused uncertainty is the combined one, corrected likewise.
+    It can learn, for example, that where the branches disagree by much, or at a range where one
+    branch's uncertainty is too modest, the other deserves more trust than its scale says."""
+
+    def __init__(self, width: int = 16):
+        super().__init__()
+        self.correct = nn.Sequential(nn.Conv2d(5, width, 3, 1, 1), nn.LeakyReLU(0.1),
+                                     nn.Conv2d(width, width, 3, 1, 1), nn.LeakyReLU(0.1),
+                                     nn.Conv2d(width, 2, 3, 1, 1))
+        nn.init.zeros_(self.correct[-1].weight)
+        nn.init.zeros_(self.correct[-1].bias)
+
+    def forward(self, mu_mono, s_mono, mu_stereo, s_stereo):
+        _mu, s = fuse(mu_mono, s_mono, mu_stereo, s_stereo)
+        cues = torch.cat([mu_mono, s_mono, mu_stereo, s_stereo, mu_mono - mu_stereo], 1)
+        correction = self.correct(cues)
+        weight = torch.sigmoid(2.0 * (s_stereo - s_mono) + correction[:, :1])
+        return weight * mu_mono + (1.0 - weight) * mu_stereo, s + correction[:, 1:]
 
 
 class DepthNet(nn.Module):
@@ -209,6 +234,7 @@ class DepthNet(nn.Module):
         self.config = config
         self.mono = MonoNet(config) if config.arch in ("mono", "ugdf") else None
         self.stereo = StereoNet(config) if config.arch in ("stereo", "ugdf") else None
+        self.fusion = Fusion() if config.arch == "ugdf" else None
 
     def predict(self, left: torch.Tensor, right: torch.Tensor | None = None) -> dict[str, tuple]:
         """{branch: (mu, s, features)} for spike windows in {-1, 1}."""
@@ -219,8 +245,8 @@ class DepthNet(nn.Module):
             if right is None:
                 raise TritonForgeError(f"the {self.config.arch} network needs the right camera's window too")
             out["stereo"] = self.stereo(left, right)
-        if self.mono is not None and self.stereo is not None:
-            mu, s = fuse(out["mono"][0], out["mono"][1], out["stereo"][0], out["stereo"][1])
+        if self.fusion is not None:
+            mu, s = self.fusion(out["mono"][0], out["mono"][1], out["stereo"][0], out["stereo"][1])
             out["fused"] = (mu, s, None)
         return out
 

@@ -31,8 +31,8 @@ CHECKPOINT_FORMAT = "tritonforge.spikedepth/1"
 class TrainRecipe:
     arch: str = "ugdf"
     window: int = 32
-    scenes: int = 800
-    epochs: int = 15
+    scenes: int = 2000
+    epochs: int = 8
     batch_size: int = 16
     lr: float = 2e-3
     width_factor: int = 16
