@@ -99,7 +99,8 @@ def test_int8_is_gated_on_the_depth_it_loses(tmp_path, spikedepth_checkpoint):
     net, recipe = load_checkpoint(spikedepth_checkpoint)
     mono = train(TrainRecipe(arch="mono", scenes=8, epochs=1, window=8, width_factor=4))
     path = save_checkpoint(tmp_path / "mono.pt", mono, {}, {})
-    options = SpikeDepthOptions(arch="mono", checkpoint=str(path), bits=8, eval_scenes=16)
+    options = SpikeDepthOptions(arch="mono", checkpoint=str(path), bits=8, eval_scenes=16,
+                                calibration_scenes=32)
     result = export_model("spikedepth", options, tmp_path)
     saved = result.manifest
     assert saved["precision"] == "int8" and saved["quantization"]["quantize_linear_nodes"] > 0
@@ -219,6 +220,7 @@ def test_the_quality_table_scores_every_variant_against_the_true_depth(tmp_path,
     variants = "onnxruntime:fp32,openvino:fp32,onnxruntime:int8"
     result = runner.invoke(app, ["quality", "spikedepth", "--checkpoint", str(spikedepth_checkpoint),
                                  "--variants", variants, "--scenes", "8", "--iterations", "2",
+                                 "--calibration-scenes", "16",
                                  "--json", str(tmp_path / "q.json")])
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "q.json").read_text())

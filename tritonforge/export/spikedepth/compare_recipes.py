@@ -33,6 +33,7 @@ class SpikeDepthQualityOptions:
     batch_size: int = option(1, help="Windows per timed request.")
     iterations: int = option(20, help="Timed runs per variant.")
     threads: int = option(2, help="Threads for every runtime.")
+    calibration_scenes: int = option(512, help="INT8: training scenes the ranges are calibrated on.")
 
 
 def quality_table(options: SpikeDepthQualityOptions, stage) -> list[QualityRow]:
@@ -72,7 +73,8 @@ def quality_table(options: SpikeDepthQualityOptions, stage) -> list[QualityRow]:
             target, _, precision = variant.partition(":")
             bits = {"fp32": 32, "bf16": 16, "fp16": 16, "int8": 8}[precision]
             recipe = SpikeDepthOptions(arch=config.arch, checkpoint=options.checkpoint, bits=bits,
-                                       target=target, threads=options.threads)
+                                       target=target, threads=options.threads,
+                                       calibration_scenes=options.calibration_scenes)
             stage(f"exporting {variant}", 0)
             path = Path(scratch) / f"{target}_{precision}.onnx"
             family.export(model, path, recipe)
