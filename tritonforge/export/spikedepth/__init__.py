@@ -44,7 +44,7 @@ DEPTH_REL = 1e-4  # FP32: max relative difference of every output against PyTorc
 HALF_REL = 0.02  # FP16 / BF16 against the FP32 model: mean relative difference of the depth
 INT8_REL = 0.05  # INT8 against the FP32 model, mean; its bar is the abs-rel increase below
 INT8_ABS_REL_INCREASE = 0.005  # on the held-out scenes: a publish gate
-STREAM_ABS = 1e-5  # streaming output after frame T against the windowed graph on the same frames
+STREAM_ABS = 1e-5  # streaming output after frame T against the windowed graph on the same frames (ORT)
 STREAM_EXTRA = 3  # frames a parity stream runs past its first full window
 WEIGHTS_FILE = "pytorch/model.pt"  # the reference's weights, saved with a version trained here
 
@@ -232,11 +232,11 @@ class SpikeDepthFamily(Family):
                           sections={"quantization": quantization})
 
     def _export_step(self, model, path: Path, io: ModelIO, axes, details) -> ExportInfo:
-        """The one-frame graph, checked here against the windowed graph: after each frame from
-        the T-th on, its outputs must be the windowed model's on the last T frames."""
-        import torch
-
-        from tritonforge.runtime import ort_session
+        """The one-frame graph, checked here against the windowed graph on the same runtime (ONNX
+        Runtime, same kernels): after each frame from the T-th on, its outputs must be the
+        windowed graph's on the last T frames, and 0 before. (Parity against PyTorch follows, as
+        for every export.)"""
+        from tritonforge.runtime import ort_session, run_session
         from tritonforge.verify.parity import session_steps
 
         step = StreamStep(copy.deepcopy(network(model))).eval()
@@ -246,14 +246,22 @@ class SpikeDepthFamily(Family):
         torch_to_onnx(step, feed, path, io, axes, MIN_OPSET)
         recordings = self.sample_inputs(model, SpikeDepthOptions(arch=config.arch, streaming=True), 4)
         streamed = session_steps(ort_session(path), self.steps(recordings, io), io)
+        windowed_options = SpikeDepthOptions(arch=config.arch)
         windowed = PackedInput(network(model)).eval()
+        windowed_io = self.io(windowed, windowed_options)
         worst = 0.0
-        with torch.inference_mode():
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".windowed-") as scratch:
+            graph = Path(scratch) / "windowed.onnx"
+            cut = {name: r[:, :config.window] for name, r in recordings.items()}
+            names = (*windowed_io.input_names, *windowed_io.output_names)
+            torch_to_onnx(windowed, cut, graph, windowed_io, {name: {0: "batch"} for name in names})
+            session = ort_session(graph)
             for last in range(config.window - 1, config.window + STREAM_EXTRA):
-                cut = [torch.from_numpy(np.ascontiguousarray(r[:, last - config.window + 1:last + 1]))
-                       for r in recordings.values()]
-                for name, out in zip(output_names(config.arch), windowed(*cut), strict=True):
-                    worst = max(worst, float(np.abs(streamed[name][:, last] - out.numpy()).max()))
+                cut = {name: np.ascontiguousarray(r[:, last - config.window + 1:last + 1])
+                       for name, r in recordings.items()}
+                outputs = run_session(session, cut)
+                for name in output_names(config.arch):
+                    worst = max(worst, float(np.abs(streamed[name][:, last] - outputs[name]).max()))
         early = max(float(np.abs(streamed[name][:, :config.window - 1]).max())
                     for name in output_names(config.arch))
         if worst > STREAM_ABS or early != 0.0:

@@ -13,8 +13,8 @@ There are no depth labels for a new camera's spikes, so knowledge moves RGB -> s
    (an exponential moving average of the student) predicts depth on the target windows; its
    pseudo-labels are kept where its uncertainty is below the batch's median, and the student,
    fed the same windows with 1 % of the spikes flipped, learns them.
-3. **GLFA** (global feature alignment): the mean and standard deviation of the pooled coarsest
-   features of a source batch and a target batch are pulled together.
+3. **GLFA** (global feature alignment): the mean direction of the pooled coarsest features
+   (L2-normalised) of a source batch and a target batch are pulled together.
 
 Stage 2 keeps a labelled source batch in every step, so the network does not forget its task.
 Each part can be switched off (`--no-cfkd`, `--no-ugmt`, `--no-glfa`): without CFKD the
@@ -101,8 +101,12 @@ def contrastive(student: torch.Tensor, teacher: torch.Tensor, temperature: float
     return F.cross_entropy(logits, torch.arange(len(student)))
 
 
-def moments_gap(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return (source.mean(0) - target.mean(0)).pow(2).mean() + (source.std(0) - target.std(0)).pow(2).mean()
+def alignment_gap(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """How far apart the two batches' mean feature directions are (pooled features L2-normalised
+    first, so the loss is bounded and cannot shrink the features). Only the mean is matched: a
+    target domain of one scene (the Motorcycle) has no spread across its batch to match, and
+    pulling the source's spread towards none collapses the network."""
+    return (F.normalize(source, dim=1).mean(0) - F.normalize(target, dim=1).mean(0)).pow(2).sum()
 
 
 def image_inputs(data: SceneSet, index) -> torch.Tensor:
@@ -227,7 +231,7 @@ def _target_stage(student: DepthNet, source: SceneSet, target: SceneSet, recipe:
                 if recipe.glfa:
                     for branch, (_mu, _s, features) in out.items():
                         if features is not None:
-                            loss = loss + recipe.glfa_weight * moments_gap(pooled(own[branch][2].coarse),
+                            loss = loss + recipe.glfa_weight * alignment_gap(pooled(own[branch][2].coarse),
                                                                            pooled(features.coarse))
             optimizer.zero_grad()
             loss.backward()
