@@ -131,7 +131,8 @@ def test_image_installs_what_the_companion_models_import_with_the_project_pins()
     # Every python-backend model of the project, wherever its modality or family keeps it.
     companions = sorted((p for p in PACKAGE.rglob("*.py") if p.name not in LOCAL_ONLY
                          and "class TritonPythonModel" in p.read_text()), key=lambda p: p.name)
-    assert [p.name for p in companions] == ["image_decode.py", "knowledge_injection.py", "text_tokenizer.py"]
+    assert [p.name for p in companions] == ["image_decode.py", "knowledge_injection.py", "spike_window.py",
+                                            "text_tokenizer.py"]
     imported = set().union(*(third_party_imports(p) for p in companions))
     assert imported == {"numpy", "tokenizers", "PIL"}  # never tritonforge: copied alone into Triton
     distributions = {packages_distributions()[name][0].lower() for name in imported}

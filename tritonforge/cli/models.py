@@ -191,7 +191,7 @@ def list_versions(
              "ready (e.g. 127.0.0.1:8001).")] = None,
     endpoint: Endpoint | None = None,
 ):
-    """A model's versions on disk, which ones its version policy serves, and what each holds."""
+    """A model's versions on disk, which of them are served, and what each holds."""
     from tritonforge.serving.versions import model_versions, server_versions
 
     found = model_versions(repo, name)

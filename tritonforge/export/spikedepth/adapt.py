@@ -209,9 +209,6 @@ def _target_stage(student: DepthNet, source: SceneSet, target: SceneSet, recipe:
         source_order = rng.permutation(len(source))
         for step, index in enumerate(batches(len(target), recipe.batch_size, rng)):
             student.train()
-            for module in student.modules():  # keep the source statistics: target batches would
-                if isinstance(module, torch.nn.BatchNorm2d):  # mix another camera's into them
-                    module.eval()
             chosen = source_order[(step * recipe.batch_size) % len(source):][:recipe.batch_size]
             left, right = as_inputs(recorded, chosen)
             depth = torch.from_numpy(recorded.depth[chosen])
