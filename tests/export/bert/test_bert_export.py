@@ -130,7 +130,9 @@ def test_auto_graph_records_both_candidates_timings(tiny_bert, tmp_path):
     result = export_model("bert", BertOptions(model=str(tiny_bert), target="onnxruntime"), tmp_path)
     timings = result.manifest["onnx"]["candidates_ms"]
     assert set(timings) == {"plain", "fused"}
-    assert result.manifest["onnx"]["graph"] == min(timings, key=timings.get)
+    # The manifest rounds to 0.01 ms, so on a tiny model the two may tie: the chosen one is the
+    # fastest, or as fast as the other once rounded.
+    assert timings[result.manifest["onnx"]["graph"]] == min(timings.values())
 
 
 @pytest.mark.parametrize("bits", [32, 16])
