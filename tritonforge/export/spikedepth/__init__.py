@@ -26,7 +26,7 @@ import numpy as np
 
 from tritonforge.errors import TritonForgeError
 from tritonforge.export.onnx import MIN_OPSET, check_onnx, to_float16, torch_to_onnx
-from tritonforge.export.spikedepth.data import SceneSet, depth_metrics, scene_set
+from tritonforge.export.spikedepth.data import SceneSet, depth_metrics, rig_of, scene_set
 from tritonforge.export.spikedepth.modality import SpikeStream
 from tritonforge.export.spikedepth.model import (
     ARCHITECTURES,
@@ -35,7 +35,6 @@ from tritonforge.export.spikedepth.model import (
     input_names,
     output_names,
 )
-from tritonforge.export.spikedepth.scenes import Rig
 from tritonforge.family import ExportInfo, Family, Shape, VerifyDefaults, option, register
 from tritonforge.spec import DEPTH_MAP, MEAN, Check, ModelIO, Parity, TensorSpec
 from tritonforge.targets import TargetOptions
@@ -179,12 +178,9 @@ class SpikeDepthFamily(Family):
         config = network(model).config
         count = n or options.eval_scenes
         if not options.streaming:
-            scenes = held_out(config, count)
-            return packed_inputs(scenes, config.stereo)
-        scenes = scene_set("test", count, config.window + STREAM_EXTRA, rig_of(config))
-        tensors = input_names(config.arch)
-        return {name: np.ascontiguousarray(side) for name, side in zip(tensors, (scenes.left, scenes.right),
-                                                                       strict=False)}
+            return packed_inputs(held_out(config, count), config.arch)
+        recordings = scene_set("test", count, config.window + STREAM_EXTRA, rig_of(config))
+        return packed_inputs(recordings, config.arch)
 
     def steps(self, inputs: Mapping[str, np.ndarray], io: ModelIO) -> list[dict[str, np.ndarray]]:
         if not io.state:
@@ -216,7 +212,7 @@ class SpikeDepthFamily(Family):
             config = network(model).config
             count = options.calibration_scenes
             scenes = scene_set("train", count, config.window, rig_of(config))
-            calibration = packed_inputs(scenes, config.stereo)
+            calibration = packed_inputs(scenes, config.arch)
             feeds = [{k: v[i:i + 4] for k, v in calibration.items()} for i in range(0, count, 4)]
             kept = openvino_float_nodes(fp32) if options.target == "openvino" else {}
             nodes = static_qdq(fp32, path, feeds, kept)
@@ -310,20 +306,12 @@ class SpikeDepthFamily(Family):
     def _quality(self, model, options, run) -> dict[str, Any]:
         if "quality" in model.checked:
             return model.checked["quality"]
-        import torch
-
         config = network(model).config
         count = options.eval_scenes
         scenes = held_out(config, count)
-        feeds = packed_inputs(scenes, config.stereo)
-        graph, torch_depth = [], []
-        for start in range(0, count, 8):
-            feed = {k: v[start:start + 8] for k, v in feeds.items()}
-            graph.append(run(feed)["depth"][:, 0])
-            with torch.inference_mode():
-                torch_depth.append(model(*(torch.from_numpy(v) for v in feed.values()))[0][:, 0].numpy())
-        exported = depth_metrics(np.concatenate(graph), scenes.depth)
-        reference = depth_metrics(np.concatenate(torch_depth), scenes.depth)
+        feeds = packed_inputs(scenes, config.arch)
+        exported = depth_metrics(depth_of(run, feeds), scenes.depth)
+        reference = depth_metrics(depth_of(pytorch_run(model), feeds), scenes.depth)
         measured = {"samples": count, "abs_rel": exported["abs_rel"], "rmse": exported["rmse"],
                     "delta_1.25": exported["delta_1.25"], "pytorch_abs_rel": reference["abs_rel"],
                     "abs_rel_increase": exported["abs_rel"] - reference["abs_rel"]}
@@ -364,19 +352,31 @@ def network(model):
     return model.graph.net if isinstance(model, StreamStep) else model.net
 
 
-def rig_of(config) -> Rig:
-    return Rig(height=config.height, width=config.width, focal=config.focal, baseline=config.baseline)
-
-
 def held_out(config, count: int) -> SceneSet:
     return scene_set("test", count, config.window, rig_of(config))
 
 
-def packed_inputs(scenes: SceneSet, stereo: bool) -> dict[str, np.ndarray]:
-    if stereo:
-        return {"spikes_left": np.ascontiguousarray(scenes.left),
-                "spikes_right": np.ascontiguousarray(scenes.right)}
-    return {"spikes": np.ascontiguousarray(scenes.left)}
+def packed_inputs(scenes: SceneSet, arch: str) -> dict[str, np.ndarray]:
+    """The graph's inputs for `scenes`: each camera's packed windows (or recordings), by name."""
+    sides = (scenes.left, scenes.right)
+    return {name: np.ascontiguousarray(side) for name, side in zip(input_names(arch), sides, strict=False)}
+
+
+def pytorch_run(model):
+    """The PyTorch graph as a `run` over feeds, returning its depth."""
+    import torch
+
+    def run(feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with torch.inference_mode():
+            return {"depth": model(*(torch.from_numpy(v) for v in feed.values()))[0].numpy()}
+    return run
+
+
+def depth_of(run, feeds: Mapping[str, np.ndarray], batch: int = 8) -> np.ndarray:
+    """`run`'s depth [N, H, W] on every window of `feeds`, `batch` windows a call."""
+    count = len(next(iter(feeds.values())))
+    return np.concatenate([run({k: v[i:i + batch] for k, v in feeds.items()})["depth"][:, 0]
+                           for i in range(0, count, batch)])
 
 
 def relative_difference(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, float]:

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from tritonforge.errors import TritonForgeError
-from tritonforge.export.spikedepth.data import SceneSet, domain_scenes, scene_set
+from tritonforge.export.spikedepth.data import SceneSet, domain_scenes, rig_of, scene_set
 from tritonforge.export.spikedepth.model import DepthNet, MonoNet, NetConfig
 from tritonforge.export.spikedepth.train import (
     as_inputs,
@@ -166,7 +166,7 @@ def adapt(net: DepthNet, recipe: AdaptRecipe, progress: Callable[[str, int], Cal
                                "has none: pass --no-cfkd, or adapt a mono or ugdf network")
     torch.set_num_threads(2)
     config = net.config
-    rig = _rig(config)
+    rig = rig_of(config)
     tick = progress or (lambda _description, _total: None)
     source = scene_set("train", recipe.source_scenes, config.window, rig, seed=recipe.seed)
     target = domain_scenes(recipe.domain, recipe.target_scenes, config.window, rig, held_out=False,
@@ -203,7 +203,7 @@ def _target_stage(student: DepthNet, source: SceneSet, target: SceneSet, recipe:
     rng = np.random.default_rng(recipe.seed + 1)
     generator = torch.Generator().manual_seed(recipe.seed + 1)
     optimizer = torch.optim.AdamW(student.parameters(), lr=recipe.lr, weight_decay=1e-4)
-    final = {"mono": "mono", "stereo": "stereo", "ugdf": "fused"}[student.config.arch]
+    final = student.final
     for epoch in range(recipe.adapt_epochs):
         recorded = source.respiked(recipe.seed * 1000 + 500 + epoch)
         source_order = rng.permutation(len(source))
@@ -253,7 +253,3 @@ def _flip_spikes(window: torch.Tensor, rate: float, generator: torch.Generator) 
     return torch.where(flips, -window, window)
 
 
-def _rig(config: NetConfig):
-    from tritonforge.export.spikedepth.scenes import Rig
-
-    return Rig(height=config.height, width=config.width, focal=config.focal, baseline=config.baseline)

@@ -212,7 +212,7 @@ def spikedepth_commands() -> typer.Typer:
         """BiCross: adapt a network to a new spike camera without its depth labels (CFKD, UGMT,
         GLFA), report it against the source-only network on the target domain, and publish it
         as the next version of --name."""
-        from tritonforge.console import console, progress_bar
+        from tritonforge.console import Stages, console, progress_bar
         from tritonforge.export.spikedepth.adapt import AdaptRecipe, adapt
         from tritonforge.export.spikedepth.train import save_checkpoint
 
@@ -225,7 +225,7 @@ def spikedepth_commands() -> typer.Typer:
                              seed=seed)
         net, options = load_for_adaptation(name, checkpoint, repo)
         with progress_bar() as bar:
-            adapted, report = adapt(net, recipe, stages(bar))
+            adapted, report = adapt(net, recipe, Stages(bar))
         origin = str(checkpoint or f"{repo}/{name}")
         path = save_checkpoint(out or Path(f"{name or checkpoint.stem}_{domain}.pt"), adapted,
                                {"adapted_from": origin, "adaptation": recipe.to_json()}, report)
@@ -248,7 +248,7 @@ def spikedepth_commands() -> typer.Typer:
     ):
         """BiCross with and without each of CFKD, UGMT and GLFA, against the source-only network,
         on the target domain: one table."""
-        from tritonforge.console import console, new_table, progress_bar
+        from tritonforge.console import Stages, console, new_table, progress_bar
         from tritonforge.export.spikedepth.adapt import AdaptRecipe, adapt
         from tritonforge.export.spikedepth.train import load_checkpoint
 
@@ -259,12 +259,16 @@ def spikedepth_commands() -> typer.Typer:
             variants = {k: {**v, "cfkd": False} for k, v in variants.items() if k != "without CFKD"}
         results = {}
         with progress_bar() as bar:
+            stage = Stages(bar)
             for label, changes in variants.items():
                 recipe = AdaptRecipe(domain=domain, target_scenes=target_scenes, seed=seed, **changes)
-                _adapted, report = adapt(net, recipe, stages(bar, f"{label}: "))
+                def labelled(what: str, total: int, label: str = label):
+                    return stage(f"{label}: {what}", total)
+
+                _adapted, report = adapt(net, recipe, labelled)
                 results.setdefault("source only", report["source_only"])
                 results[label] = report["adapted"]
-        final = {"mono": "mono", "stereo": "stereo", "ugdf": "fused"}[net.config.arch]
+        final = net.final
         table = new_table(f"{checkpoint.name} adapted to the {domain} domain ({final} output)", "network",
                           "target abs rel", "target δ<1.25", "target RMSE (m)", "source test abs rel")
         for label, metrics in results.items():
@@ -277,14 +281,6 @@ def spikedepth_commands() -> typer.Typer:
             console.print(f"written to {json_path}")
 
     return commands
-
-
-def stages(bar, prefix: str = ""):
-    """A progress callback for `adapt`: each stage gets its own bar."""
-    def stage(description: str, total: int):
-        task = bar.add_task(prefix + description, total=total or None)
-        return lambda: bar.advance(task)
-    return stage
 
 
 def load_for_adaptation(name: str | None, checkpoint: Path | None, repo: Path):

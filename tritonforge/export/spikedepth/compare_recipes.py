@@ -12,8 +12,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from tritonforge.family import get_family, option
 from tritonforge.timing import measure_interleaved
 from tritonforge.verify.recipe_table import QualityRow, parse_list
@@ -37,9 +35,14 @@ class SpikeDepthQualityOptions:
 
 
 def quality_table(options: SpikeDepthQualityOptions, stage) -> list[QualityRow]:
-    import torch
-
-    from tritonforge.export.spikedepth import SpikeDepthOptions, held_out, network, packed_inputs
+    from tritonforge.export.spikedepth import (
+        SpikeDepthOptions,
+        depth_of,
+        held_out,
+        network,
+        packed_inputs,
+        pytorch_run,
+    )
     from tritonforge.export.spikedepth.data import depth_metrics
     from tritonforge.runtime import open_session, run_session
 
@@ -49,20 +52,15 @@ def quality_table(options: SpikeDepthQualityOptions, stage) -> list[QualityRow]:
     model = family.load(base)
     config = network(model).config
     scenes = held_out(config, options.scenes)
-    feeds = packed_inputs(scenes, config.stereo)
+    feeds = packed_inputs(scenes, config.arch)
     one = {k: v[:options.batch_size] for k, v in feeds.items()}
 
     def scored(run) -> dict[str, float]:
-        depth = np.concatenate([run({k: v[i:i + 8] for k, v in feeds.items()})["depth"][:, 0]
-                                for i in range(0, options.scenes, 8)])
-        metrics = depth_metrics(depth, scenes.depth)
+        metrics = depth_metrics(depth_of(run, feeds), scenes.depth)
         return {key: metrics[key] for key in ("delta_1.25", "abs_rel", "near_abs_rel", "middle_abs_rel",
                                               "far_abs_rel", "rmse") if key in metrics}
 
-    def torch_run(feed):
-        with torch.inference_mode():
-            return {"depth": model(*(torch.from_numpy(v) for v in feed.values()))[0].numpy()}
-
+    torch_run = pytorch_run(model)
     stage("PyTorch FP32 on the held-out scenes", 0)
     reference = scored(torch_run)
     rows = [QualityRow(f"{config.arch} fp32 (PyTorch eager)", "pytorch",

@@ -119,6 +119,11 @@ def _scene(split: str, index: int, window: int, rig: Rig, camera: Camera, textur
     return scene
 
 
+def rig_of(config) -> Rig:
+    """The rig a network was trained for (its NetConfig's size, focal length and baseline)."""
+    return Rig(height=config.height, width=config.width, focal=config.focal, baseline=config.baseline)
+
+
 # -- the real scene ------------------------------------------------------------------------
 
 # Middlebury 2014 Motorcycle as scikit-image ships it (500 x 741, a quarter of the full size):
