@@ -180,16 +180,23 @@ def test_adapt_publishes_the_next_version_with_its_report(tmp_path, spikedepth_c
 
     export_model("spikedepth", SpikeDepthOptions(checkpoint=str(spikedepth_checkpoint), eval_scenes=8),
                  tmp_path / "repo", name="depth")
-    result = runner.invoke(app, ["spikedepth", "adapt", "--name", "depth", "--repo", str(tmp_path / "repo"),
-                                 "--domain", "camera", "--source-scenes", "8", "--target-scenes", "8",
-                                 "--teacher-epochs", "1", "--cfkd-epochs", "1", "--adapt-epochs", "1",
-                                 "--eval-scenes", "8",
-                                 "--out", str(tmp_path / "adapted.pt"), "--json", str(tmp_path / "a.json")])
-    assert result.exit_code == 0, result.output
-    assert "published as version 2 of depth" in result.output
+    command = ["spikedepth", "adapt", "--name", "depth", "--repo", str(tmp_path / "repo"),
+               "--domain", "camera", "--source-scenes", "8", "--target-scenes", "8", "--teacher-epochs", "1",
+               "--cfkd-epochs", "1", "--adapt-epochs", "1", "--eval-scenes", "8",
+               "--out", str(tmp_path / "adapted.pt"), "--json", str(tmp_path / "a.json")]
+    result = runner.invoke(app, command)
     report = json.loads((tmp_path / "a.json").read_text())
     assert set(report) == {"recipe", "source_only", "adapted"}
     assert set(report["adapted"]["target"]) == {"mono", "stereo", "fused"}
+    before, after = (report[row]["target"]["fused"]["abs_rel"] for row in ("source_only", "adapted"))
+    if after > before:  # a model this small may adapt either way: the gate must follow the report
+        assert result.exit_code == 2 and "not published" in result.output
+        assert "--publish-worse" in result.output
+        assert manifest(tmp_path / "repo", "depth")["version"] == 1
+        assert (tmp_path / "adapted.pt").is_file()  # the adapted network is kept either way
+        result = runner.invoke(app, [*command, "--publish-worse"])
+    assert result.exit_code == 0, result.output
+    assert "published as version 2 of depth" in result.output
     saved = manifest(tmp_path / "repo", "depth")
     assert saved["version"] == 2 and saved["source"]["training"]["adaptation"]["domain"] == "camera"
     assert (tmp_path / "repo" / "depth" / "2" / "pytorch" / "model.pt").is_file()
@@ -198,6 +205,17 @@ def test_adapt_publishes_the_next_version_with_its_report(tmp_path, spikedepth_c
     save_checkpoint(tmp_path / "stereo.pt", stereo, {}, {})
     result = runner.invoke(app, ["spikedepth", "adapt", "--checkpoint", str(tmp_path / "stereo.pt")])
     assert result.exit_code == 2 and "--no-cfkd" in result.output
+
+
+def test_publishing_a_worse_adaptation_needs_consent():
+    from tritonforge.export.spikedepth.adapt import worse_than_source
+
+    def report(before, after):
+        return {"source_only": {"target": {"fused": {"abs_rel": before}}},
+                "adapted": {"target": {"fused": {"abs_rel": after}}}}
+
+    assert worse_than_source(report(0.34, 0.32), "fused") is None
+    assert "0.3600" in worse_than_source(report(0.34, 0.36), "fused")
 
 
 def test_eval_reads_recordings_and_refuses_nan_depth(tmp_path, spikedepth_checkpoint):

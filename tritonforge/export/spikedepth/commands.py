@@ -202,8 +202,11 @@ def spikedepth_commands() -> typer.Typer:
         source_scenes: Annotated[int, typer.Option(help="Labelled source scenes.")] = 800,
         teacher_epochs: Annotated[int, typer.Option(help="Epochs of the RGB teacher.")] = 6,
         cfkd_epochs: Annotated[int, typer.Option(help="Epochs of the source stage.")] = 2,
-        adapt_epochs: Annotated[int, typer.Option(help="Epochs over the target windows.")] = 3,
+        adapt_epochs: Annotated[int, typer.Option(help="Epochs over the target windows.")] = 4,
         eval_scenes: Annotated[int, typer.Option(help="Held-out scenes the report is measured on.")] = 100,
+        publish_worse: Annotated[bool, typer.Option(help="Publish even if the adapted network scores worse "
+                                                         "than the source-only one on the held-out target "
+                                                         "scenes.")] = False,
         seed: SeedOption = 0,
         out: Annotated[Path | None, typer.Option(help="Where to write the adapted checkpoint (default: "
                                                       "NAME_DOMAIN.pt).")] = None,
@@ -213,7 +216,7 @@ def spikedepth_commands() -> typer.Typer:
         GLFA), report it against the source-only network on the target domain, and publish it
         as the next version of --name."""
         from tritonforge.console import Stages, console, progress_bar
-        from tritonforge.export.spikedepth.adapt import AdaptRecipe, adapt
+        from tritonforge.export.spikedepth.adapt import AdaptRecipe, adapt, worse_than_source
         from tritonforge.export.spikedepth.train import save_checkpoint
 
         if (name is None) == (checkpoint is None):
@@ -234,6 +237,11 @@ def spikedepth_commands() -> typer.Typer:
         if json_path:
             json_path.write_text(json.dumps(report, indent=2) + "\n")
         if name is not None:
+            refusal = worse_than_source(report, adapted.final)
+            if refusal and not publish_worse:
+                raise TritonForgeError(f"not published: {refusal}; {name}'s served version stays as it was. "
+                                       "Adapt longer (--adapt-epochs, --target-scenes), or pass "
+                                       "--publish-worse to publish anyway")
             options = dataclasses.replace(options, checkpoint=str(path))
             result = ctx.obj.export_model("spikedepth", options, repo, name=name)
             console.print(f"published as version {result.version} of {name} in {repo}")
@@ -254,7 +262,8 @@ def spikedepth_commands() -> typer.Typer:
 
         net, _recipe = load_checkpoint(checkpoint)
         variants = {"BiCross (CFKD+UGMT+GLFA)": {}, "without CFKD": {"cfkd": False},
-                    "without UGMT": {"ugmt": False}, "without GLFA": {"glfa": False}}
+                    "without UGMT": {"ugmt": False}, "without GLFA": {"glfa": False},
+                    "source fine-tuning only (same compute)": {"cfkd": False, "ugmt": False, "glfa": False}}
         if net.mono is None:
             variants = {k: {**v, "cfkd": False} for k, v in variants.items() if k != "without CFKD"}
         results = {}
