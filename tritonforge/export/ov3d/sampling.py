@@ -1,0 +1,48 @@
+"""Farthest-point sampling and ball query in numpy: the indices the detector's graph gathers by.
+
+PointNet++'s sampler and grouper are CUDA extensions that do not export to ONNX, so the graph
+takes their results as inputs and these functions compute them: the client calls them for a
+tensor request, the python step beside the graph for a point file, so both produce the same
+indices for the same points. Deterministic: FPS starts at point 0 and breaks ties by the
+lowest index; the ball query keeps the first `k` points (in index order) within the radius and
+pads with the first of them, as PointNet++'s `ball_query` does (a centre is always its own
+neighbour, so none comes back empty).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tritonforge.errors import TritonForgeError
+
+
+def farthest_points(points: np.ndarray, count: int) -> np.ndarray:
+    """[count] int64 indices of `points` [N, 3]: each the point farthest from those chosen before."""
+    points = np.asarray(points, np.float32)
+    if count > len(points):
+        raise TritonForgeError(f"farthest-point sampling wants {count} points and the cloud has "
+                               f"{len(points)}: send at least {count} points")
+    chosen = np.empty(count, np.int64)
+    nearest = np.full(len(points), np.inf, np.float32)
+    last = 0
+    for step in range(count):
+        chosen[step] = last
+        nearest = np.minimum(nearest, np.sum((points - points[last]) ** 2, axis=1))
+        last = int(np.argmax(nearest))
+    return chosen
+
+
+def ball_query(points: np.ndarray, centres: np.ndarray, radius: float, k: int) -> np.ndarray:
+    """[M, k] int64: for each centre, the first `k` point indices within `radius`, padded with the
+    first one found."""
+    points, centres = np.asarray(points, np.float32), np.asarray(centres, np.float32)
+    inside = np.sum((centres[:, None, :] - points[None, :, :]) ** 2, axis=2) < radius * radius
+    groups = np.empty((len(centres), k), np.int64)
+    for row, mask in enumerate(inside):
+        found = np.flatnonzero(mask)[:k]
+        if not len(found):
+            raise TritonForgeError(f"no point lies within {radius} of centre {row}: centres must be points "
+                                   "of the cloud")
+        groups[row] = found[0]
+        groups[row, :len(found)] = found
+    return groups
