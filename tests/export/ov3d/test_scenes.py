@@ -5,14 +5,7 @@ import pytest
 
 from tritonforge.errors import TritonForgeError
 from tritonforge.export.ov3d.sampling import ball_query, farthest_points
-from tritonforge.export.ov3d.scenes import CLASSES, MIN_POINTS, NOISE, SEEN, UNSEEN, _visible, room
-
-
-def local_coordinates(points, box):
-    c, s = np.cos(-box[6]), np.sin(-box[6])
-    shifted = points - box[:3]
-    return np.stack([c * shifted[:, 0] - s * shifted[:, 1], s * shifted[:, 0] + c * shifted[:, 1],
-                     shifted[:, 2]], axis=1)
+from tritonforge.export.ov3d.scenes import CLASSES, MIN_POINTS, NOISE, SEEN, UNSEEN, _visible, box_frame, room
 
 
 def test_every_object_lies_in_its_box_and_is_seen_enough():
@@ -21,7 +14,7 @@ def test_every_object_lies_in_its_box_and_is_seen_enough():
         assert len(scene.boxes) == len(scene.labels) >= 1
         assert set(np.unique(scene.instance)) <= {-1, *range(len(scene.boxes))}
         for k, box in enumerate(scene.boxes):
-            inside = local_coordinates(scene.points[scene.instance == k], box)
+            inside = box_frame(scene.points[scene.instance == k], box)
             assert len(inside) >= MIN_POINTS
             assert np.all(np.abs(inside) <= box[3:6] / 2 + 5 * NOISE)
             assert np.all(box[3:6] > 0) and box[2] > 0  # standing on the floor at z = 0

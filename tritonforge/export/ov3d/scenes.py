@@ -205,6 +205,11 @@ def _extent(part: Part) -> np.ndarray:
     return np.stack([centre - half, centre + half])
 
 
+def box_frame(points: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """`points` [N, 3] in the frame of `box` (centre at 0, its length along x)."""
+    return (np.asarray(points, np.float64) - box[:3]) @ _rotation(float(box[6]))
+
+
 def _rotation(yaw: float) -> np.ndarray:
     c, s = np.cos(yaw), np.sin(yaw)
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
