@@ -5,7 +5,7 @@ import pytest
 
 from tritonforge.errors import TritonForgeError
 from tritonforge.export.ov3d.sampling import ball_query, farthest_points
-from tritonforge.export.ov3d.scenes import CLASSES, MIN_POINTS, NOISE, SEEN, UNSEEN, _visible, box_frame, room
+from tritonforge.export.ov3d.scenes import CLASSES, MIN_POINTS, NOISE, SEEN, UNSEEN, _visible, in_box, room
 
 
 def test_every_object_lies_in_its_box_and_is_seen_enough():
@@ -14,9 +14,9 @@ def test_every_object_lies_in_its_box_and_is_seen_enough():
         assert len(scene.boxes) == len(scene.labels) >= 1
         assert set(np.unique(scene.instance)) <= {-1, *range(len(scene.boxes))}
         for k, box in enumerate(scene.boxes):
-            inside = box_frame(scene.points[scene.instance == k], box)
-            assert len(inside) >= MIN_POINTS
-            assert np.all(np.abs(inside) <= box[3:6] / 2 + 5 * NOISE)
+            own = scene.points[scene.instance == k]
+            assert len(own) >= MIN_POINTS
+            assert in_box(own, box, 5 * NOISE).all()
             assert np.all(box[3:6] > 0) and box[2] > 0  # standing on the floor at z = 0
         assert scene.tags == {CLASSES[i] for i in scene.labels}
 

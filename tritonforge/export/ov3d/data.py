@@ -9,6 +9,7 @@ mirrored, so training augments the points and boxes after preparing them once.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -23,12 +24,13 @@ from tritonforge.export.ov3d.scenes import room
 @dataclass(frozen=True)
 class Prepared:
     points: np.ndarray  # [N, 3] float32
+    kept: np.ndarray  # [N] int64: where each point was in the cloud given
     centres: np.ndarray  # [M] int64 into points
     groups: np.ndarray  # [M, K] int64 into points
     queries: np.ndarray  # [Q] int64 into centres
 
 
-def prepare(points: np.ndarray, config: DetectorConfig, seed: int = 0) -> Prepared:
+def prepare(points: np.ndarray, config: DetectorConfig, seed: int | Sequence[int] = 0) -> Prepared:
     points = np.asarray(points, np.float32)
     if len(points) < config.num_points:
         raise TritonForgeError(f"the cloud has {len(points)} points and the detector samples "
@@ -38,7 +40,7 @@ def prepare(points: np.ndarray, config: DetectorConfig, seed: int = 0) -> Prepar
     centres = farthest_points(kept, config.centres)
     groups = ball_query(kept, kept[centres], config.radius, config.group)
     queries = farthest_points(kept[centres], config.queries)
-    return Prepared(kept, centres, groups, queries)
+    return Prepared(kept, keep, centres, groups, queries)
 
 
 @dataclass(frozen=True)
@@ -67,9 +69,7 @@ def room_set(split: str, count: int, config: DetectorConfig, seed: int = 0) -> R
 @lru_cache(maxsize=8192)
 def _prepared_room(split: str, index: int, config: DetectorConfig, seed: int) -> dict[str, np.ndarray]:
     scene = room(split, index, seed)
-    rng = np.random.default_rng([seed, index, 7])
-    keep = np.sort(rng.choice(len(scene.points), config.num_points, replace=False))
-    ready = prepare(scene.points[keep], config)
+    ready = prepare(scene.points, config, seed=[seed, index, 7])
     return {"points": ready.points, "centres": ready.centres, "groups": ready.groups,
             "queries": ready.queries, "boxes": scene.boxes, "labels": scene.labels,
-            "instance": scene.instance[keep]}
+            "instance": scene.instance[ready.kept]}

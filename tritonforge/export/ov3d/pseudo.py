@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tritonforge.export.ov3d.scenes import box_frame
+from tritonforge.export.ov3d.scenes import in_box
 
 FLOOR = 0.06  # metres above the lowest point: floor
 WALL = 0.1  # metres inside the cloud's outer extent in x or y: wall
@@ -27,8 +27,7 @@ def leftover(points: np.ndarray, seen_boxes: np.ndarray) -> np.ndarray:
     keep = points[:, 2] > low[2] + FLOOR
     keep &= np.all((points[:, :2] > low[:2] + WALL) & (points[:, :2] < high[:2] - WALL), axis=1)
     for box in seen_boxes:
-        local = box_frame(points, box)
-        keep &= ~np.all(np.abs(local) <= box[3:6] / 2 + GROW, axis=1)
+        keep &= ~in_box(points, box, GROW)
     return np.flatnonzero(keep)
 
 

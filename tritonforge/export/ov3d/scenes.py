@@ -210,6 +210,11 @@ def box_frame(points: np.ndarray, box: np.ndarray) -> np.ndarray:
     return (np.asarray(points, np.float64) - box[:3]) @ _rotation(float(box[6]))
 
 
+def in_box(points: np.ndarray, box: np.ndarray, margin: float = 0.0) -> np.ndarray:
+    """[N] bool: which `points` lie inside `box` grown by `margin` on every side."""
+    return np.all(np.abs(box_frame(points, box)) <= box[3:6] / 2 + margin, axis=1)
+
+
 def _rotation(yaw: float) -> np.ndarray:
     c, s = np.cos(yaw), np.sin(yaw)
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])

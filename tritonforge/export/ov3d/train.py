@@ -20,6 +20,7 @@ from torch.nn import functional as F
 
 from tritonforge.export.ov3d.data import RoomSet
 from tritonforge.export.ov3d.model import Detections, Detector, gather
+from tritonforge.export.ov3d.scenes import in_box
 
 WEIGHTS = {"centre": 5.0, "size": 1.0, "angle_bin": 0.1, "angle_residual": 0.5}
 BACKGROUND_WEIGHT = 0.2
@@ -80,16 +81,9 @@ def assign_inside(query_xyz: torch.Tensor, targets: Targets, margin: float = 0.1
         if not len(boxes):
             pairs.append((np.zeros(0, np.int64), np.zeros(0, np.int64)))
             continue
-        xyz = query_xyz[room].double().numpy()
-        frame = boxes.double().numpy()
-        cos, sin = np.cos(frame[:, 6]), np.sin(frame[:, 6])
-        shifted = xyz[:, None, :] - frame[None, :, :3]  # [Q, K, 3]
-        local_x = cos * shifted[..., 0] + sin * shifted[..., 1]
-        local_y = -sin * shifted[..., 0] + cos * shifted[..., 1]
-        inside = ((np.abs(local_x) <= frame[:, 3] / 2 + margin)
-                  & (np.abs(local_y) <= frame[:, 4] / 2 + margin)
-                  & (np.abs(shifted[..., 2]) <= frame[:, 5] / 2 + margin))
-        distance = np.linalg.norm(shifted, axis=-1)
+        xyz, frame = query_xyz[room].double().numpy(), boxes.double().numpy()
+        inside = np.stack([in_box(xyz, box, margin) for box in frame], axis=1)  # [Q, K]
+        distance = np.linalg.norm(xyz[:, None, :] - frame[None, :, :3], axis=-1)
         owner = np.where(inside, distance, np.inf).argmin(1)
         owner[~inside.any(1)] = -1
         owner[distance.argmin(0)] = np.arange(len(frame))
