@@ -26,6 +26,7 @@ from tritonforge.serving.perf_analyzer import (
     input_data,
     requests_from_input_data,
     run_perf_analyzer,
+    run_until_stable,
 )
 
 runner = CliRunner()
@@ -134,6 +135,36 @@ def test_a_failing_binary_is_reported_with_the_end_of_its_output(tmp_path):
     data.write_text(json.dumps(input_data(TEXT_ENSEMBLE, [{"TEXT": raw_bytes_array([b"hello"])}])))
     with pytest.raises(TritonForgeError, match=r"exit 99(.|\n)*error: failed to connect"):
         run_perf_analyzer("127.0.0.1:1", "text_ensemble", data, 1, 10, binary=fake)
+
+
+def test_windows_that_never_agree_are_measured_again_twice_as_long(tmp_path):
+    """A fake perf_analyzer that cannot stabilise 10-request windows but reports 20-request
+    ones: the level is measured again with the longer windows instead of failing the bench."""
+    calls = tmp_path / "calls"
+    fake = tmp_path / "perf_analyzer"
+    fake.write_text(f"""#!/bin/sh
+echo "$@" >> {calls}
+while [ $# -gt 0 ]; do
+  case "$1" in --measurement-request-count) window=$2;; -f) report=$2;; esac; shift
+done
+if [ "$window" -lt 20 ]; then
+  echo 'Failed to obtain stable measurement within 10 measurement windows for concurrency 1.'; exit 2
+fi
+printf 'Concurrency,Inferences/Second,p50 latency,p95 latency,p99 latency\n' > "$report"
+printf '1,50.0,2000,3000,4000\n' >> "$report"
+printf 'Client: \n  Request count: 60\nServer: \n  Inference count: 60\n'
+""")
+    fake.chmod(0o755)
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps(input_data(TEXT_ENSEMBLE, [{"TEXT": raw_bytes_array([b"hello"])}])))
+    level = run_until_stable("127.0.0.1:1", "text_ensemble", data, 1, 10, fake)
+    assert (level.requests, level.throughput, level.latency_ms[50]) == (60, 50.0, 2.0)
+    windows = [line.split("--measurement-request-count ")[1].split()[0]
+               for line in calls.read_text().splitlines()]
+    assert windows == ["10", "20"]
+    with pytest.raises(TritonForgeError, match="larger --requests"):  # never stable: the last failure
+        run_until_stable("127.0.0.1:1", "text_ensemble", data, 1, 2, fake, retries=2)
+    assert calls.read_text().count("--measurement-request-count") == 5
 
 
 # -- against the real server -----------------------------------------------------------------

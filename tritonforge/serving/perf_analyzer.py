@@ -168,6 +168,10 @@ class AnalyzerLevel:
                 "latency_ms": {f"p{q}": round(self.latency_ms[q], 3) for q in PERCENTILES}}
 
 
+class UnstableMeasurement(TritonForgeError):
+    """perf_analyzer found no three windows in a row that agree within its stability bound."""
+
+
 def _tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
@@ -219,10 +223,11 @@ def run_perf_analyzer(url: Endpoint | str, model: str, data_path: Path, concurre
                                    f"{INSTALL_HINT}") from exc
         output = done.stdout + done.stderr
         if done.returncode != 0 or not report.is_file():
-            unstable = " (a larger --requests gives it longer windows)" if "stable" in output else ""
-            raise TritonForgeError(f"perf_analyzer failed (exit {done.returncode}) on {model!r} at "
-                                   f"concurrency {concurrency}{unstable}: {' '.join(command)}\n"
-                                   f"{_tail(output)}")
+            unstable = "stable measurement" in output
+            error = UnstableMeasurement if unstable else TritonForgeError
+            hint = " (a larger --requests gives it longer windows)" if unstable else ""
+            raise error(f"perf_analyzer failed (exit {done.returncode}) on {model!r} at "
+                        f"concurrency {concurrency}{hint}: {' '.join(command)}\n{_tail(output)}")
         return parse_output(model, concurrency, done.stdout, report.read_text())
 
 
@@ -247,8 +252,20 @@ def cross_check(url: Endpoint | str, models: Sequence[tuple[str, ModelInfo, str]
                 ours.append(result)
                 stage(f"perf_analyzer {model} concurrency {level}", 0)
                 # three windows of a third each: about as many requests as ours
-                theirs.append(run_perf_analyzer(url, model, data_path, level, max(result.ok // 3, 1), binary))
+                theirs.append(run_until_stable(url, model, data_path, level, max(result.ok // 3, 1), binary))
     return ours, theirs
+
+
+def run_until_stable(url: Endpoint | str, model: str, data_path: Path, level: int, window_requests: int,
+                  binary: Path, retries: int = 2) -> AnalyzerLevel:
+    """`run_perf_analyzer`, and when its windows never agree (short windows on a busy host),
+    again with windows twice as long, up to `retries` times; the last failure is raised."""
+    for attempt in range(retries):
+        try:
+            return run_perf_analyzer(url, model, data_path, level, window_requests << attempt, binary)
+        except UnstableMeasurement:
+            continue
+    return run_perf_analyzer(url, model, data_path, level, window_requests << retries, binary)
 
 
 def comparison(ours: Sequence[LevelResult], theirs: Sequence[AnalyzerLevel],
