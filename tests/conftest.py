@@ -215,3 +215,30 @@ def spikedepth_repo(tmp_path_factory, spikedepth_checkpoint) -> Path:
     export_model("spikedepth", SpikeDepthOptions(checkpoint=str(spikedepth_checkpoint), eval_scenes=16), repo)
     export_model("spikedepth", SpikeDepthOptions(checkpoint=str(spikedepth_checkpoint), streaming=True), repo)
     return repo
+
+
+@pytest.fixture(scope="session")
+def ov3d_checkpoint(tmp_path_factory) -> Path:
+    """An open-vocabulary detector trained through `tritonforge ov3d train` on 8 procedural rooms
+    for one epoch: untrained quality, every path of the graph and the training (pseudo boxes,
+    the tag bags, the debiased contrast) exercised in seconds."""
+    from typer.testing import CliRunner
+
+    from tritonforge.cli import app
+
+    path = tmp_path_factory.mktemp("ov3d") / "ov3d.pt"
+    result = CliRunner().invoke(app, ["ov3d", "train", "--rooms", "8", "--epochs", "1", "--eval-rooms", "4",
+                                      "--out", str(path)])
+    assert result.exit_code == 0, result.output
+    return path
+
+
+@pytest.fixture(scope="session")
+def ov3d_repo(tmp_path_factory, ov3d_checkpoint) -> Path:
+    """That detector exported FP32 for ONNX Runtime (`ov3d`)."""
+    from tritonforge.export.ov3d import Ov3dOptions
+    from tritonforge.pipeline.export import export_model
+
+    repo = tmp_path_factory.mktemp("ov3d_repo")
+    export_model("ov3d", Ov3dOptions(checkpoint=str(ov3d_checkpoint), eval_rooms=4), repo)
+    return repo

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -203,27 +203,38 @@ def model_config(name: str, io: ModelIO, serving: ServingOptions,
                  backend: str = "onnxruntime") -> mc.ModelConfig:
     """A ModelConfig message for one model; serialize with `config_text`.
 
-    A model with `io.state` (one step of a stream) gets the sequence batcher instead of the
-    dynamic batcher: its state tensors leave the declared I/O and become implicit state that
-    Triton keeps per sequence, zero at START; it gets no warm-up (a warm-up request carries no
-    sequence)."""
+    A model with `io.request_inputs` (a vocabulary for the whole request) gets no batcher: Triton
+    would give every input a batch axis and merge requests that carry different vocabularies, so
+    it takes whole requests (max_batch_size 0, every tensor's full shape declared; a request may
+    still hold several samples). A model with `io.state` (one step of a stream) gets the
+    sequence batcher instead of the dynamic batcher: its state tensors leave the declared I/O
+    and become implicit state that Triton keeps per sequence, zero at START; it gets no warm-up
+    (a warm-up request carries no sequence)."""
     state = {name for pair in io.state for name in pair}
     if serving.target == "openvino" and backend == "onnxruntime":
         backend = "openvino"
-    config = mc.ModelConfig(name=name, backend=backend, max_batch_size=serving.max_batch_size)
+    whole = set(io.request_inputs)
+    config = mc.ModelConfig(name=name, backend=backend, max_batch_size=0 if whole else serving.max_batch_size)
     set_version_policy(config, serving.version_policy)
-    add_tensors(config.input, [t for t in io.inputs if t.name not in state])
-    add_tensors(config.output, [t for t in io.outputs if t.name not in state])
+    inputs = [t for t in io.inputs if t.name not in state]
+    outputs = [t for t in io.outputs if t.name not in state]
+    if whole:  # no batcher: each tensor's whole shape, the batch axis first where there is one
+        inputs = [t if t.name in whole else batched(t) for t in inputs]
+        outputs = [batched(t) for t in outputs]
+    add_tensors(config.input, inputs)
+    add_tensors(config.output, outputs)
     kind = mc.ModelInstanceGroup.KIND_GPU if serving.gpu else mc.ModelInstanceGroup.KIND_CPU
     config.instance_group.add(count=serving.instances, kind=kind)
     if io.state:
         sequence_batching(config, io, serving)
     else:
-        config.dynamic_batching.preferred_batch_size.extend(preferred_batch_sizes(serving.max_batch_size))
-        config.dynamic_batching.max_queue_delay_microseconds = serving.queue_delay_us
+        if not whole:
+            config.dynamic_batching.preferred_batch_size.extend(preferred_batch_sizes(serving.max_batch_size))
+            config.dynamic_batching.max_queue_delay_microseconds = serving.queue_delay_us
         warmup = config.model_warmup.add(name="warmup", batch_size=1)
-        for spec in io.inputs:
-            dims = [serving.warmup_length if d < 0 else d for d in spec.dims]
+        for spec in inputs:  # one sample: a batch axis of 1, other free axes warmup_length long
+            dims = [1 if whole and spec.name not in whole and axis == 0 else serving.warmup_length if d < 0
+                    else d for axis, d in enumerate(spec.dims)]
             warmup.inputs[spec.name].CopyFrom(mc.ModelWarmup.Input(
                 data_type=triton_dtype(spec.dtype), dims=dims, zero_data=True))
     describe_model(config, io)
@@ -238,6 +249,11 @@ def model_config(name: str, io: ModelIO, serving: ServingOptions,
             "trt_engine_cache_path": "/tmp/triton_trt_cache",
         })
     return config
+
+
+def batched(spec: TensorSpec) -> TensorSpec:
+    """`spec` with its batch axis written out, for a model without Triton's batcher."""
+    return replace(spec, dims=(-1, *spec.dims))
 
 
 def openvino_parameters(config: mc.ModelConfig, serving: ServingOptions) -> None:
@@ -375,7 +391,8 @@ def onnx_io_matches_config(onnx_inputs: Sequence, onnx_outputs: Sequence,
                 if elem_type != onnx.TensorProto.STRING else mc.TYPE_STRING
             if have != tensor.data_type:
                 problems.append(f"{kind} {name}: onnx {mc.DataType.Name(have)} vs config {want}")
-            onnx_dims = [-1 if isinstance(d, str) or d == 0 else d for d in dims[1:]]
+            shape = dims[1:] if config.max_batch_size > 0 else dims  # without batching: the whole shape
+            onnx_dims = [-1 if isinstance(d, str) or d == 0 else d for d in shape]
             if onnx_dims != list(tensor.dims):
                 problems.append(f"{kind} {name}: onnx dims {onnx_dims} vs config {list(tensor.dims)}")
     return problems

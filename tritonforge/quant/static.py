@@ -9,7 +9,7 @@ are rewired to read the float tensor itself.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +88,15 @@ def openvino_float_nodes(path: Path) -> dict[str, str]:
         elif reduced(node.output[0]):
             kept[node.name] = OPENVINO_REDUCTION
     return kept
+
+
+def float_outside(path: Path, quantized: Sequence[str], reason: str) -> dict[str, str]:
+    """The quantizable nodes of the graph at `path` outside the modules named by `quantized`
+    (ONNX node-name prefixes, e.g. "/encoder/"), each with `reason`: what `static_qdq` keeps in
+    float when only part of a network is quantized."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return {node.name: reason for node in graph.node
+            if node.op_type in QUANTIZED_OP_TYPES and not node.name.startswith(tuple(quantized))}
 
 
 def static_qdq(fp32: Path, target: Path, feeds: Iterable[Mapping[str, np.ndarray]],

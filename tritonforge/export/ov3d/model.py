@@ -24,6 +24,7 @@ OV-3DET's): a softmax over the C names and background gives each query's label a
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
@@ -32,6 +33,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from tritonforge.errors import TritonForgeError
+from tritonforge.export.ov3d.sampling import Sampling
 
 LOGIT_SCALE = 1 / 0.07
 
@@ -63,6 +65,10 @@ class DetectorConfig:
     def to_json(self) -> dict:
         return asdict(self)
 
+    @property
+    def sampling(self) -> Sampling:
+        return Sampling(self.num_points, self.centres, self.group, self.radius, self.queries)
+
 
 class Detections(NamedTuple):
     """One decoder layer's predictions. `logits` [B, Q, C + 1] (the last column background)."""
@@ -83,6 +89,18 @@ class Detections(NamedTuple):
 
     def boxes(self, bins: int) -> torch.Tensor:
         return torch.cat([self.centre, self.size, self.yaw(bins)[..., None]], -1)
+
+
+@contextmanager
+def traceable():
+    """PyTorch's fused inference kernels for transformer layers (its "fast path") off: the ONNX
+    tracer has no export for them. The same arithmetic, op by op."""
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
 
 
 def gather(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

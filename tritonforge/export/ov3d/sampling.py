@@ -1,5 +1,10 @@
 """Farthest-point sampling and ball query in numpy: the indices the detector's graph gathers by.
 
+`prepare` is what a client (or the python step beside the graph) does to any cloud: keep
+`num_points` of it (a seeded random subset; a cloud with fewer is refused), then farthest-point
+sampling for the centres, the ball query for their groups and farthest-point sampling of the
+centres for the queries.
+
 PointNet++'s sampler and grouper are CUDA extensions that do not export to ONNX, so the graph
 takes their results as inputs and these functions compute them: the client calls them for a
 tensor request, the python step beside the graph for a point file, so both produce the same
@@ -10,6 +15,9 @@ neighbour, so none comes back empty).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -46,3 +54,37 @@ def ball_query(points: np.ndarray, centres: np.ndarray, radius: float, k: int) -
         groups[row] = found[0]
         groups[row, :len(found)] = found
     return groups
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a cloud is cut down for the detector: `num_points` kept, `centres` sampled among
+    them, `group` neighbours within `radius` metres of each, `queries` sampled among the centres."""
+
+    num_points: int
+    centres: int
+    group: int
+    radius: float
+    queries: int
+
+
+@dataclass(frozen=True)
+class Prepared:
+    points: np.ndarray  # [N, 3] float32
+    kept: np.ndarray  # [N] int64: where each point was in the cloud given
+    centres: np.ndarray  # [M] int64 into points
+    groups: np.ndarray  # [M, K] int64 into points
+    queries: np.ndarray  # [Q] int64 into centres
+
+
+def prepare(points: np.ndarray, sampling: Sampling, seed: int | Sequence[int] = 0) -> Prepared:
+    points = np.asarray(points, np.float32)
+    if len(points) < sampling.num_points:
+        raise TritonForgeError(f"the cloud has {len(points)} points and the detector samples "
+                               f"{sampling.num_points}: send at least {sampling.num_points} points")
+    keep = np.sort(np.random.default_rng(seed).choice(len(points), sampling.num_points, replace=False))
+    kept = points[keep]
+    centres = farthest_points(kept, sampling.centres)
+    groups = ball_query(kept, kept[centres], sampling.radius, sampling.group)
+    queries = farthest_points(kept[centres], sampling.queries)
+    return Prepared(kept, keep, centres, groups, queries)

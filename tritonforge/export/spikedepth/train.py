@@ -9,7 +9,6 @@ fusion learns which to trust where. Deterministic for a seed (2 threads).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -22,7 +21,8 @@ from tritonforge.errors import TritonForgeError
 from tritonforge.export.spikedepth.data import SceneSet, depth_metrics, scene_set
 from tritonforge.export.spikedepth.model import DepthNet, NetConfig, signed
 from tritonforge.export.spikedepth.scenes import Rig
-from tritonforge.safe_load import load_weights
+from tritonforge.safe_load import read_checkpoint
+from tritonforge.safe_load import save_checkpoint as write_checkpoint
 
 CHECKPOINT_FORMAT = "tritonforge.spikedepth/1"
 
@@ -159,28 +159,12 @@ def evaluate(net: DepthNet, data: SceneSet) -> dict[str, dict[str, float]]:
 
 
 def save_checkpoint(path: Path, net: DepthNet, recipe: dict[str, Any], metrics: dict[str, Any]) -> Path:
-    """The weights and what rebuilds the network (a plain dict: loads weights-only); a JSON
-    beside it says how it was made."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"format": CHECKPOINT_FORMAT, "config": net.config.to_json(), "recipe": recipe,
-                "state_dict": net.state_dict()}, path)
-    path.with_suffix(".json").write_text(json.dumps({"config": net.config.to_json(), "recipe": recipe,
-                                                     "metrics": metrics}, indent=2) + "\n")
-    return path
+    return write_checkpoint(path, CHECKPOINT_FORMAT, net.config.to_json(), recipe, net.state_dict(), metrics)
 
 
 def load_checkpoint(path: Path) -> tuple[DepthNet, dict[str, Any]]:
     """A network saved by `save_checkpoint` and its recipe; another file is refused by name."""
-    path = Path(path)
-    if not path.is_file():
-        raise TritonForgeError(f"--checkpoint {path} does not exist: train one with `tritonforge "
-                               "spikedepth train --out FILE`")
-    saved = load_weights(path, f"--checkpoint {path}")
-    if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
-        raise TritonForgeError(f"--checkpoint {path} is not a spikedepth checkpoint (no "
-                               f"{CHECKPOINT_FORMAT!r} format mark): train one with `tritonforge "
-                               "spikedepth train --out FILE`")
+    saved = read_checkpoint(path, CHECKPOINT_FORMAT, "tritonforge spikedepth train --out FILE")
     known = {f.name for f in fields(NetConfig)}
     config = NetConfig(**{k: v for k, v in saved["config"].items() if k in known})
     net = DepthNet(config)

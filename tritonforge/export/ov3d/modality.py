@@ -1,0 +1,135 @@
+"""The `point_cloud` modality: a point file per sample and the class names for the whole request.
+
+Raw inputs: `points` (a `.ply`, `.pcd` or `.npy` file's bytes, one per sample) and `classes`
+(the request's vocabulary, strings; `--input classes=chair,table,lamp` or one name per
+`--input`). On the client, `encode` reads each cloud, keeps `num_points` of it and computes the
+sampler's indices (`sampling.prepare`, the function the server's step runs), and embeds the
+names with the embedded MiniLM (`vocabulary.embed_names`), giving the graph's inputs:
+points, centres, groups, queries per sample and `class_embeddings` [C, D] for the request.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from tritonforge.errors import TritonForgeError
+from tritonforge.export.ov3d.points import MAX_POINTS, read_points
+from tritonforge.export.ov3d.sampling import Sampling, prepare
+from tritonforge.export.ov3d.vocabulary import DEFAULT_TEMPLATE, check_vocabulary, embed_names
+from tritonforge.modalities import Modality, register_modality
+from tritonforge.modalities.base import RawInput, ShapeOption, raw_bytes_array
+from tritonforge.spec import ModelIO
+
+POINTS, CLASSES = "points", "classes"
+MAX_FILE_BYTES = 64 << 20  # a point file above this is refused before it is read
+GRAPH_INPUTS = ("points", "centres", "groups", "queries")  # per sample; then class_embeddings per request
+SAMPLING_SEED = 0  # the subsample every side draws: the same cloud gives the same inputs anywhere
+
+
+@dataclass(frozen=True)
+class CloudItem:
+    """One sample of a request: a point file's bytes and the request's vocabulary."""
+
+    data: bytes
+    vocabulary: tuple[str, ...]
+    name: str = ""
+
+
+@register_modality
+@dataclass(frozen=True)
+class PointCloud(Modality):
+    kind: ClassVar[str] = "point_cloud"
+    suffix: ClassVar[str] = "_vocab"
+    shape_options: ClassVar[tuple[ShapeOption, ...]] = (ShapeOption(
+        "num_points", "Point clouds: points the detector keeps of each cloud.", maximum=MAX_POINTS),)
+
+    num_points: int = 2048
+    centres: int = 256
+    group: int = 32
+    radius: float = 0.4
+    queries: int = 64
+    template: str = DEFAULT_TEMPLATE
+
+    @property
+    def raw_inputs(self) -> tuple[RawInput, ...]:
+        return (RawInput(POINTS), RawInput(CLASSES, per_request=True))
+
+    @property
+    def shape_defaults(self) -> dict[str, int | None]:
+        return {"num_points": self.num_points}
+
+    def sampling(self, shape: Mapping[str, int | None] | None = None) -> Sampling:
+        points = int(self.resolve_shape(shape)["num_points"] or self.num_points)
+        return Sampling(points, min(self.centres, points), self.group, self.radius,
+                        min(self.queries, self.centres, points))
+
+    def limits(self) -> dict[str, Any]:
+        return {"max_points": MAX_POINTS, "max_file_bytes": MAX_FILE_BYTES}
+
+    # -- the client side ----------------------------------------------------------------------
+
+    def read_inputs(self, given: Mapping[str, Sequence[str]]) -> list[CloudItem]:
+        unknown = sorted(set(given) - {POINTS, CLASSES})
+        if unknown or not given.get(POINTS) or not given.get(CLASSES):
+            raise TritonForgeError(f"a point-cloud detector takes {POINTS} (--input {POINTS}=room.ply, one "
+                                   f"per cloud) and {CLASSES} (--input {CLASSES}=chair,table,lamp); got "
+                                   f"{', '.join(sorted(given)) or 'nothing'}")
+        names = tuple(check_vocabulary([n for value in given[CLASSES] for n in value.split(",")]))
+        return [CloudItem(read_point_file(Path(path)), names, Path(path).name) for path in given[POINTS]]
+
+    def request(self, raw: Sequence[CloudItem]) -> dict[str, np.ndarray]:
+        vocabulary = shared_vocabulary(raw)
+        return {POINTS: raw_bytes_array([item.data for item in raw]),
+                CLASSES: np.array([[name.encode("utf-8") for name in vocabulary]] * len(raw), dtype=object)}
+
+    def encode(self, raw: Sequence[CloudItem], io: ModelIO | None, folder: Path | None,
+               shape: Mapping[str, int | None] | None = None) -> dict[str, np.ndarray]:
+        vocabulary = shared_vocabulary(raw)
+        sampling = self.sampling(shape)
+        ready = [prepare(read_points(item.data, item.name or f"cloud {i}"), sampling, SAMPLING_SEED)
+                 for i, item in enumerate(raw)]
+        inputs = {key: np.stack([getattr(r, key) for r in ready]) for key in GRAPH_INPUTS}
+        return {**inputs, "class_embeddings": embed_names(vocabulary, self.template)}
+
+    def sample_raw(self, n: int | None = None, folder: Path | None = None) -> list[CloudItem]:
+        """Held-out procedural rooms as `.npy` bytes, with every class name as the vocabulary."""
+        from tritonforge.export.ov3d.scenes import CLASSES as NAMES
+        from tritonforge.export.ov3d.scenes import room
+
+        return [CloudItem(npy_bytes(room("test", i).points), NAMES, f"test room {i}") for i in range(n or 8)]
+
+    def describe_raw(self, item: Any, index: int) -> str:
+        return item.name or f"#{index}"
+
+
+def npy_bytes(points: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(points, np.float32))
+    return buffer.getvalue()
+
+
+def shared_vocabulary(raw: Sequence[CloudItem]) -> tuple[str, ...]:
+    """The vocabulary every sample of a request carries (it belongs to the request)."""
+    if not raw:
+        raise TritonForgeError("the request holds no point cloud: send at least one")
+    vocabularies = {item.vocabulary for item in raw}
+    if len(vocabularies) != 1:
+        raise TritonForgeError("the clouds of one request carry different vocabularies: the class names "
+                               "belong to the request, so send each vocabulary in its own request")
+    return vocabularies.pop()
+
+
+def read_point_file(path: Path) -> bytes:
+    if not path.is_file():
+        raise TritonForgeError(f"{path} {'is not a file' if path.exists() else 'does not exist'}: give a "
+                               ".ply, .pcd or .npy point file (`tritonforge ov3d rooms` writes some)")
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise TritonForgeError(f"{path} is {path.stat().st_size:,} bytes, above the limit of "
+                               f"{MAX_FILE_BYTES:,}: subsample the cloud first")
+    return path.read_bytes()
