@@ -56,6 +56,7 @@ class QueryContext:
     raw: Sequence[bytes] = ()  # the raw items sent (each --image file's bytes), to draw on
     rows: Sequence[str] = ()  # a name per sample: the input it came from ("china.jpg", "frame 2/8")
     min_score: float = 0.5  # detections: the lowest score shown
+    vocabulary: str = ""  # the request input that holds its vocabulary, when the modality says
 
     def row_names(self, count: int) -> list[str]:
         return list(self.rows) or [f"#{index}" for index in range(count)]

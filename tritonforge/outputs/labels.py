@@ -30,13 +30,13 @@ class VocabularyLabels(OutputKind):
         """Each sample's vocabulary: the request's string input, [V] for all samples or [batch, V]."""
         strings = {name.lower(): values for name, values in context.inputs.items()
                    if values.dtype == object or values.dtype.kind in "SU"}  # VOCABULARY or vocabulary
-        chosen = (strings.get(self.vocabulary_input) if len(strings) > 1
-                  else next(iter(strings.values()), None))
+        named = context.vocabulary.lower() or self.vocabulary_input
+        chosen = strings.get(named) if len(strings) > 1 else next(iter(strings.values()), None)
         if chosen is None:
             raise TritonForgeError(
                 f"{VOCABULARY_LABELS} name classes from the vocabulary sent with the request, and the "
                 f"request's string inputs are {sorted(strings) or 'none'}: send the class names as an "
-                f"input of strings (named {self.vocabulary_input!r} when there are several)")
+                f"input of strings (named {named!r} when there are several)")
         names = [[as_text(v) for v in row] for row in (chosen[None] if chosen.ndim == 1 else chosen)]
         return names * batch if len(names) == 1 else names
 

@@ -508,8 +508,12 @@ def query_context(info: ModelInfo, min_score: float = 0.5, inputs: Mapping[str, 
                   raw: Sequence[bytes] = (), rows: Sequence[str] = ()) -> QueryContext:
     """What the output kinds read beside the answer: the model's labels and output kinds, the
     request (`inputs`; `raw`: the raw items sent, such as image files) and its rows' names."""
+    vocabulary = ""
+    if "preprocessing" in info.parameters:  # the raw input a vocabulary comes in (`classes`)
+        shared = [r.name for r in info.modality().raw_inputs if r.per_request]
+        vocabulary = shared[0] if len(shared) == 1 else ""
     return QueryContext(info.name, info.labels, info.output_kinds, dict(inputs or {}), tuple(raw),
-                        tuple(rows), min_score)
+                        tuple(rows), min_score, vocabulary)
 
 
 def summarize(info: ModelInfo, outputs: Mapping[str, np.ndarray], min_score: float = 0.5,

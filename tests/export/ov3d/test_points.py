@@ -65,5 +65,37 @@ def test_bad_point_files_are_refused_with_what_to_do():
         read_points(npy_bytes(np.zeros((0, 3), np.float32)))
     with pytest.raises(TritonForgeError, match="above the limit of 1,000,000"):
         read_points(npy_bytes(np.zeros((MAX_POINTS + 1, 3), np.float32)))
-    with pytest.raises(TritonForgeError, match="cannot be read"):
+    with pytest.raises(TritonForgeError, match="declares 500 vertices.*send the whole file"):
         read_points(ply_bytes(POINTS, text=False)[:-50])
+    with pytest.raises(TritonForgeError, match="cannot be read"):  # numpy's own complaint, wrapped
+        read_points(b"\x93NUMPY" + b"\x00" * 20)
+    faces_first = ply_bytes(POINTS, text=False).replace(b"element vertex", b"element face 1\nproperty list "
+                                                        b"uchar int vertex_indices\nelement vertex")
+    with pytest.raises(TritonForgeError, match="list or unknown properties.*put the vertices first"):
+        read_points(faces_first)
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "binary"])
+def test_ply_files_written_by_trimesh_read_as_trimesh_reads_them(encoding):
+    """A mesh (vertices with normals and colours, then faces with list properties) as trimesh
+    writes it: our numpy reader, which the server's python step runs without trimesh, gives
+    trimesh's own vertices."""
+    import trimesh
+
+    mesh = trimesh.creation.icosphere(subdivisions=2)
+    mesh.visual.vertex_colors = np.tile([200, 100, 50, 255], (len(mesh.vertices), 1)).astype(np.uint8)
+    data = trimesh.exchange.ply.export_ply(mesh, encoding=encoding, vertex_normal=True)
+    assert b"element face" in data and b"property uchar red" in data
+    np.testing.assert_allclose(read_points(data), mesh.vertices, rtol=1e-6)
+
+
+def test_big_endian_ply_with_an_element_before_the_vertices():
+    layout = np.dtype([("x", ">f4"), ("y", ">f4"), ("z", ">f4"), ("intensity", ">u2")])
+    table = np.zeros(len(POINTS), layout)
+    for axis, column in zip("xyz", POINTS.T, strict=True):
+        table[axis] = column
+    header = (f"ply\nformat binary_big_endian 1.0\nelement camera 1\nproperty double focal\nproperty int id\n"
+              f"element vertex {len(POINTS)}\nproperty float x\nproperty float y\nproperty float z\n"
+              "property ushort intensity\nend_header\n").encode()
+    data = header + np.array([(2.5, 7)], [("focal", ">f8"), ("id", ">i4")]).tobytes() + table.tobytes()
+    np.testing.assert_array_equal(read_points(data), POINTS)

@@ -67,6 +67,9 @@ class Ov3dOptions(TargetOptions):
                                 "and decoder; the box heads and the class head stay float).")
     vocabulary: str = option(",".join(CLASSES), help="Comma-separated class names the quality (and INT8's "
                                                      "gate) is measured with; each must be a room class.")
+    text_model: str = option("bert_fp32", help="The bert family's MiniLM export served beside this model: "
+                                               "`<name>_vocab` embeds the request's class names with its "
+                                               "`_text` ensemble.")
     eval_rooms: int = option(50, help="Held-out rooms the quality is measured on.")
     calibration_rooms: int = option(64, help="--bits 8: training rooms the activation ranges are "
                                              "calibrated on.")
@@ -153,14 +156,18 @@ class Ov3dFamily(Family):
     def io(self, model, options: Ov3dOptions) -> ModelIO:
         config = model.config
         modality = PointCloud(num_points=config.num_points, centres=config.centres, group=config.group,
-                              radius=config.radius, queries=config.queries, template=model.recipe.template)
-        inputs = (TensorSpec("points", "float32", (-1, 3)), TensorSpec("centres", "int64", (-1,)),
-                  TensorSpec("groups", "int64", (-1, config.group)), TensorSpec("queries", "int64", (-1,)),
+                              radius=config.radius, queries=config.queries, template=model.recipe.template,
+                              text_model=options.text_model)
+        # Any number of points and classes; centres and queries as trained (the traced attention
+        # reshapes by them).
+        inputs = (TensorSpec("points", "float32", (-1, 3)), TensorSpec("centres", "int64", (config.centres,)),
+                  TensorSpec("groups", "int64", (config.centres, config.group)),
+                  TensorSpec("queries", "int64", (config.queries,)),
                   TensorSpec("class_embeddings", "float32", (-1, config.embedding)))
-        outputs = (TensorSpec("boxes_3d", "float32", (-1, 7), BOXES_3D),
-                   TensorSpec("scores", "float32", (-1,), DETECTION_SCORES),
-                   TensorSpec("labels", "int64", (-1,), VOCABULARY_LABELS),
-                   TensorSpec("embeddings", "float32", (-1, config.embedding), TENSOR))
+        outputs = (TensorSpec("boxes_3d", "float32", (config.queries, 7), BOXES_3D),
+                   TensorSpec("scores", "float32", (config.queries,), DETECTION_SCORES),
+                   TensorSpec("labels", "int64", (config.queries,), VOCABULARY_LABELS),
+                   TensorSpec("embeddings", "float32", (config.queries, config.embedding), TENSOR))
         return ModelIO(inputs, outputs, modality, request_inputs=("class_embeddings",))
 
     def sample_inputs(self, model, options: Ov3dOptions, n: int | None, shape: Shape | None = None
@@ -181,10 +188,8 @@ class Ov3dFamily(Family):
 
     def export(self, model, path: Path, options: Ov3dOptions) -> ExportInfo:
         io = self.io(model, options)
-        axes = {"points": {0: "batch", 1: "points"}, "centres": {0: "batch", 1: "centres"},
-                "groups": {0: "batch", 1: "centres"}, "queries": {0: "batch", 1: "queries"},
-                "class_embeddings": {0: "classes"},
-                **{name: {0: "batch", 1: "queries"} for name in io.output_names}}
+        axes = {"points": {0: "batch", 1: "points"}, "class_embeddings": {0: "classes"},
+                **{name: {0: "batch"} for name in (*io.output_names, "centres", "groups", "queries")}}
         details = {"sampling": "farthest points and ball query outside the graph (sampling.py, numpy)",
                    "vocabulary": "class_embeddings [C, D] per request; labels index it"}
         feed = self.sample_inputs(model, options, 2)

@@ -11,25 +11,37 @@ points, centres, groups, queries per sample and `class_embeddings` [C, D] for th
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+from tritonclient.grpc import model_config_pb2 as mc
 
 from tritonforge.errors import TritonForgeError
 from tritonforge.export.ov3d.points import MAX_POINTS, read_points
 from tritonforge.export.ov3d.sampling import Sampling, prepare
-from tritonforge.export.ov3d.vocabulary import DEFAULT_TEMPLATE, check_vocabulary, embed_names
+from tritonforge.export.ov3d.vocabulary import DEFAULT_TEMPLATE, TEMPLATES, check_vocabulary, embed_names
 from tritonforge.modalities import Modality, register_modality
 from tritonforge.modalities.base import RawInput, ShapeOption, raw_bytes_array
 from tritonforge.spec import ModelIO
+from tritonforge.triton_config import (
+    PYTHON_MODEL_FILE,
+    CompanionModel,
+    ServingOptions,
+    add_tensors,
+    batched,
+    describe_model,
+    validate_name,
+)
 
 POINTS, CLASSES = "points", "classes"
 MAX_FILE_BYTES = 64 << 20  # a point file above this is refused before it is read
 GRAPH_INPUTS = ("points", "centres", "groups", "queries")  # per sample; then class_embeddings per request
 SAMPLING_SEED = 0  # the subsample every side draws: the same cloud gives the same inputs anywhere
+STEP_MODULES = ("points", "sampling", "postprocess", "vocabulary")  # copied beside the server's step
 
 
 @dataclass(frozen=True)
@@ -55,6 +67,7 @@ class PointCloud(Modality):
     radius: float = 0.4
     queries: int = 64
     template: str = DEFAULT_TEMPLATE
+    text_model: str = "bert_fp32"  # the bert family's MiniLM export that `<name>_vocab` embeds names with
 
     @property
     def raw_inputs(self) -> tuple[RawInput, ...]:
@@ -65,12 +78,40 @@ class PointCloud(Modality):
         return {"num_points": self.num_points}
 
     def sampling(self, shape: Mapping[str, int | None] | None = None) -> Sampling:
+        """The sampler for `--num-points` (any number from the detector's centres up: the graph
+        takes as many points as it is given, but as many centres and queries as it was trained on)."""
         points = int(self.resolve_shape(shape)["num_points"] or self.num_points)
-        return Sampling(points, min(self.centres, points), self.group, self.radius,
-                        min(self.queries, self.centres, points))
+        if points < self.centres:
+            raise TritonForgeError(f"--num-points {points} is below the detector's {self.centres} centres: "
+                                   f"keep at least {self.centres} points")
+        return Sampling(points, self.centres, self.group, self.radius, self.queries)
 
     def limits(self) -> dict[str, Any]:
         return {"max_points": MAX_POINTS, "max_file_bytes": MAX_FILE_BYTES}
+
+    # -- the server side ----------------------------------------------------------------------
+
+    def companions(self, name: str, io: ModelIO, serving: ServingOptions) -> tuple[CompanionModel, ...]:
+        """`<name>_vocab` (python backend): point files and class names in, suppressed boxes out;
+        it embeds the names with `<text_model>_text` and runs `<name>`, both served beside it.
+        Like the detector it takes whole requests (no batcher): the vocabulary is the request's."""
+        step = mc.ModelConfig(name=validate_name(name + self.suffix), backend="python", max_batch_size=0)
+        step.input.add(name=POINTS, data_type=mc.TYPE_STRING, dims=[-1, 1])
+        step.input.add(name=CLASSES, data_type=mc.TYPE_STRING, dims=[-1, -1])
+        add_tensors(step.output, [batched(spec) for spec in io.outputs if spec.name != "embeddings"])
+        step.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
+        parameters = {"detector": name, "text_model": self.text_model, "template": TEMPLATES[self.template],
+                      "num_points": self.num_points, "centres": self.centres, "group": self.group,
+                      "radius": self.radius, "queries": self.queries, "seed": SAMPLING_SEED}
+        for key, value in parameters.items():
+            step.parameters[key].string_value = str(value)
+        describe_model(step, io)
+        step.parameters["output_kinds"].string_value = json.dumps(
+            {spec.name: spec.kind for spec in io.outputs if spec.name != "embeddings"})
+        here = Path(__file__).parent
+        files = {PYTHON_MODEL_FILE: here / "cloud_step.py",
+                 **{f"{module}.py": here / f"{module}.py" for module in STEP_MODULES}}
+        return (CompanionModel(step, files),)
 
     # -- the client side ----------------------------------------------------------------------
 

@@ -1,9 +1,12 @@
-"""Point files as bytes -> [N, 3] float32 (x, y, z): `.ply` (trimesh), `.pcd` and `.npy`.
+"""Point files as bytes -> [N, 3] float32 (x, y, z): `.ply`, `.pcd` and `.npy`, read with numpy alone.
 
 The format is told by the bytes, not a name (a request carries no file name): PLY starts with
 "ply", NumPy's format with "\\x93NUMPY", PCD with its header ("# .PCD" or "VERSION"). PCD's
 header is read here (ascii and binary data; binary_compressed is refused with the command that
 converts it). Every reader keeps x, y and z and drops other fields (colour, normals).
+
+The server's python step (`cloud_step.py`) runs this file beside it without tritonforge or
+trimesh installed, so the client and the server read the same bytes into the same points.
 """
 
 from __future__ import annotations
@@ -61,15 +64,61 @@ def checked(points: np.ndarray, label: str = "points") -> np.ndarray:
     return points
 
 
-def _ply(data: bytes) -> np.ndarray:
-    import trimesh
+PLY_TYPES = {"char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
+             "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
+             "float": "f4", "float32": "f4", "double": "f8", "float64": "f8"}
 
-    loaded = trimesh.load(io.BytesIO(data), file_type="ply", process=False)
-    vertices = getattr(loaded, "vertices", None)
-    if vertices is None:
-        raise TritonForgeError(f"the PLY file holds a {type(loaded).__name__}, not one point cloud or mesh: "
-                               "send its vertices as one cloud")
-    return np.asarray(vertices)
+
+def _ply(data: bytes) -> np.ndarray:
+    """The vertex element's x, y, z (ascii or binary, either byte order). Elements before the
+    vertices are skipped: in ascii by their line count, in binary by their size, which needs
+    fixed-size (non-list) properties."""
+    end = data.find(b"end_header")
+    if end < 0:
+        raise TritonForgeError("the PLY header has no end_header line: send the whole file")
+    body = data.index(b"\n", end) + 1
+    elements: list[tuple[str, int, list[tuple[str, str]]]] = []  # (name, count, [(property, type)])
+    encoding = ""
+    for line in data[:end].decode("ascii", errors="replace").splitlines():
+        words = line.split()
+        if words[:1] == ["format"] and len(words) >= 2:
+            encoding = words[1]
+        elif words[:1] == ["element"] and len(words) == 3:
+            elements.append((words[1], int(words[2]), []))
+        elif words[:1] == ["property"] and elements:
+            elements[-1][2].append((words[-1], "list" if words[1] == "list" else words[1]))
+    names = [name for name, _count, _props in elements]
+    if "vertex" not in names:
+        raise TritonForgeError(f"the PLY file has no vertex element (it has {names}): send a point cloud")
+    before = elements[:names.index("vertex")]
+    _name, count, properties = elements[names.index("vertex")]
+    if not {"x", "y", "z"} <= {name for name, _kind in properties}:
+        raise TritonForgeError(f"the PLY vertices have {[n for n, _k in properties]}: x, y and z are needed")
+    if encoding == "ascii":
+        skip = sum(n for _e, n, _p in before)
+        rows = data[body:].decode("ascii", errors="replace").splitlines()[skip:skip + count]
+        table = np.loadtxt(rows, dtype=np.float64, ndmin=2) if rows else np.zeros((0, len(properties)))
+        if len(table) < count:
+            raise TritonForgeError(f"the PLY file declares {count} vertices and holds {len(table)}: send the "
+                                   "whole file")
+        return np.column_stack([table[:, [n for n, _k in properties].index(axis)] for axis in "xyz"])
+    order = {"binary_little_endian": "<", "binary_big_endian": ">"}.get(encoding)
+    if order is None:
+        raise TritonForgeError(f"PLY format {encoding!r} is not read: save as ascii or binary PLY")
+
+    def record(props: list[tuple[str, str]], what: str) -> np.dtype:
+        if any(kind not in PLY_TYPES for _n, kind in props):
+            raise TritonForgeError(f"the PLY {what} has list or unknown properties {props}: put the vertices "
+                                   "first and give them plain number properties")
+        return np.dtype([(name, order + PLY_TYPES[kind]) for name, kind in props])
+
+    offset = body + sum(n * record(p, f"element {e!r}").itemsize for e, n, p in before)
+    vertex = record(properties, "vertex element")
+    if len(data) - offset < count * vertex.itemsize:
+        raise TritonForgeError(f"the PLY file declares {count} vertices of {vertex.itemsize} bytes and holds "
+                               f"{max(len(data) - offset, 0)} bytes of them: send the whole file")
+    table = np.frombuffer(data, vertex, count=count, offset=offset)
+    return np.column_stack([table[axis].astype(np.float64) for axis in "xyz"])
 
 
 def _npy(data: bytes) -> np.ndarray:

@@ -121,6 +121,9 @@ class TritonPythonModel:
             self.session_name = "ONNX Runtime"
         self.inputs = [(spec["name"], [int(d) for d in spec["dims"]]) for spec in config["input"]]
         self.outputs = [spec["name"] for spec in config["output"]]
+        # Without Triton's batcher (a request input: a vocabulary the whole request shares), a
+        # request's first axis is not one the wrapper may stack other requests along.
+        self.batching = int(config.get("max_batch_size", 0)) > 0
         self.max_length = int(parameters.get("max_sequence_length", "0"))
         self.value_ranges = json.loads(parameters.get("value_ranges", "{}"))
         self.state = json.loads(parameters.get("sequence_state", "[]"))
@@ -128,7 +131,8 @@ class TritonPythonModel:
         self.sequences: dict = {}  # correlation ID -> ({state input: [1, ...] array}, last frame time)
 
     def execute(self, requests: list) -> list:
-        """Requests with equal shapes (what the dynamic batcher merges) run as one batch."""
+        """Requests with equal shapes (what the dynamic batcher merges) run as one batch; a model
+        without batching runs each alone."""
         if self.state:
             return self._execute_sequences(requests)
         responses: list = [None] * len(requests)
@@ -140,7 +144,7 @@ class TritonPythonModel:
             if problem:
                 responses[index] = invalid_argument(problem)
                 continue
-            shapes = tuple(feed[name].shape[1:] for name, _dims in self.inputs)
+            shapes = tuple(feed[name].shape[1:] for name, _dims in self.inputs) if self.batching else index
             groups.setdefault(shapes, []).append((index, feed))
         for members in groups.values():
             for index, response, _state in self._run_group(members):
