@@ -82,8 +82,8 @@ def test_the_triton_config_takes_whole_requests(ov3d_repo):
 
     parsed = text_format.Parse(config, mc.ModelConfig())
     dims = {t.name: list(t.dims) for t in (*parsed.input, *parsed.output)}
-    assert dims["points"] == [-1, -1, 3] and dims["class_embeddings"] == [-1, 384]
-    assert dims["boxes_3d"] == [-1, -1, 7] and dims["labels"] == [-1, -1]
+    assert dims["points"] == [-1, -1, 3] and dims["class_embeddings"] == [-1, 384]  # any cloud, any names
+    assert dims["groups"] == [-1, 256, 32] and dims["boxes_3d"] == [-1, 64, 7] and dims["labels"] == [-1, 64]
     warmup = {name: list(i.dims) for name, i in parsed.model_warmup[0].inputs.items()}
     assert warmup["points"][0] == 1 and warmup["class_embeddings"][1] == 384
 
