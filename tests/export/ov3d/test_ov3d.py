@@ -18,7 +18,7 @@ from tritonforge.export.ov3d.modality import CLASSES, POINTS, CloudItem, npy_byt
 from tritonforge.export.ov3d.points import read_points
 from tritonforge.export.ov3d.sampling import prepare
 from tritonforge.export.ov3d.scenes import room
-from tritonforge.export.ov3d.vocabulary import embed_names
+from tritonforge.export.ov3d.text import embed_names
 from tritonforge.family import get_family
 from tritonforge.serving.repository import ModelRepository
 from tritonforge.spec import BOXES_3D, VOCABULARY_LABELS

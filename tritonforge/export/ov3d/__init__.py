@@ -175,7 +175,7 @@ class Ov3dFamily(Family):
         """Held-out procedural rooms (never trained on), with the recipe's vocabulary."""
         from tritonforge.export.ov3d.data import room_set
         from tritonforge.export.ov3d.evaluation import room_inputs
-        from tritonforge.export.ov3d.vocabulary import embed_names
+        from tritonforge.export.ov3d.text import embed_names
 
         config = model.config
         if shape and shape.get("num_points") not in (None, config.num_points):
@@ -207,7 +207,7 @@ class Ov3dFamily(Family):
         from tritonforge.batching import batches
         from tritonforge.export.ov3d.data import room_set
         from tritonforge.export.ov3d.evaluation import room_inputs
-        from tritonforge.export.ov3d.vocabulary import embed_names
+        from tritonforge.export.ov3d.text import embed_names
         from tritonforge.quant.static import (
             QUANTIZED_OP_TYPES,
             float_outside,
@@ -276,7 +276,7 @@ class Ov3dFamily(Family):
             return model.checked["quality"]
         from tritonforge.export.ov3d.data import room_set
         from tritonforge.export.ov3d.evaluation import detect, pytorch_run, room_ap
-        from tritonforge.export.ov3d.vocabulary import embed_names
+        from tritonforge.export.ov3d.text import embed_names
 
         rooms = room_set("test", options.eval_rooms, model.config)
         vocabulary = embed_names(options.names, model.recipe.template)

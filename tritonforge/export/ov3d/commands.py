@@ -121,7 +121,7 @@ def evaluate(detector, template: str, names, rooms: int) -> dict:
     """seen / unseen mAP and per-class AP (at 0.25 and 0.5) on `rooms` held-out rooms."""
     from tritonforge.export.ov3d.data import room_set
     from tritonforge.export.ov3d.evaluation import detect, pytorch_run, room_ap
-    from tritonforge.export.ov3d.vocabulary import embed_names
+    from tritonforge.export.ov3d.text import embed_names
 
     test = room_set("test", rooms, detector.config)
     result = room_ap(detect(pytorch_run(detector), test, embed_names(names, template)), test, names)

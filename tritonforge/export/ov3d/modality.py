@@ -23,7 +23,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tritonforge.errors import TritonForgeError
 from tritonforge.export.ov3d.points import MAX_POINTS, read_points
 from tritonforge.export.ov3d.sampling import Sampling, prepare
-from tritonforge.export.ov3d.vocabulary import DEFAULT_TEMPLATE, TEMPLATES, check_vocabulary, embed_names
+from tritonforge.export.ov3d.text import embed_names
+from tritonforge.export.ov3d.vocabulary import DEFAULT_TEMPLATE, TEMPLATES, check_vocabulary
 from tritonforge.modalities import Modality, register_modality
 from tritonforge.modalities.base import RawInput, ShapeOption, raw_bytes_array
 from tritonforge.spec import ModelIO

@@ -38,7 +38,8 @@ from tritonforge.errors import TritonForgeError
 from tritonforge.export.ov3d.data import RoomSet, room_set
 from tritonforge.export.ov3d.model import Detections, Detector, DetectorConfig, gather
 from tritonforge.export.ov3d.scenes import CLASSES, SEEN, in_box
-from tritonforge.export.ov3d.vocabulary import DEFAULT_TEMPLATE, embed_names
+from tritonforge.export.ov3d.text import embed_names
+from tritonforge.export.ov3d.vocabulary import DEFAULT_TEMPLATE
 from tritonforge.safe_load import read_checkpoint, save_checkpoint
 
 WEIGHTS = {"centre": 5.0, "size": 1.0, "angle_bin": 0.1, "angle_residual": 0.5}

@@ -1,16 +1,13 @@
-"""Class names as text embeddings: the embedded all-MiniLM-L6-v2, prompted.
+"""A request's vocabulary: the limits on its class names, and the prompt each name is embedded in.
 
-Training embeds the names here (sentence-transformers: mean pooling, L2 normalisation); the
-served `<name>_vocab` ensemble embeds the request's names with the bert family's export of the
-same model, so both sides compare query embeddings with the same vectors.
+Copied beside the server's python step (`cloud_step.py`), which imports it without
+tritonforge: both sides refuse the same vocabularies with the same words. The embedding itself
+is `text.embed_names` on the client and the bert family's MiniLM export on the server.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import lru_cache
-
-import numpy as np
 
 from tritonforge.errors import TritonForgeError
 
@@ -41,25 +38,3 @@ def prompted(names: Sequence[str], template: str = DEFAULT_TEMPLATE) -> list[str
     if template not in TEMPLATES:
         raise TritonForgeError(f"unknown prompt template {template!r}: choose one of {', '.join(TEMPLATES)}")
     return [TEMPLATES[template].format(name) for name in check_vocabulary(names)]
-
-
-def embed_names(names: Sequence[str], template: str = DEFAULT_TEMPLATE) -> np.ndarray:
-    """[C, 384] float32 unit vectors, one per class name."""
-    return np.stack([_embedding(text) for text in prompted(names, template)])
-
-
-@lru_cache(maxsize=4096)
-def _embedding(text: str) -> np.ndarray:
-    vector = _encoder().encode([text], convert_to_numpy=True, normalize_embeddings=True)[0]
-    vector = vector.astype(np.float32)
-    vector.setflags(write=False)
-    return vector
-
-
-@lru_cache(maxsize=1)
-def _encoder():
-    from sentence_transformers import SentenceTransformer
-
-    from tritonforge.encoders.bert_checkpoint import embedded_model_dir
-
-    return SentenceTransformer(str(embedded_model_dir()), device="cpu")
