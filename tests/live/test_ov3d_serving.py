@@ -125,3 +125,12 @@ def test_bad_requests_are_invalid_arguments_and_the_server_stays_ready(ov3d_serv
     assert model_ready(client, "ov3d_vocab", ov3d_server.grpc_url)
     good = {"points": np.array([[npy(GOOD)]], dtype=object), "classes": np.array([[b"chair"]], dtype=object)}
     assert infer(client, "ov3d_vocab", good)["boxes_3d"].shape[0] == 1
+
+
+def test_verify_through_triton_checks_the_served_detector(ov3d_server):
+    from tritonforge.pipeline.verify import verify_model
+
+    report = verify_model(ov3d_server.repo, "ov3d", iterations=2, samples=8, triton_url=ov3d_server.grpc_url)
+    assert report.parity.passed and report.triton_parity.passed
+    scores = next(c for c in report.triton_parity.checks if c.metric == "score_max_abs_diff")
+    assert scores.value <= 1e-4
