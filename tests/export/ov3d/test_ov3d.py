@@ -158,3 +158,19 @@ def test_eval_reports_seen_and_unseen_map_with_the_vocabulary_given(tmp_path, ov
     assert result.exit_code == 2 and "cannot evaluate 'piano'" in result.output
     result = runner.invoke(app, ["export", "ov3d", "--checkpoint", str(tmp_path / "ap.json")])
     assert result.exit_code == 2 and "not a PyTorch checkpoint" in result.output
+
+
+def test_the_study_trains_every_row_once_and_reuses_them(tmp_path):
+    command = ["ov3d", "study", "--seeds", "0", "--rooms", "4", "--epochs", "1", "--eval-rooms", "2",
+               "--work", str(tmp_path / "work"), "--json", str(tmp_path / "study.json")]
+    result = runner.invoke(app, command, terminal_width=200)
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "study.json").read_text())
+    assert list(saved) == ["seen-only", "open, no contrast", "open, plain InfoNCE", "open, debiased contrast"]
+    assert sorted(p.name for p in (tmp_path / "work").glob("*.pt")) == [
+        "debiased_seed0.pt", "open_seed0.pt", "plain_seed0.pt", "seen_seed0.pt"]
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "work").glob("*.pt")}
+    again = runner.invoke(app, command, terminal_width=200)
+    assert again.exit_code == 0 and "every class named; mean ± std over seeds" in again.output
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing trained twice
+    assert json.loads((tmp_path / "study.json").read_text()) == saved

@@ -114,7 +114,71 @@ def ov3d_commands() -> typer.Typer:
             json_path.write_text(json.dumps(results, indent=2) + "\n")
             console.print(f"written to {json_path}")
 
+    @commands.command("study")
+    def study_command(
+        seeds: Annotated[str, typer.Option(help="Comma-separated training seeds.")] = "0,1,2",
+        rooms: Annotated[int, typer.Option(help="Training rooms per detector.")] = 200,
+        epochs: Annotated[int, typer.Option(help="Epochs per detector.")] = 80,
+        eval_rooms: Annotated[int, typer.Option(help="Held-out rooms.")] = 50,
+        work: Annotated[Path, typer.Option(help="Folder for the detectors (kept: a rerun reuses them).")
+                        ] = Path("ov3d_study"),
+        json_path: Annotated[Path | None, typer.Option("--json", help="Write the figures here.")] = None,
+    ):
+        """The paper's comparison: seen-only training, open-vocabulary training without a contrast,
+        with plain InfoNCE and with the debiased contrast, each over the seeds; seen and unseen
+        mAP with every class named (mean and spread over the seeds)."""
+        from tritonforge.console import console, progress_bar
+        from tritonforge.export.ov3d.scenes import CLASSES
+        from tritonforge.export.ov3d.train import TrainRecipe, load_detector, save_detector, train
+
+        chosen = [int(seed) for seed in seeds.split(",") if seed.strip()]
+        results: dict[str, dict[int, dict]] = {}
+        with progress_bar() as bar:
+            for key, label, supervision, contrast in STUDY_ROWS:
+                for seed in chosen:
+                    path = work / f"{key}_seed{seed}.pt"
+                    recipe = TrainRecipe(rooms=rooms, epochs=epochs, supervision=supervision,
+                                         contrast=contrast, seed=seed)
+                    if path.is_file() and load_detector(path)[1] == recipe:
+                        detector = load_detector(path)[0]
+                    else:
+                        task = bar.add_task(f"{label}, seed {seed}", total=epochs)
+                        detector = train(recipe, lambda task=task: bar.advance(task))
+                        save_detector(path, detector, recipe, {})
+                    found = evaluate(detector, recipe.template, CLASSES, eval_rooms)
+                    results.setdefault(label, {})[seed] = found
+        console.print(study_table(results, eval_rooms))
+        if json_path:
+            json_path.write_text(json.dumps(results, indent=2) + "\n")
+            console.print(f"written to {json_path}")
+
     return commands
+
+
+# (file key, row, supervision, contrast) of `ov3d study`
+STUDY_ROWS = (("seen", "seen-only", "seen", "none"), ("open", "open, no contrast", "open", "none"),
+              ("plain", "open, plain InfoNCE", "open", "plain"),
+              ("debiased", "open, debiased contrast", "open", "debiased"))
+
+
+def study_table(results: dict, rooms: int):
+    import numpy as np
+
+    from tritonforge.console import new_table
+
+    def spread(values) -> str:
+        values = [v for v in values if v is not None]
+        if not values:
+            return "-"
+        return f"{np.mean(values):.3f} ± {np.std(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
+
+    table = new_table(f"{rooms} held-out rooms, every class named; mean ± std over seeds", "training",
+                      "seeds", "seen mAP@0.25", "seen mAP@0.5", "unseen mAP@0.25", "unseen mAP@0.5")
+    for label, by_seed in results.items():
+        table.add_row(label, ",".join(map(str, by_seed)),
+                      *(spread([r[split][t] for r in by_seed.values()]) for split in ("seen", "unseen")
+                        for t in ("0.25", "0.5")))
+    return table
 
 
 def evaluate(detector, template: str, names, rooms: int) -> dict:
