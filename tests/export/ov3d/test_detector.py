@@ -104,16 +104,20 @@ def test_pseudo_boxes_find_most_unseen_objects_from_geometry_alone():
     from tritonforge.export.ov3d.scenes import CLASSES
     from tritonforge.outputs.metrics import box3d_iou
 
-    found = total = 0
+    found = total = right = made = 0
     for index in range(8):
         scene = room("train", index)
         seen = np.array([CLASSES[label] in SEEN for label in scene.labels])
         boxes = pseudo_boxes(scene.points, scene.boxes[seen])  # the unseen boxes are never given
         unseen = scene.boxes[~seen]
-        total += len(unseen)
+        total, made = total + len(unseen), made + len(boxes)
         if len(unseen) and len(boxes):
-            found += int((box3d_iou(unseen, boxes).max(1) >= 0.25).sum())
-    assert total >= 10 and found / total >= 0.5  # 0.68 over 60 rooms
+            overlap = box3d_iou(unseen, boxes)
+            found += int((overlap.max(1) >= 0.25).sum())
+            right += int((overlap.max(0) >= 0.25).sum())
+    # over 60 rooms 201 of 202 unseen objects found, 201 of 202 boxes on one (lamps whole: a
+    # lamp's base, pole and shade are merged as stacked parts)
+    assert total >= 10 and found / total >= 0.9 and right / made >= 0.9
     # A box fitted to a turned board's surface recovers its turn and size.
     board = np.random.default_rng(0).uniform([-1, -0.2, 0], [1, 0.2, 0.5], (2000, 3))
     c, s = np.cos(0.5), np.sin(0.5)

@@ -134,8 +134,8 @@ def ov3d_commands() -> typer.Typer:
         chosen = [int(seed) for seed in seeds.split(",") if seed.strip()]
         results: dict[str, dict[int, dict]] = {}
         with progress_bar() as bar:
-            for key, label, supervision, contrast in STUDY_ROWS:
-                for seed in chosen:
+            for seed in chosen:  # every row of a seed before the next seed: a stopped study compares
+                for key, label, supervision, contrast in STUDY_ROWS:
                     path = work / f"{key}_seed{seed}.pt"
                     recipe = TrainRecipe(rooms=rooms, epochs=epochs, supervision=supervision,
                                          contrast=contrast, seed=seed)
