@@ -156,6 +156,13 @@ def test_eval_reports_seen_and_unseen_map_with_the_vocabulary_given(tmp_path, ov
     assert 0 <= saved["seen"]["0.25"] <= 1
     result = runner.invoke(app, ["ov3d", "eval", str(ov3d_checkpoint), "--vocab", "piano"])
     assert result.exit_code == 2 and "cannot evaluate 'piano'" in result.output
+    # Another name for a room class is scored against that class's boxes.
+    result = runner.invoke(app, ["ov3d", "eval", str(ov3d_checkpoint), "--vocab", "chair,couch=sofa",
+                                 "--rooms", "4", "--json", str(tmp_path / "alias.json")])
+    assert result.exit_code == 0, result.output
+    assert list(json.loads((tmp_path / "alias.json").read_text())["ov3d"]["per_class"]) == ["chair", "couch"]
+    result = runner.invoke(app, ["ov3d", "eval", str(ov3d_checkpoint), "--vocab", "sofa,couch=sofa"])
+    assert result.exit_code == 2 and "names sofa more than once" in result.output
     result = runner.invoke(app, ["export", "ov3d", "--checkpoint", str(tmp_path / "ap.json")])
     assert result.exit_code == 2 and "not a PyTorch checkpoint" in result.output
 

@@ -94,21 +94,23 @@ def ov3d_commands() -> typer.Typer:
     @commands.command("eval")
     def eval_command(
         checkpoint: Annotated[list[Path], typer.Argument(help="Checkpoints of `ov3d train` to compare.")],
-        vocab: Annotated[str | None, typer.Option(help="Comma-separated class names to detect (default: all "
-                                                       "ten room classes).")] = None,
+        vocab: Annotated[str | None, typer.Option(
+            help="Comma-separated class names to detect (default: all ten room classes); NAME=CLASS sends "
+                 "another name for a room class, e.g. couch=sofa.")] = None,
         rooms: Annotated[int, typer.Option(help="Held-out rooms.")] = 50,
         json_path: Annotated[Path | None, typer.Option("--json", help="Write the figures here.")] = None,
     ):
         """mAP@0.25 and @0.5 on seen and unseen classes, and AP per class, with the vocabulary given."""
         from tritonforge.console import console
+        from tritonforge.export.ov3d.evaluation import parse_vocabulary
         from tritonforge.export.ov3d.scenes import CLASSES
         from tritonforge.export.ov3d.train import load_detector
 
-        names = tuple(n.strip() for n in vocab.split(",") if n.strip()) if vocab else CLASSES
+        names, classes = parse_vocabulary(vocab) if vocab else (CLASSES, CLASSES)
         results = {}
         for path in checkpoint:
             detector, recipe = load_detector(path)
-            results[path.stem] = evaluate(detector, recipe.template, names, rooms)
+            results[path.stem] = evaluate(detector, recipe.template, names, rooms, classes)
         console.print(ap_table(f"{rooms} held-out rooms; vocabulary: {', '.join(names)}", results))
         if json_path:
             json_path.write_text(json.dumps(results, indent=2) + "\n")
@@ -181,14 +183,16 @@ def study_table(results: dict, rooms: int):
     return table
 
 
-def evaluate(detector, template: str, names, rooms: int) -> dict:
-    """seen / unseen mAP and per-class AP (at 0.25 and 0.5) on `rooms` held-out rooms."""
+def evaluate(detector, template: str, names, rooms: int, classes=None) -> dict:
+    """seen / unseen mAP and per-class AP (at 0.25 and 0.5) on `rooms` held-out rooms, each name
+    scored against its room class's boxes (`classes`, default the names)."""
     from tritonforge.export.ov3d.data import room_set
     from tritonforge.export.ov3d.evaluation import detect, pytorch_run, room_ap
     from tritonforge.export.ov3d.text import embed_names
 
     test = room_set("test", rooms, detector.config)
-    result = room_ap(detect(pytorch_run(detector), test, embed_names(names, template)), test, names)
+    found = detect(pytorch_run(detector), test, embed_names(names, template))
+    result = room_ap(found, test, names, classes)
     return json.loads(json.dumps(result, default=float).replace("NaN", "null"))
 
 

@@ -53,19 +53,34 @@ def detect(run: Run, rooms: RoomSet, vocabulary: np.ndarray, batch_size: int = 1
     return found
 
 
-def vocabulary_index(names: Sequence[str]) -> np.ndarray:
-    """[len(CLASSES)] each class's position in `names`, -1 where it is absent."""
-    unknown = [name for name in names if name not in CLASSES]
+def parse_vocabulary(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(names sent, room class each stands for) of "chair,couch=sofa,floor lamp=lamp": a name
+    alone is a room class; NAME=CLASS sends NAME and scores it against CLASS's boxes."""
+    pairs = [(name.strip(), (room_class.strip() or name.strip()))
+             for name, _, room_class in (item.partition("=") for item in text.split(",")) if name.strip()]
+    return tuple(name for name, _ in pairs), tuple(room_class for _, room_class in pairs)
+
+
+def vocabulary_index(classes: Sequence[str]) -> np.ndarray:
+    """[len(CLASSES)] each room class's position in `classes`, -1 where it is absent."""
+    unknown = [name for name in classes if name not in CLASSES]
     if unknown:
         raise TritonForgeError(f"cannot evaluate {', '.join(map(repr, unknown))}: the rooms have boxes for "
-                               f"{', '.join(CLASSES)} only")
-    return np.array([list(names).index(c) if c in names else -1 for c in CLASSES])
+                               f"{', '.join(CLASSES)} only (send another name for one as NAME=CLASS)")
+    twice = sorted({name for name in classes if list(classes).count(name) > 1})
+    if twice:
+        raise TritonForgeError(f"the vocabulary names {', '.join(twice)} more than once: give each room "
+                               "class one name")
+    return np.array([list(classes).index(c) if c in classes else -1 for c in CLASSES])
 
 
-def room_ap(found: Sequence[Found], rooms: RoomSet, names: Sequence[str]) -> dict:
-    """{"per_class": {name: {threshold: AP}}, "seen"/"unseen": {threshold: mean AP}} for the
-    classes in `names` (NaN where no room holds the class)."""
-    index = vocabulary_index(names)
+def room_ap(found: Sequence[Found], rooms: RoomSet, names: Sequence[str],
+            classes: Sequence[str] | None = None) -> dict:
+    """{"per_class": {name: {threshold: AP}}, "seen"/"unseen": {threshold: mean AP}} of the
+    vocabulary `names` sent, each scored against the boxes of its room class in `classes`
+    (default: the names themselves); NaN where no room holds the class."""
+    classes = list(classes or names)
+    index = vocabulary_index(classes)
     truth = []
     for boxes, labels in zip(rooms.boxes, rooms.labels, strict=True):
         named = index[labels]
@@ -73,7 +88,9 @@ def room_ap(found: Sequence[Found], rooms: RoomSet, names: Sequence[str]) -> dic
     ap = detection_ap(found, truth, len(names))
     per_class = {name: {t: float(ap[t][i]) for t in THRESHOLDS} for i, name in enumerate(names)}
     result: dict = {"per_class": per_class}
-    splits = {"seen": [n for n in names if n in SEEN], "unseen": [n for n in names if n not in SEEN]}
+    seen = [room_class in SEEN for room_class in classes]
+    splits = {"seen": [n for n, s in zip(names, seen, strict=True) if s],
+              "unseen": [n for n, s in zip(names, seen, strict=True) if not s]}
     for split, members in splits.items():
         values = {t: [per_class[n][t] for n in members if not np.isnan(per_class[n][t])] for t in THRESHOLDS}
         result[split] = {t: float(np.mean(v)) if v else float("nan") for t, v in values.items()}
