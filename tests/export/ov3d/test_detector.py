@@ -16,9 +16,11 @@ from tritonforge.export.ov3d.scenes import CLASSES, SEEN, in_box, room
 from tritonforge.export.ov3d.train import (
     Supervision,
     Targets,
+    assigned,
     augment,
     class_loss,
     contrastive_loss,
+    query_labels,
     room_targets,
 )
 
@@ -135,6 +137,9 @@ def test_a_query_on_a_pseudo_box_learns_the_room_tags_as_a_bag():
     log_p = logits.log_softmax(-1)[0]
     expected = (-log_p[0, 0] - log_p[1, [2, 3]].logsumexp(0) - 0.2 * log_p[2, 4]) / 2.2
     torch.testing.assert_close(class_loss(logits, wanted, targets), expected)
+    pairs = [(np.array([0, 1]), np.array([0, 1]))]  # queries 0 and 1 on the two boxes, 2 on nothing
+    assert assigned(logits, targets, pairs).tolist() == wanted.tolist()
+    assert query_labels(logits, targets, pairs).tolist() == [[0, 2, 4]]  # the likelier tag of the bag
     # A bag of one tag is plain cross-entropy with that tag.
     one = Targets([torch.zeros(2, 7)], [torch.tensor([0, -1])], [torch.tensor([2])])
     torch.testing.assert_close(class_loss(logits, wanted, one),

@@ -43,6 +43,7 @@ from tritonforge.spec import (
     TensorSpec,
 )
 from tritonforge.targets import TargetOptions
+from tritonforge.triton_config import validate_name
 
 SCORE_ABS = 1e-4  # FP32: max |score difference| against PyTorch
 BOX_IOU = 0.999  # FP32: min 3-D IoU of a query's box with PyTorch's, over queries scored >= MIN_SCORE
@@ -82,6 +83,7 @@ class Ov3dOptions(TargetOptions):
         if not names or unknown:
             raise TritonForgeError(f"--vocabulary {self.vocabulary!r} names {unknown or 'nothing'}: the "
                                    f"rooms hold {', '.join(CLASSES)}")
+        validate_name(self.text_model + "_text")
         if self.eval_rooms < 1 or self.calibration_rooms < 1:
             raise TritonForgeError(f"--eval-rooms {self.eval_rooms} and --calibration-rooms "
                                    f"{self.calibration_rooms} must be at least 1")

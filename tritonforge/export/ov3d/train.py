@@ -14,9 +14,9 @@ every class name; seen classes come with boxes, unseen ones only as the room's c
 image-level labels). The room's pseudo boxes (`pseudo.py`: clusters no seen box explains) are
 regressed like boxes, and a query on one learns the room's unseen tags as a bag (multiple-
 instance: -log of its probability summed over the tags), so the name is learnt from which
-rooms hold such a cluster. Cross-modal contrast (`contrastive_loss`, on the last decoder layer): the
-embeddings of queries on objects are contrasted with each other and with the class names, a
-query on a pseudo box taking the likeliest of its room's tags as its class. Plain InfoNCE
+rooms hold such a cluster. Cross-modal contrast (`contrastive_loss`, on the last decoder
+layer): the embeddings of queries on objects are contrasted with each other and with the class
+names, a query on a pseudo box taking the likeliest of its room's tags as its class. Plain InfoNCE
 treats other queries of the query's own class as negatives, a bias against exactly the
 classes that share rooms and shapes; the debiased loss (OV-3DET's DTCC) never uses same-class
 members as negatives.
@@ -174,22 +174,25 @@ def class_loss(logits: torch.Tensor, wanted: torch.Tensor, targets: Targets) -> 
     return (weight * loss).sum() / weight.sum()
 
 
-def query_labels(layer: Detections, targets: Targets, pairs: list[tuple[np.ndarray, np.ndarray]]
-                 ) -> torch.Tensor:
-    """[B, Q] each query's class: its box's, or for a query on a pseudo box the likeliest of the
-    room's tags by the query's own (detached) scores, as OV-3DET names a crop by CLIP's
-    likeliest label; background (the last column) for the rest."""
-    background = layer.logits.shape[-1] - 1
-    wanted = torch.full(layer.logits.shape[:2], background, dtype=torch.long)
+def assigned(logits: torch.Tensor, targets: Targets, pairs: list[tuple[np.ndarray, np.ndarray]]
+             ) -> torch.Tensor:
+    """[B, Q] each query's target: its box's class, -1 on a pseudo box, background (the last
+    column of `logits`) for the rest."""
+    wanted = torch.full(logits.shape[:2], logits.shape[-1] - 1, dtype=torch.long)
     for room, (rows, cols) in enumerate(pairs):
-        rows, classes = torch.from_numpy(rows), targets.classes[room][torch.from_numpy(cols)]
-        bag = classes < 0
+        wanted[room, torch.from_numpy(rows)] = targets.classes[room][torch.from_numpy(cols)]
+    return wanted
+
+
+def query_labels(logits: torch.Tensor, targets: Targets, pairs: list[tuple[np.ndarray, np.ndarray]]
+                 ) -> torch.Tensor:
+    """`assigned`, with a query on a pseudo box given the likeliest of its room's tags by its
+    own (detached) scores, as OV-3DET names a crop by CLIP's likeliest label."""
+    wanted = assigned(logits, targets, pairs)
+    for room, candidates in enumerate(targets.candidates):
+        bag = wanted[room] < 0
         if bag.any():
-            candidates = targets.candidates[room]
-            chosen = layer.logits[room, rows[bag]][:, candidates].detach().argmax(-1)
-            classes = classes.clone()
-            classes[bag] = candidates[chosen]
-        wanted[room, rows] = classes
+            wanted[room, bag] = candidates[logits[room, bag][:, candidates].detach().argmax(-1)]
     return wanted
 
 
@@ -227,11 +230,7 @@ def contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, names: torc
 def set_loss(layer: Detections, targets: Targets, bins: int,
              pairs: list[tuple[np.ndarray, np.ndarray]] | None = None) -> torch.Tensor:
     pairs = match(layer, targets) if pairs is None else pairs
-    background = layer.logits.shape[-1] - 1
-    wanted = torch.full(layer.logits.shape[:2], background, dtype=torch.long)
-    for room, (rows, cols) in enumerate(pairs):
-        wanted[room, torch.from_numpy(rows)] = targets.classes[room][torch.from_numpy(cols)]
-    loss = class_loss(layer.logits, wanted, targets)
+    loss = class_loss(layer.logits, assigned(layer.logits, targets, pairs), targets)
     matched = max(sum(len(rows) for rows, _ in pairs), 1)
     width = math.pi / bins
     for room, (rows, cols) in enumerate(pairs):
@@ -283,7 +282,7 @@ def fit(detector: Detector, rooms: RoomSet, vocabulary: torch.Tensor, supervisio
             if supervision.contrast != "none":
                 last = layers[-1]
                 pairs = pairs if pairs is not None else match(last, targets)
-                labels = query_labels(last, targets, pairs)
+                labels = query_labels(last.logits, targets, pairs)
                 on_object = labels < len(names)
                 loss = loss + CONTRAST_WEIGHT * contrastive_loss(last.embedding[on_object], labels[on_object],
                                                                  names, supervision.contrast == "debiased")
