@@ -220,15 +220,17 @@ def spikedepth_repo(tmp_path_factory, spikedepth_checkpoint) -> Path:
 @pytest.fixture(scope="session")
 def ov3d_checkpoint(tmp_path_factory) -> Path:
     """An open-vocabulary detector trained through `tritonforge ov3d train` on 8 procedural rooms
-    for one epoch: untrained quality, every path of the graph and the training (pseudo boxes,
-    the tag bags, the debiased contrast) exercised in seconds."""
+    for one epoch, small (512 points, 64 centres, 16 queries, width 32): untrained quality, every
+    path of the graph and the training (pseudo boxes, the tag bags, the debiased contrast)
+    exercised in seconds."""
     from typer.testing import CliRunner
 
     from tritonforge.cli import app
 
     path = tmp_path_factory.mktemp("ov3d") / "ov3d.pt"
     result = CliRunner().invoke(app, ["ov3d", "train", "--rooms", "8", "--epochs", "1", "--eval-rooms", "4",
-                                      "--out", str(path)])
+                                      "--num-points", "512", "--centres", "64", "--queries", "16", "--width",
+                                      "32", "--out", str(path)])
     assert result.exit_code == 0, result.output
     return path
 

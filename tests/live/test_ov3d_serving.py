@@ -107,7 +107,7 @@ GOOD = room("test", 3).points
 
 @pytest.mark.parametrize(("data", "names", "message"), [
     (npy(np.where(np.arange(len(GOOD))[:, None] == 5, np.nan, GOOD)), ["chair"], "hold NaN or infinity"),
-    (npy(GOOD[:100]), ["chair"], "has 100 points and the detector samples 2048"),
+    (npy(GOOD[:100]), ["chair"], "has 100 points and the detector samples 512"),
     (b"OFF\n8 6 0\n", ["chair"], "none of ply, pcd, npy"),
     (npy(GOOD), [""], "class name 0 is empty"),
     (npy(GOOD), [f"class {i}" for i in range(257)], "257 names, above the limit of 256"),

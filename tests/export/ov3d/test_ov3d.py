@@ -54,7 +54,7 @@ def test_the_export_matches_pytorch_with_any_vocabulary_size(ov3d_repo, ov3d_che
     clouds = [CloudItem(npy_bytes(room("test", i).points), ()) for i in range(3)]
     for names in VOCABULARIES:  # one graph, three vocabularies: the classes are request data
         feed = io.preprocessing.encode([CloudItem(c.data, names) for c in clouds], io, None)
-        assert feed["class_embeddings"].shape == (len(names), 384) and feed["points"].shape == (3, 2048, 3)
+        assert feed["class_embeddings"].shape == (len(names), 384) and feed["points"].shape == (3, 512, 3)
         reference = family.reference_outputs(model, feed, io)
         assert_same_detections(reference, run_session(session, feed), len(names))
 
@@ -83,7 +83,7 @@ def test_the_triton_config_takes_whole_requests(ov3d_repo):
     parsed = text_format.Parse(config, mc.ModelConfig())
     dims = {t.name: list(t.dims) for t in (*parsed.input, *parsed.output)}
     assert dims["points"] == [-1, -1, 3] and dims["class_embeddings"] == [-1, 384]  # any cloud, any names
-    assert dims["groups"] == [-1, 256, 32] and dims["boxes_3d"] == [-1, 64, 7] and dims["labels"] == [-1, 64]
+    assert dims["groups"] == [-1, 64, 32] and dims["boxes_3d"] == [-1, 16, 7] and dims["labels"] == [-1, 16]
     warmup = {name: list(i.dims) for name, i in parsed.model_warmup[0].inputs.items()}
     assert warmup["points"][0] == 1 and warmup["class_embeddings"][1] == 384
 
@@ -128,8 +128,10 @@ def test_point_files_and_names_become_the_inputs(tmp_path, ov3d_checkpoint):
     np.testing.assert_array_equal(feed["class_embeddings"], embed_names(["chair", "table", "lamp"]))
     request = modality.request(raw)
     assert request[CLASSES].shape == (2, 3) and request[POINTS].shape == (2, 1)
-    fewer = modality.encode(raw[:1], io, None, {"num_points": 1024})
-    assert fewer["points"].shape == (1, 1024, 3)
+    more = modality.encode(raw[:1], io, None, {"num_points": 1024})  # --num-points: any number of points
+    assert more["points"].shape == (1, 1024, 3) and more["groups"].shape == (1, 64, 32)
+    with pytest.raises(TritonForgeError, match="below the detector's 64 centres"):
+        modality.encode(raw[:1], io, None, {"num_points": 32})
 
 
 @pytest.mark.parametrize(("given", "message"), [

@@ -69,6 +69,10 @@ def ov3d_commands() -> typer.Typer:
                             ] = "debiased",
         seed: SeedOption = 0,
         eval_rooms: Annotated[int, typer.Option(help="Held-out rooms it is reported on.")] = 50,
+        num_points: Annotated[int, typer.Option(help="Points the detector keeps of each cloud.")] = 2048,
+        centres: Annotated[int, typer.Option(help="Farthest-point centres (encoder tokens).")] = 256,
+        queries: Annotated[int, typer.Option(help="Queries (boxes per cloud before suppression).")] = 64,
+        width: Annotated[int, typer.Option(help="Transformer width.")] = 96,
         out: Annotated[Path, typer.Option(help="Checkpoint to write.")] = Path("ov3d.pt"),
     ):
         """Train the detector on procedural rooms and report seen and unseen mAP on held-out ones;
@@ -79,7 +83,7 @@ def ov3d_commands() -> typer.Typer:
         from tritonforge.export.ov3d.train import TrainRecipe, save_detector, train
 
         recipe = TrainRecipe(rooms=rooms, epochs=epochs, supervision=supervision, contrast=contrast,
-                             seed=seed)
+                             seed=seed, num_points=num_points, centres=centres, queries=queries, width=width)
         with progress_bar() as bar:
             task = bar.add_task(f"preparing {rooms} training rooms", total=None)
             room_set("train", rooms, recipe.config)
