@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from tritonforge.cli import app
 from tritonforge.export.ov3d.modality import CloudItem, npy_bytes
-from tritonforge.export.ov3d.postprocess import suppress
+from tritonforge.export.ov3d.postprocess import suppress_each
 from tritonforge.export.ov3d.scenes import room
 from tritonforge.runtime import ort_session, run_session
 from tritonforge.serving.client import infer, infer_inputs, model_info, model_ready
@@ -46,8 +46,7 @@ def local_detections(repo, modality, raw):
     ONNX Runtime, then suppression."""
     feed = modality.encode(raw, None, None)
     out = run_session(ort_session(repo / "ov3d" / "1" / "model.onnx"), feed)
-    return [tuple(array[keep] for array in (b, s, lab)) for b, s, lab in
-            zip(out["boxes_3d"], out["scores"], out["labels"], strict=True) for keep in [suppress(b, s, lab)]]
+    return suppress_each(out["boxes_3d"], out["scores"], out["labels"])
 
 
 def text_requests(client) -> int:

@@ -50,7 +50,6 @@ BOX_IOU = 0.999  # FP32: min 3-D IoU of a query's box with PyTorch's, over queri
 HALF_SCORE = 0.02  # FP16 / BF16 / INT8: mean |score difference| of the scored queries
 INT8_SEEN_DROP = 0.01  # INT8 publish gate: seen-class mAP@0.25 on held-out rooms, at most 1 point lower
 WEIGHTS_FILE = "pytorch/detector.pt"
-EMBEDDING_WIDTH = 384
 
 
 def names_option(text: str | Sequence[str]) -> tuple[str, ...]:

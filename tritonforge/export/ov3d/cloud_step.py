@@ -38,8 +38,8 @@ if pb_utils is not None:  # the helper modules lie beside this file; tritonforge
         errors.TritonForgeError = type("TritonForgeError", (ValueError,), {})
         sys.modules.update({"tritonforge": types.ModuleType("tritonforge"), "tritonforge.errors": errors})
     from points import read_points  # noqa: E402
-    from postprocess import suppress  # noqa: E402
-    from sampling import Sampling, prepare  # noqa: E402
+    from postprocess import suppress_each  # noqa: E402
+    from sampling import PER_SAMPLE, Sampling, prepare  # noqa: E402
     from vocabulary import check_vocabulary  # noqa: E402
 
 CACHED_NAMES = 4096  # embeddings kept per instance, the least recently used dropped first
@@ -100,8 +100,7 @@ class TritonPythonModel:
             return invalid_argument(str(exc))
         except RuntimeError as exc:  # the text model failed or is not served
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
-        inputs = [pb_utils.Tensor(key, np.stack([getattr(r, key) for r in ready]))
-                  for key in ("points", "centres", "groups", "queries")]
+        inputs = [pb_utils.Tensor(key, np.stack([getattr(r, key) for r in ready])) for key in PER_SAMPLE]
         inputs.append(pb_utils.Tensor("class_embeddings", embeddings))
         response = pb_utils.InferenceRequest(model_name=self.detector, inputs=inputs,
                                              requested_output_names=["boxes_3d", "scores", "labels"]).exec()
@@ -110,11 +109,8 @@ class TritonPythonModel:
                 f"the detector '{self.detector}' failed: {response.error().message()}"))
         boxes, scores, labels = (pb_utils.get_output_tensor_by_name(response, name).as_numpy()
                                  for name in ("boxes_3d", "scores", "labels"))
-        found = []
-        for b, s, lab in zip(boxes, scores, labels, strict=True):
-            keep = suppress(b, s, lab)
-            found.append((b[keep], s[keep], lab[keep]))
-        outputs = zip(("boxes_3d", "scores", "labels"), padded(found), strict=True)
+        found = padded(suppress_each(boxes, scores, labels))
+        outputs = zip(("boxes_3d", "scores", "labels"), found, strict=True)
         return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in outputs])
 
     def _embed(self, names: list[str]) -> np.ndarray:

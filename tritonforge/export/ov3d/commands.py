@@ -145,8 +145,9 @@ def ov3d_commands() -> typer.Typer:
                     path = work / f"{key}_seed{seed}.pt"
                     recipe = TrainRecipe(rooms=rooms, epochs=epochs, supervision=supervision,
                                          contrast=contrast, seed=seed)
-                    if path.is_file() and load_detector(path)[1] == recipe:
-                        detector = load_detector(path)[0]
+                    kept = load_detector(path) if path.is_file() else None
+                    if kept is not None and kept[1] == recipe:
+                        detector = kept[0]
                     else:
                         task = bar.add_task(f"{label}, seed {seed}", total=epochs)
                         detector = train(recipe, lambda task=task: bar.advance(task))
@@ -197,7 +198,15 @@ def evaluate(detector, template: str, names, rooms: int, classes=None) -> dict:
     test = room_set("test", rooms, detector.config)
     found = detect(pytorch_run(detector), test, embed_names(names, template))
     result = room_ap(found, test, names, classes)
-    return json.loads(json.dumps(result, default=float).replace("NaN", "null"))
+    return json_ready(result)
+
+
+def json_ready(value):
+    """Figures as JSON holds them: threshold keys as text ("0.25"), NaN (a class no room holds)
+    as None."""
+    if isinstance(value, dict):
+        return {str(key): json_ready(item) for key, item in value.items()}
+    return None if isinstance(value, float) and value != value else value
 
 
 def ap_table(title: str, results: dict):

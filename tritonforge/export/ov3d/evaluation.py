@@ -17,7 +17,8 @@ from tritonforge.errors import TritonForgeError
 from tritonforge.export.ov3d.data import RoomSet
 from tritonforge.export.ov3d.metrics import THRESHOLDS, detection_ap
 from tritonforge.export.ov3d.model import Detector
-from tritonforge.export.ov3d.postprocess import suppress
+from tritonforge.export.ov3d.postprocess import suppress_each
+from tritonforge.export.ov3d.sampling import PER_SAMPLE
 from tritonforge.export.ov3d.scenes import CLASSES, SEEN
 
 Found = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes [K, 7], scores [K], labels [K]
@@ -38,7 +39,7 @@ def pytorch_run(detector: Detector) -> Run:
 
 def room_inputs(rooms: RoomSet, vocabulary: np.ndarray) -> dict[str, np.ndarray]:
     """The graph's inputs for every room, with `vocabulary` [C, D] as the request's."""
-    per_room = {key: getattr(rooms, key) for key in ("points", "centres", "groups", "queries")}
+    per_room = {key: getattr(rooms, key) for key in PER_SAMPLE}
     return {**per_room, "class_embeddings": np.asarray(vocabulary, np.float32)}
 
 
@@ -47,9 +48,7 @@ def detect(run: Run, rooms: RoomSet, vocabulary: np.ndarray, batch_size: int = 1
     found = []
     for feed in batches(room_inputs(rooms, vocabulary), batch_size, ("class_embeddings",)):
         out = run(feed)
-        for b, s, lab in zip(out["boxes_3d"], out["scores"], out["labels"], strict=True):
-            keep = suppress(b, s, lab)
-            found.append((b[keep], s[keep], lab[keep]))
+        found += suppress_each(out["boxes_3d"], out["scores"], out["labels"])
     return found
 
 

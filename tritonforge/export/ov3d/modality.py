@@ -22,7 +22,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from tritonforge.errors import TritonForgeError
 from tritonforge.export.ov3d.points import MAX_POINTS, read_points
-from tritonforge.export.ov3d.sampling import Sampling, prepare
+from tritonforge.export.ov3d.sampling import PER_SAMPLE, Sampling, prepare
 from tritonforge.export.ov3d.text import embed_names
 from tritonforge.export.ov3d.vocabulary import DEFAULT_TEMPLATE, TEMPLATES, check_vocabulary
 from tritonforge.modalities import Modality, register_modality
@@ -40,7 +40,6 @@ from tritonforge.triton_config import (
 
 POINTS, CLASSES = "points", "classes"
 MAX_FILE_BYTES = 64 << 20  # a point file above this is refused before it is read
-GRAPH_INPUTS = ("points", "centres", "groups", "queries")  # per sample; then class_embeddings per request
 SAMPLING_SEED = 0  # the subsample every side draws: the same cloud gives the same inputs anywhere
 STEP_MODULES = ("points", "sampling", "postprocess", "vocabulary")  # copied beside the server's step
 
@@ -136,7 +135,7 @@ class PointCloud(Modality):
         sampling = self.sampling(shape)
         ready = [prepare(read_points(item.data, item.name or f"cloud {i}"), sampling, SAMPLING_SEED)
                  for i, item in enumerate(raw)]
-        inputs = {key: np.stack([getattr(r, key) for r in ready]) for key in GRAPH_INPUTS}
+        inputs = {key: np.stack([getattr(r, key) for r in ready]) for key in PER_SAMPLE}
         return {**inputs, "class_embeddings": embed_names(vocabulary, self.template)}
 
     def sample_raw(self, n: int | None = None, folder: Path | None = None) -> list[CloudItem]:

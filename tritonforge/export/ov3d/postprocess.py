@@ -42,3 +42,14 @@ def suppress(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou: flo
             continue
         kept.append(int(index))
     return np.asarray(kept, np.int64)
+
+
+def suppress_each(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray
+                  ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """`suppress` on every sample of a batch ([S, Q, 7], [S, Q], [S, Q]): per sample the kept
+    (boxes, scores, labels), best first."""
+    found = []
+    for b, s, lab in zip(boxes, scores, labels, strict=True):
+        keep = suppress(b, s, lab)
+        found.append((b[keep], s[keep], lab[keep]))
+    return found

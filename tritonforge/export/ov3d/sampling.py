@@ -68,6 +68,9 @@ class Sampling:
     queries: int
 
 
+PER_SAMPLE = ("points", "centres", "groups", "queries")  # the graph's inputs `prepare` gives, in order
+
+
 @dataclass(frozen=True)
 class Prepared:
     points: np.ndarray  # [N, 3] float32
