@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tritonforge.cli import app
+from tritonforge.files import write_text_atomic
 from tritonforge.report import Report, SectionResult, Table, all_sections, section_keys
 from tritonforge.report.machine import (
     SourceState,
@@ -21,7 +22,7 @@ from tritonforge.report.machine import (
     parse_meminfo,
     source_state,
 )
-from tritonforge.report.markdown import render, write_atomically
+from tritonforge.report.markdown import render
 from tritonforge.report.workspace import Workspace, run_measured
 
 ANCHORS = ("bert-on-every-runtime", "export-cost", "verify-at-its-defaults", "serving", "live-updates",
@@ -161,8 +162,8 @@ def test_the_section_keys_are_the_github_anchors_of_their_headings():
 
 def test_the_file_is_written_atomically(tmp_path):
     target = tmp_path / "docs" / "benchmarks.md"
-    write_atomically(target, "first\n")
-    write_atomically(target, "second\n")
+    write_text_atomic(target, "first\n")
+    write_text_atomic(target, "second\n")
     assert target.read_text() == "second\n" and [p.name for p in target.parent.iterdir()] == ["benchmarks.md"]
 
 

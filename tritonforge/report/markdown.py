@@ -4,10 +4,9 @@ table with the command that reproduces it alone; written atomically (temp file +
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
+from tritonforge.files import write_text_atomic
 from tritonforge.report import Report, SectionResult, Table
 from tritonforge.report.machine import FLAGS
 
@@ -107,23 +106,7 @@ def render(report: Report) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write through a temporary file in the same folder, renamed over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def write_report(report: Report, out: Path, json_path: Path | None = None) -> None:
-    write_atomically(out, render(report))
+    write_text_atomic(out, render(report))
     if json_path is not None:
-        write_atomically(json_path, json.dumps(report.to_json(), indent=2, default=str) + "\n")
+        write_text_atomic(json_path, json.dumps(report.to_json(), indent=2, default=str) + "\n")

@@ -48,7 +48,8 @@ from pathlib import Path
 from typing import Any
 
 from tritonforge.errors import TritonForgeError
-from tritonforge.scale.plan import Plan, write_atomic
+from tritonforge.files import write_text_atomic
+from tritonforge.scale.plan import Plan
 from tritonforge.scale.push import parse_storage_uri
 from tritonforge.serving.repository import ModelRepository
 
@@ -216,7 +217,7 @@ class Deployment:
         paths = []
         for filename, body in self.objects.items():
             path = Path(out) / filename
-            write_atomic(path, yaml.safe_dump(body, sort_keys=False, default_flow_style=False))
+            write_text_atomic(path, yaml.safe_dump(body, sort_keys=False, default_flow_style=False))
             paths.append(path)
         return paths
 

@@ -21,35 +21,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from tritonforge.errors import TritonForgeError
+from tritonforge.files import write_text_atomic
 
 PLAN_VERSION = 1
 DEFAULT_HEADROOM = 0.2
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder and one rename, so a
-    reader (or a crash) never meets half a file."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise TritonForgeError(f"cannot write {path}: {exc.strerror or exc}; choose another "
-                               "output path or fix its permissions") from exc
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True)
@@ -175,7 +155,7 @@ def plan_replicas(report: dict[str, Any], target_rps: float, p99_ms: float, mode
 
 
 def write_plan(plan: Plan, path: Path) -> None:
-    write_atomic(Path(path), json.dumps(plan.to_json(), indent=2) + "\n")
+    write_text_atomic(Path(path), json.dumps(plan.to_json(), indent=2) + "\n")
 
 
 def read_plan(path: Path) -> Plan:
