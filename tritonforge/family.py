@@ -253,7 +253,8 @@ _REGISTRY: dict[str, Family] = {}
 # Families live in their own packages; importing one registers it. Listed by module so that a
 # family can be found by name without importing every family's heavy dependencies.
 _BUILTIN_MODULES = {"bert": "tritonforge.export.bert", "dask": "tritonforge.export.dask",
-                    "detr": "tritonforge.export.detr", "ov3d": "tritonforge.export.ov3d",
+                    "detr": "tritonforge.export.detr", "nas": "tritonforge.export.nas",
+                    "ov3d": "tritonforge.export.ov3d",
                     "snn": "tritonforge.export.snn", "spikedepth": "tritonforge.export.spikedepth",
                     "sr": "tritonforge.export.sr", "vit": "tritonforge.export.vit"}
 
@@ -264,6 +265,7 @@ _BUILTIN_MODULES = {"bert": "tritonforge.export.bert", "dask": "tritonforge.expo
 BUILTIN_COMMANDS = {
     "dask": ("dask", "DASK: train knowledge-injected sentiment classifiers, list pivot words."),
     "emt": ("sr", "EMT video delivery: meta-train, tune each chunk into a version, play, compare."),
+    "nas": ("nas", "Architecture search on unreal data with measured latency: search, train, compare."),
     "ov3d": ("ov3d", "Open-vocabulary 3-D detection: write rooms, train, evaluate with any vocabulary."),
     "snn": ("snn", "TET: train spiking classifiers on scikit-learn's digits."),
     "spikedepth": ("spikedepth", "Spike-camera depth: simulate .dat streams, make scenes, train, evaluate."),
