@@ -51,8 +51,8 @@ def test_help_lists_export_first_one_line_each_and_every_family_command_without_
     shared = [n for n in names if n not in BUILTIN_COMMANDS]
     assert shared == [n for n in COMMAND_ORDER if n in shared]  # the order of the work
     assert {"verify", "serve", "query", "bench", "soak", "push", "plan", "deploy"} <= set(shared)
-    assert sorted(BUILTIN_COMMANDS) == names[len(shared):] == ["dask", "emt", "ov3d", "snn", "spikedepth",
-                                                                   "vit"]
+    assert sorted(BUILTIN_COMMANDS) == names[len(shared):] == ["dask", "emt", "nas", "ov3d", "snn",
+                                                                   "spikedepth", "vit"]
     assert "Family commands" in shown["output"]
     for name, summary in rows:  # every row is a command with its whole summary on it
         assert name.isidentifier() or "-" in name, (name, summary)

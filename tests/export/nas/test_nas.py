@@ -26,7 +26,7 @@ from tritonforge.pipeline.verify import verify_model
 
 runner = CliRunner()
 pytestmark = pytest.mark.slow
-TINY = {"width": 4, "layers": 3, "epochs": 1, "batch_size": 64}
+TINY = {"width": 4, "layers": 3, "epochs": 1, "samples": 384}
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +132,8 @@ def test_latency_weight_moves_the_search_to_cheaper_operations(table):
 def test_search_command_writes_a_genotype_with_predicted_and_measured_latency(table, tmp_path):
     out = tmp_path / "g.json"
     result = runner.invoke(app, ["nas", "search", "--data", "generated", "--epochs", "1", "--width", "4",
-                                 "--layers", "3", "--latency-table", str(table), "--out", str(out)])
+                                 "--layers", "3", "--samples", "256", "--latency-table", str(table),
+                                 "--out", str(out)])
     assert result.exit_code == 0, result.output
     record = json.loads(out.read_text())
     Genotype.from_json(record["genotype"])
@@ -188,7 +189,7 @@ def test_training_on_a_folder_and_bad_data_is_refused(tmp_path, genotype_file):
 
 def test_export_fp32_parity_and_verify(checkpoint, tmp_path):
     exported = export_model("nas", NasOptions(checkpoint=str(checkpoint)), tmp_path / "repo")
-    assert exported.name == "nas_digits_fp32"
+    assert exported.name == "nas_fp32"
     manifest = exported.manifest
     checks = {c["metric"]: c["value"] for c in manifest["parity"]["details"]["checks"]}
     assert checks["logits_max_abs_diff"] <= 1e-4 and checks["top1_agreement"] == 1.0
@@ -208,6 +209,14 @@ def test_int8_keeps_accuracy_within_its_gate(checkpoint, tmp_path):
     assert manifest["quantization"]["quantize_linear_nodes"] > 0
 
 
+def test_fp16_and_openvino_bf16(checkpoint, tmp_path, bf16):
+    for bits, target, precision in ((16, "onnxruntime", "fp16"), (16, "openvino", "bf16")):
+        options = NasOptions(checkpoint=str(checkpoint), bits=bits, target=target)
+        exported = export_model("nas", options, tmp_path)
+        assert exported.manifest["precision"] == precision
+        assert exported.manifest["quality"]["accuracy_drop"] <= 0.01
+
+
 def test_the_bundled_genotype_trains_and_exports(tmp_path):
     result = runner.invoke(app, ["export", "nas", "--epochs", "1", "--repo", str(tmp_path)])
     assert result.exit_code == 0, result.output
@@ -219,7 +228,7 @@ def test_the_bundled_genotype_trains_and_exports(tmp_path):
 
 def test_compare_reports_every_kind_and_random_genotypes(table, tmp_path):
     recipe = CompareRecipe(seeds=(0,), kinds=("real", "noise"), search_epochs=1, train_epochs=1,
-                           search_width=4, search_layers=3, latency_weights=(1.0,))
+                           search_width=4, search_layers=3, search_samples=256, latency_weights=(1.0,))
     result = compare(recipe, tmp_path, table)
     assert {row["kind"] for row in result["rows"]} == {"real", "noise", "random", "noise (latency curve)"}
     random_row = next(row for row in result["rows"] if row["kind"] == "random")

@@ -62,7 +62,7 @@ class NasFamily(Family):
     options_type = NasOptions
 
     def default_name(self, options: NasOptions) -> str:
-        return f"nas_digits_{options.precision}"
+        return f"nas_{options.precision}" if options.checkpoint else f"nas_digits_{options.precision}"
 
     def serving(self, options: NasOptions, base):
         return options.serving(base)
@@ -248,8 +248,9 @@ class NasFamily(Family):
         """Reduced precision: accuracy of the exported graph on the test digits beside PyTorch's."""
         if options.precision == "fp32" or not self._digits(model):
             return None
-        if getattr(model, "measured_quality", None) is not None:
-            return model.measured_quality
+        kept = getattr(model, "measured_quality", None)
+        if kept is not None and kept[0] == run:  # the gate measured this graph already (a bound method)
+            return kept[1]
         from tritonforge.export.nas.data import real_digits
         from tritonforge.export.nas.train import predict
 
@@ -258,9 +259,10 @@ class NasFamily(Family):
                                    for i in range(0, len(test.labels), 64)])
         reference = float((predict(model, test.images) == test.labels).mean())
         accuracy = float((exported == test.labels).mean())
-        model.measured_quality = {"accuracy": accuracy, "pytorch_fp32_accuracy": reference,
-                                  "accuracy_drop": reference - accuracy, "samples": int(len(test.labels))}
-        return model.measured_quality
+        measured = {"accuracy": accuracy, "pytorch_fp32_accuracy": reference,
+                    "accuracy_drop": reference - accuracy, "samples": int(len(test.labels))}
+        model.measured_quality = (run, measured)
+        return measured
 
     def gates(self, model, options: NasOptions, io: ModelIO, run, folder: Path) -> list[Check]:
         """INT8: at most one point of test accuracy lost against the FP32 PyTorch network."""

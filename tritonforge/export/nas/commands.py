@@ -55,6 +55,8 @@ def nas_commands() -> typer.Typer:
         width: Annotated[int, typer.Option(help="Width of the search network (the derived network is "
                                                "trained and served at 16).")] = 8,
         layers: Annotated[int, typer.Option(help="Cells of the search network.")] = 5,
+        samples: Annotated[int, typer.Option(help="Search on the first this many images (0: all "
+                                                 "1,437).")] = 0,
         latency_weight: Annotated[float, typer.Option(help="Weight of the expected latency (relative to "
                                                            "the uniform mix's) in the architecture's "
                                                            "loss; 0: accuracy alone.")] = 0.0,
@@ -72,7 +74,7 @@ def nas_commands() -> typer.Typer:
         from tritonforge.export.nas.search import SearchRecipe
 
         recipe = SearchRecipe(data=data, seed=seed, epochs=epochs, width=width, layers=layers,
-                              latency_weight=latency_weight)
+                              samples=samples, latency_weight=latency_weight)
         path = out or Path(f"genotype_{data}_s{seed}.json")
         with progress_bar() as progress:
             record = searched_genotype(recipe, target, threads, batch, latency_table, path, Stages(progress),

@@ -43,6 +43,7 @@ class SearchRecipe:
     arch_lr: float = 3e-3
     arch_weight_decay: float = 1e-3
     latency_weight: float = 0.0
+    samples: int = 0  # search on the first this many images of the data (0: all 1,437)
 
     def __post_init__(self):
         if self.data not in DATA_KINDS:
@@ -50,6 +51,9 @@ class SearchRecipe:
         if self.epochs < 1 or self.batch_size < 2 or self.width < 2:
             raise TritonForgeError(f"--epochs {self.epochs}, batch size {self.batch_size} and width "
                                    f"{self.width} must be at least 1, 2 and 2")
+        if self.samples < 0 or 0 < self.samples < 2 * self.batch_size:
+            raise TritonForgeError(f"--samples {self.samples}: 0 (all) or at least two batches "
+                                   f"({2 * self.batch_size}): half trains the weights, half the architecture")
         if self.latency_weight < 0:
             raise TritonForgeError(f"--latency-weight {self.latency_weight} must be 0 (off) or positive")
 
@@ -90,6 +94,8 @@ def search(recipe: SearchRecipe, table: LatencyTable | None = None,
     if recipe.latency_weight > 0 and table is None:
         raise TritonForgeError("--latency-weight needs a latency table (measured on the target)")
     data = search_data(recipe.data, recipe.seed)
+    if recipe.samples:
+        data = data.subset(np.arange(min(recipe.samples, len(data.labels))), data.name)
     started = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
