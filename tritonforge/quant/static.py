@@ -17,6 +17,10 @@ import onnx
 
 QUANTIZED_OP_TYPES = ("Conv", "MatMul", "Gemm")
 
+# What `static_qdq` does, as every family's manifest records it.
+STATIC_QDQ_METHOD = ("onnxruntime.quantization.quantize_static (QDQ, per-channel int8 weights, "
+                     "per-tensor uint8 activations, MinMax calibration)")
+
 
 class FeedReader:
     """onnxruntime.quantization's CalibrationDataReader over prepared feeds."""

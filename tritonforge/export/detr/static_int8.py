@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from tritonforge.quant.static import QUANTIZED_OP_TYPES, openvino_float_nodes, static_qdq
+from tritonforge.quant.static import QUANTIZED_OP_TYPES, STATIC_QDQ_METHOD, openvino_float_nodes, static_qdq
 
 FLOAT_NODES = {
     "sampling_offsets": "deformable attention's sampling offsets: an error moves where a query looks",
@@ -55,8 +55,7 @@ def quantize_detector(fp32: Path, target: Path, feeds: Iterable[Mapping[str, np.
                      if name not in kept} if openvino else {}
     feeds = list(feeds)
     quantize_linear_nodes = static_qdq(fp32, target, feeds, kept + list(openvino_kept))
-    return {"method": "onnxruntime.quantization.quantize_static (QDQ, per-channel int8 weights, "
-                      "per-tensor uint8 activations, MinMax calibration)",
+    return {"method": STATIC_QDQ_METHOD,
             "calibration_images": len(feeds),
             "quantized_op_types": list(QUANTIZED_OP_TYPES),
             "quantize_linear_nodes": quantize_linear_nodes,

@@ -190,7 +190,12 @@ class NasFamily(Family):
         return ExportInfo(opset=check_onnx(path), precision=options.precision, sections=sections)
 
     def _quantize(self, model, fp32: Path, path: Path, options: NasOptions) -> dict[str, Any]:
-        from tritonforge.quant.static import QUANTIZED_OP_TYPES, openvino_float_nodes, static_qdq
+        from tritonforge.quant.static import (
+            QUANTIZED_OP_TYPES,
+            STATIC_QDQ_METHOD,
+            openvino_float_nodes,
+            static_qdq,
+        )
 
         if self._digits(model):
             from tritonforge.export.nas.data import real_digits
@@ -203,8 +208,7 @@ class NasFamily(Family):
         feeds = [{"pixel_values": images[i:i + 16]} for i in range(0, len(images), 16)]
         kept = openvino_float_nodes(fp32) if options.target == "openvino" else {}
         nodes = static_qdq(fp32, path, feeds, kept)
-        return {"method": "onnxruntime.quantization.quantize_static (QDQ, per-channel int8 weights, "
-                          "per-tensor uint8 activations, MinMax calibration)",
+        return {"method": STATIC_QDQ_METHOD,
                 "calibration": what, "quantized_op_types": list(QUANTIZED_OP_TYPES),
                 "quantize_linear_nodes": nodes,
                 "float": "pooling, BatchNorm folded into the convolutions, the adds and concatenations",

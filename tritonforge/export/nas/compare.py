@@ -131,14 +131,16 @@ def compare(recipe: CompareRecipe, work: Path, table_path: Path | None = None, s
     def searched(kind: str, seed: int, weight: float = 0.0) -> Genotype:
         name = f"{kind}_s{seed}" + (f"_w{weight:g}" if weight else "")
         path = work / "genotypes" / f"{name}.json"
-        if not path.is_file():
-            search_recipe = SearchRecipe(data=kind, seed=seed, epochs=recipe.search_epochs,
-                                         width=recipe.search_width, layers=recipe.search_layers,
-                                         samples=recipe.search_samples, latency_weight=weight)
-            searched_genotype(search_recipe, recipe.target, recipe.threads, recipe.batch, None, path, stage,
-                              say, table, measure=False)
-        genotype, _record = read_genotype(path)
-        return genotype
+        search_recipe = SearchRecipe(data=kind, seed=seed, epochs=recipe.search_epochs,
+                                     width=recipe.search_width, layers=recipe.search_layers,
+                                     samples=recipe.search_samples, latency_weight=weight)
+        if path.is_file():  # kept from an earlier run: reused when searched with this same recipe
+            genotype, record = read_genotype(path)
+            if (record.get("search") or {}).get("recipe") == search_recipe.to_json():
+                return genotype
+        searched_genotype(search_recipe, recipe.target, recipe.threads, recipe.batch, None, path, stage, say,
+                          table, measure=False)
+        return read_genotype(path)[0]
 
     for seed in recipe.seeds:
         found = {kind: searched(kind, seed) for kind in recipe.kinds}

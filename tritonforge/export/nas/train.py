@@ -20,6 +20,7 @@ from tritonforge.export.nas.data import Labelled
 from tritonforge.export.nas.network import Network, NetworkSize
 from tritonforge.export.nas.space import Genotype
 from tritonforge.safe_load import read_checkpoint, save_checkpoint
+from tritonforge.training import Schedule, fit_classifier
 
 CHECKPOINT_FORMAT = "tritonforge.nas/1"
 TRAIN_COMMAND = "tritonforge nas train --genotype GENOTYPE.json"
@@ -54,18 +55,6 @@ class TrainRecipe:
         return asdict(self)
 
 
-def shifted(images: torch.Tensor, shift: int, generator: torch.Generator) -> torch.Tensor:
-    """The batch moved by one random offset of up to `shift` pixels, the edge filled with zeros."""
-    if shift <= 0:
-        return images
-    dy, dx = torch.randint(-shift, shift + 1, (2,), generator=generator).tolist()
-    moved = torch.zeros_like(images)
-    height, width = images.shape[-2:]
-    moved[..., max(dy, 0):height + min(dy, 0), max(dx, 0):width + min(dx, 0)] = \
-        images[..., max(-dy, 0):height + min(-dy, 0), max(-dx, 0):width + min(-dx, 0)]
-    return moved
-
-
 def predict(model: torch.nn.Module, images: np.ndarray, batch: int = 256) -> np.ndarray:
     model.eval()
     with torch.inference_mode():
@@ -79,31 +68,18 @@ def accuracy(model: torch.nn.Module, data: Labelled) -> float:
 
 def train(genotype: Genotype, data: Labelled, held_out: Labelled, recipe: TrainRecipe,
           on_epoch: Callable[[int, float, float], None] | None = None) -> Network:
-    """A new network of `genotype`, trained on `data`; `on_epoch(epoch, loss, held-out accuracy)`."""
+    """A new network of `genotype`, trained on `data`; `on_epoch(epoch, loss, held-out accuracy)`.
+    Shifts uncover black (0): the digits' background."""
     size = recipe.network(data)
-    images, labels = torch.from_numpy(data.images), torch.from_numpy(data.labels)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
-        generator = torch.Generator().manual_seed(recipe.seed)
         model = Network(genotype, size)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-        steps = recipe.epochs * -(-len(labels) // recipe.batch_size)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, recipe.lr, total_steps=steps, pct_start=0.1)
-        for epoch in range(recipe.epochs):
-            model.train()
-            total = 0.0
-            for batch in torch.randperm(len(labels), generator=generator).split(recipe.batch_size):
-                x = shifted(images[batch], recipe.shift, generator)
-                loss = torch.nn.functional.cross_entropy(model(x), labels[batch],
-                                                         label_smoothing=recipe.label_smoothing)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                total += loss.item() * len(batch)
-            if on_epoch:
-                on_epoch(epoch + 1, total / len(labels), accuracy(model, held_out))
-    return model.eval()
+    schedule = Schedule(recipe.epochs, recipe.batch_size, recipe.lr, recipe.weight_decay,
+                        recipe.label_smoothing, recipe.shift, 0.0, recipe.seed)
+    report = (lambda epoch, loss: on_epoch(epoch, loss, accuracy(model, held_out))) if on_epoch else None
+    fit_classifier(model, lambda m, x: m(x), torch.from_numpy(data.images), torch.from_numpy(data.labels),
+                   schedule, report)
+    return model
 
 
 def save_network(path: Path, model: Network, recipe: TrainRecipe, classes: tuple[str, ...],

@@ -211,6 +211,7 @@ class Ov3dFamily(Family):
         from tritonforge.export.ov3d.text import embed_names
         from tritonforge.quant.static import (
             QUANTIZED_OP_TYPES,
+            STATIC_QDQ_METHOD,
             float_outside,
             openvino_float_nodes,
             static_qdq,
@@ -226,8 +227,7 @@ class Ov3dFamily(Family):
             if options.target == "openvino":
                 kept.update(openvino_float_nodes(fp32))
             nodes = static_qdq(fp32, path, batches(calibration, 8, io.request_inputs), kept)
-        quantization = {"method": "onnxruntime.quantization.quantize_static (QDQ, per-channel int8 weights, "
-                                  "per-tensor uint8 activations, MinMax calibration)",
+        quantization = {"method": STATIC_QDQ_METHOD,
                         "calibration_rooms": options.calibration_rooms,
                         "quantized_op_types": list(QUANTIZED_OP_TYPES), "quantize_linear_nodes": nodes,
                         "float": "the Fourier position embedding, the box heads, the embedding head and "

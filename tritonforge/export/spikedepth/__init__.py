@@ -204,7 +204,12 @@ class SpikeDepthFamily(Family):
             if options.precision == "fp16":
                 to_float16(path)
             return ExportInfo(opset=check_onnx(path), precision=options.precision, details=details)
-        from tritonforge.quant.static import QUANTIZED_OP_TYPES, openvino_float_nodes, static_qdq
+        from tritonforge.quant.static import (
+            QUANTIZED_OP_TYPES,
+            STATIC_QDQ_METHOD,
+            openvino_float_nodes,
+            static_qdq,
+        )
 
         with tempfile.TemporaryDirectory(dir=path.parent, prefix=".fp32-") as scratch:
             fp32 = Path(scratch) / "fp32.onnx"
@@ -216,8 +221,7 @@ class SpikeDepthFamily(Family):
             feeds = [{k: v[i:i + 4] for k, v in calibration.items()} for i in range(0, count, 4)]
             kept = openvino_float_nodes(fp32) if options.target == "openvino" else {}
             nodes = static_qdq(fp32, path, feeds, kept)
-        quantization = {"method": "onnxruntime.quantization.quantize_static (QDQ, per-channel int8 weights, "
-                                  "per-tensor uint8 activations, MinMax calibration)",
+        quantization = {"method": STATIC_QDQ_METHOD,
                         "calibration_scenes": options.calibration_scenes,
                         "quantized_op_types": list(QUANTIZED_OP_TYPES),
                         "quantize_linear_nodes": nodes,

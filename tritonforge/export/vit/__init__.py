@@ -312,14 +312,18 @@ class VitFamily(Family):
         return (target, fused) if fused else None
 
     def _quantize(self, fp32: Path, path: Path, options: VitOptions) -> dict[str, Any]:
-        from tritonforge.quant.static import QUANTIZED_OP_TYPES, openvino_float_nodes, static_qdq
+        from tritonforge.quant.static import (
+            QUANTIZED_OP_TYPES,
+            STATIC_QDQ_METHOD,
+            openvino_float_nodes,
+            static_qdq,
+        )
 
         train, _labels = digit_pixels("train")
         feeds = [{"pixel_values": np.array(train[i:i + 8])} for i in range(0, CALIBRATION_DIGITS, 8)]
         kept = openvino_float_nodes(fp32) if options.target == "openvino" else {}
         nodes = static_qdq(fp32, path, feeds, kept)
-        return {"method": "onnxruntime.quantization.quantize_static (QDQ, per-channel int8 weights, "
-                          "per-tensor uint8 activations, MinMax calibration)",
+        return {"method": STATIC_QDQ_METHOD,
                 "calibration_digits": CALIBRATION_DIGITS, "quantized_op_types": list(QUANTIZED_OP_TYPES),
                 "quantize_linear_nodes": nodes,
                 "float": "LayerNorm, Softmax, GELU and the residual Adds (not quantized op types), the "
