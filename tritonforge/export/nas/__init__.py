@@ -84,7 +84,7 @@ class NasFamily(Family):
         return self._train(options, Path(options.genotype) if options.genotype else DEFAULT_GENOTYPE, stage)
 
     def _train(self, options: NasOptions, path: Path, stage):
-        from tritonforge.export.nas.data import real_digits
+        from tritonforge.export.nas.data import DIGIT_CLASSES, real_digits
         from tritonforge.export.nas.space import read_genotype, search_record
         from tritonforge.export.nas.train import TrainRecipe, train
 
@@ -93,7 +93,7 @@ class NasFamily(Family):
         tick = stage("training the genotype's network on the digits", recipe.epochs) if stage else None
         network = train(genotype, real_digits("train"), real_digits("test"), recipe,
                         (lambda *_: tick()) if callable(tick) else None)
-        network.classes = real_digits("test").classes
+        network.classes = DIGIT_CLASSES
         network.record = {"weights": f"trained here on the digits (seed {options.seed})",
                           "searched": search_record(record, path), "training": recipe.to_json()}
         network.save_weights = True
