@@ -193,6 +193,23 @@ class OpenVINOSession:
         return [np.asarray(by_name[name]) for name in (names or [o.name for o in self._outputs])]
 
 
+def openvino_executed_ops(path: Path, threads: int = 2, precision: str = "fp32") -> dict[str, int]:
+    """The operations OpenVINO's CPU plugin executes for `path` after its own fusions, counted by
+    type and the precision each ran in ("FullyConnected u8": an integer GEMM reading unsigned
+    8-bit activations; "Subgraph f32": a fused snippet, attention's among them): the evidence
+    of which MatMuls run integer kernels and whether attention stayed one kernel."""
+    compiled = OpenVINOSession(path, threads, precision).compiled
+    counts: dict[str, int] = {}
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        kind = info["layerType"].astype(str)
+        if kind in ("Const", "Input", "Output", "Parameter", "Result"):
+            continue
+        key = f"{kind} {info['runtimePrecision'].astype(str)}" if "runtimePrecision" in info else kind
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def graph_io_names(path: Path) -> set[str]:
     """The input and output names an ONNX file declares."""
     import onnx

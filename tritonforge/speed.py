@@ -25,7 +25,7 @@ from tritonforge.errors import TritonForgeError
 from tritonforge.family import Family
 from tritonforge.runtime import cpu_has_bf16, open_session, openvino_core
 from tritonforge.timing import measure_interleaved
-from tritonforge.triton_config import MODEL_FILE
+from tritonforge.triton_config import MODEL_FILE, ServingOptions
 from tritonforge.verify.parity import run_steps, session_steps
 
 Stage = Callable[[str, int], Callable[[], None]]
@@ -140,6 +140,10 @@ def speed_table(family: Family, options: Any, batch_size: int = 8, iterations: i
             path.parent.mkdir()
             family.export(model, path, recipe)
             row.onnx_mb = round(path.stat().st_size / 1e6, 2)
+            # The recipe's serving says what its float ops compute in (a quantized BERT's on
+            # OpenVINO: bf16 where the CPU has it), so the row times what Triton would run.
+            if family.serving(recipe, ServingOptions()).bf16:
+                run_precision = "bf16"
             session = open_session(path, target, options.threads, run_precision)
             parity = family.compare(reference(model), session_steps(session, steps, io), recipe, batch)
             row.parity = {k: v for k, v in parity.to_json().items() if k != "details"}

@@ -244,21 +244,27 @@ def test_quality_command_tables_fp32_dynamic_int8_and_each_recipe(tmp_path, tiny
     rows = {row["variant"]: row for row in json.loads(report.read_text())}
     # Every graph on each installed target (BF16 where the CPU has it), quantize_dynamic on ONNX
     # Runtime, whose operators it chose.
+    # NNCF's INT8 (the test extra installs it) runs on OpenVINO with each float-op hint there is.
     bf16 = ["bf16 (openvino)"] if cpu_has_bf16() else []  # none on a CPU without it
+    nncf_bf16 = ["nncf int8, bf16 float ops (openvino)"] if cpu_has_bf16() else []
     assert list(rows) == ["fp32 (PyTorch eager)", "fp32 (onnxruntime)", "fp32 (openvino)", *bf16,
-                          "quantize_dynamic int8 (onnxruntime)",
+                          "quantize_dynamic int8 (onnxruntime)", "nncf int8 (openvino)", *nncf_bf16,
                           "w6a6 os (onnxruntime)", "w6a6 os (openvino)",
                           "w6a6 minmax (onnxruntime)", "w6a6 minmax (openvino)",
-                          "auto 0.01 (onnxruntime)", "auto 0.01 (openvino)"]
+                          "auto 0.01 (onnxruntime)",
+                          # os+ (auto's method) leaves attention float: bf16 float ops where they exist
+                          f"auto 0.01{', bf16 float ops' if cpu_has_bf16() else ''} (openvino)"]
     for target in ("onnxruntime", "openvino"):
         fp32 = rows[f"fp32 ({target})"]
         assert fp32["cosine_vs_fp"] > 0.99999 and fp32["nn_agreement_vs_fp"] == 1.0
     assert not bf16 or 0.999 < rows["bf16 (openvino)"]["cosine_vs_fp"] < 1.0
     for name in ("quantize_dynamic int8 (onnxruntime)", "w6a6 os (onnxruntime)", "w6a6 os (openvino)",
-                 "w6a6 minmax (onnxruntime)"):
+                 "w6a6 minmax (onnxruntime)", "nncf int8 (openvino)", *nncf_bf16):
         row = rows[name]
         assert 0.5 < row["cosine_vs_fp"] < 1.0 and row["latency_p50_ms"] > 0 and row["serving_p50_ms"] > 0
         assert row["onnx_mb"] > 0
+    assert [rows[name]["float_ops"] for name in ("nncf int8 (openvino)", *nncf_bf16)] == \
+        ["fp32", *(["bf16"] if nncf_bf16 else [])]
     assert rows["w6a6 os (openvino)"]["alphas"] and rows["w6a6 minmax (openvino)"]["alphas"] is None
     # the quantized graphs hold int8 weights: a quarter of FP32's bytes, give or take the floats kept
     assert rows["w6a6 os (onnxruntime)"]["onnx_mb"] < 0.5 * rows["fp32 (onnxruntime)"]["onnx_mb"]
@@ -280,3 +286,28 @@ def test_quality_command_refuses_unknown_methods_and_bad_bits(tmp_path):
     assert result.exit_code == 2 and "--max-drop 2.0 must lie strictly between 0 and 1" in result.output
     result = runner.invoke(app, ["quality", "bert", "--targets", "onnxruntime,tensorrt"])
     assert result.exit_code == 2 and "'tensorrt' is not a CPU runtime" in result.output
+
+
+def test_os_plus_quantizes_linear_inputs_and_openvino_keeps_attention_one_kernel(tmp_path, tiny_bert):
+    # os+ (the default) leaves attention float, as NNCF's transformer preset does; the paper's os
+    # (w6a6_repo) quantizes Q, K, V and the probabilities too.
+    options = BertOptions(model=str(tiny_bert), bits=8, calib_size=16, lsq_epochs=0, reconstruct=False,
+                          target="openvino")
+    assert options.recipe().placement == "linear"
+    assert BertOptions(bits=8, method="os").recipe().placement == "all"
+    result = export_model("bert", options, tmp_path)
+    graph = onnx.load(str(result.folder / "model.onnx")).graph
+    # the embedding LN's output, then per layer the attention context, its LN and GELU, and the
+    # output LN that feeds the next layer: 1 + 3 * 2 + 1
+    assert sum(n.op_type == "QuantizeLinear" for n in graph.node) == 8
+    manifest = json.loads((result.folder / "tritonforge.json").read_text())
+    executed = manifest["onnx"]["openvino_cpu_ops"]
+    # every Linear (6 per layer) an integer GEMM, no MatMul or Softmax left outside a fused kernel
+    assert sum(n for op, n in executed.items() if op in ("FullyConnected u8", "FullyConnected i8")) == 12
+    assert not [op for op in executed if op.startswith(("MatMul", "Softmax", "FullyConnected f"))]
+    # the float ops run in bfloat16 where the CPU has it, in the export's checks and in Triton
+    bf16 = cpu_has_bf16()
+    assert manifest["onnx"]["float_ops"] == ("bf16" if bf16 else "fp32")
+    assert manifest["serving"]["bf16"] is bf16
+    assert ('"HINT_BF16"' in (result.folder.parent / "config.pbtxt").read_text()) is bf16
+    assert manifest["parity"]["value"] >= 0.995

@@ -36,6 +36,11 @@ WEIGHT_OBSERVERS = ("minmax", "mse", "gptq")
 # What LSQ+ matches to FP: every real token's final hidden state (MSE), the pooled output (the
 # masked mean over real tokens, what a sentence-embedding user consumes; 1 - cosine), or both.
 OBJECTIVES = ("hidden", "pooled", "both")
+# Which activations are quantized: every slot the model offers ("all": Outlier Suppression's
+# placement, attention's Q, K, V and probabilities included), or only the inputs of its Linears
+# ("linear": what NNCF's transformer preset quantizes; attention computes in float, so OpenVINO
+# keeps it one fused ScaledDotProductAttention and every quantized MatMul runs an integer kernel).
+PLACEMENTS = ("all", "linear")
 
 @dataclass(frozen=True)
 class QuantRecipe:
@@ -60,6 +65,7 @@ class QuantRecipe:
     reconstruct_iters: int = 200  # optimisation steps per block
     reconstruct_batch: int = 8  # texts per step
     qdrop: float = 0.5  # QDrop probability of keeping an activation element FP while learning
+    placement: str = "all"  # which activations are quantized: see PLACEMENTS
 
     def __post_init__(self):
         self.check_bits()
@@ -71,6 +77,9 @@ class QuantRecipe:
         if self.objective not in OBJECTIVES:
             raise TritonForgeError(f"--objective {self.objective!r} is unknown: choose "
                                    f"{', '.join(OBJECTIVES)}")
+        if self.placement not in PLACEMENTS:
+            raise TritonForgeError(f"--placement {self.placement!r} is unknown: choose "
+                                   f"{', '.join(PLACEMENTS)}")
         if not 0.0 <= self.qdrop < 1.0 or self.reconstruct_iters < 0 or self.reconstruct_batch < 1:
             raise TritonForgeError("reconstruction needs 0 <= qdrop < 1, reconstruct_iters >= 0 and "
                                    "reconstruct_batch >= 1")
@@ -90,11 +99,24 @@ class QuantRecipe:
             "grids in 8-bit containers, so choose 8, 6 or 4 (or another value in that range)")
 
 
-def attach_quantizers(model: Quantizable, abits: int | Mapping[str, int]) -> dict[str, ActQuantizer]:
-    """An activation quantizer (off until set) in every slot of `model`, by slot: `abits` wide,
-    or as wide as `abits[slot]` says (mixed precision)."""
+def quantized_slots(model: Quantizable, placement: str) -> list[str]:
+    """The activation slots that `placement` quantizes, in execution order."""
+    slots = model.activation_slots()
+    if placement == "linear":
+        feeding = set(model.linear_inputs().values())
+        return [slot for slot in slots if slot in feeding]
+    return slots
+
+
+def attach_quantizers(model: Quantizable, abits: int | Mapping[str, int], placement: str = "all"
+                      ) -> dict[str, ActQuantizer]:
+    """An activation quantizer (off until set) in each slot that `placement` quantizes, by slot:
+    `abits` wide, or as wide as `abits[slot]` says (mixed precision; then exactly the slots
+    `abits` names). The other slots keep their Identity: those activations stay float."""
     quantizers = {}
-    for slot in model.activation_slots():
+    slots = quantized_slots(model, placement) if isinstance(abits, int) else \
+        [slot for slot in model.activation_slots() if slot in abits]
+    for slot in slots:
         bits = abits if isinstance(abits, int) else abits[slot]
         quantizers[slot] = ActQuantizer(bits, model.sample_mask, model.token_axis(slot), slot)
         model.set_slot(slot, quantizers[slot])
@@ -217,7 +239,7 @@ def calibrate(model: Quantizable, recipe: QuantRecipe, calib: Mapping[str, np.nd
     """
     start_stage(stage, "FP reference outputs")
     reference = model_outputs(model, calib, batch_size)
-    quantizers = attach_quantizers(model, widths["activations"] if widths else recipe.abits)
+    quantizers = attach_quantizers(model, widths["activations"] if widths else recipe.abits, recipe.placement)
     result = CalibrationResult(model, recipe, quantizers=quantizers)
     if recipe.method == "os":
         start_stage(stage, "Gamma Migration")
@@ -383,7 +405,7 @@ def load_calibration(model: Quantizable, recipe: QuantRecipe, path: Path
                                "version; export the model again")
     saved = load_weights(path, str(path), "export the model again")
     # Each quantizer's own width (mixed precision); files from before widths were saved: the recipe's.
-    quantizers = attach_quantizers(model, saved.get("activation_bits") or recipe.abits)
+    quantizers = attach_quantizers(model, saved.get("activation_bits") or recipe.abits, recipe.placement)
     weights = {name: QuantizedWeight(w["values"], w["scale"], int(w["bits"]))
                for name, w in saved["weights"].items()}
     state = dict(saved["state"])

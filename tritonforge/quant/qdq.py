@@ -54,10 +54,11 @@ class QDQ(nn.Module):
 
 
 def qdq_module(model: Quantizable, quantizers: Mapping[str, ActQuantizer]) -> Quantizable:
-    """A copy of the quantized model whose activation quantizers trace to Q/DQ nodes."""
+    """A copy of the quantized model whose activation quantizers trace to Q/DQ nodes (slots
+    without a quantizer stay float)."""
     traced = copy.deepcopy(model)
-    for slot in traced.activation_slots():
-        traced.set_slot(slot, QDQ(quantizers[slot]))
+    for slot, quantizer in quantizers.items():
+        traced.set_slot(slot, QDQ(quantizer))
     return traced
 
 

@@ -13,6 +13,7 @@ CPUs that have it), its quality measured on that runtime, and is timed at the ba
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,13 @@ import numpy as np
 
 from tritonforge.batching import batches
 from tritonforge.errors import TritonForgeError
-from tritonforge.export.bert.outlier_suppression import quality_vs_fp, sentence_embeddings
+from tritonforge.export.bert.nncf_baseline import NNCF_TEXTS, nncf_int8, nncf_missing
+from tritonforge.export.bert.outlier_suppression import (
+    CALIBRATION_LENGTH,
+    calibration_texts,
+    quality_vs_fp,
+    sentence_embeddings,
+)
 from tritonforge.family import get_family, option
 from tritonforge.quant.calibrate import METHODS, QuantRecipe
 from tritonforge.quant.mixed import check_max_drop
@@ -32,6 +39,7 @@ from tritonforge.timing import measure_interleaved
 from tritonforge.verify.recipe_table import QualityRow, parse_list
 
 Stage = Callable[[str, int], Callable[[], None]]
+FLOAT_OPS_BF16 = ", bf16 float ops"  # a quantized graph run with OpenVINO's bf16 hint
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,9 @@ class BertQualityOptions:
                                        "openvino; auto: those installed here.")
     threads: int = option(2, help="Threads for every runtime.")
     iterations: int = option(12, help="Timed runs per variant and shape.")
+    nncf: bool = option(True, help="Add NNCF's INT8 (Intel's transformer recipe, 300 texts) as a baseline "
+                                   "on OpenVINO; left out with a note when nncf is not installed "
+                                   "(pip install 'tritonforge[nncf]').")
 
 
 def quality_table(options: BertQualityOptions, stage: Stage | None = None) -> list[QualityRow]:
@@ -69,7 +80,8 @@ def quality_table(options: BertQualityOptions, stage: Stage | None = None) -> li
                                "(0, 1), e.g. 0.002,0.005, or none") from None
     return quality_report(options.model, bits, parse_list(options.methods, "--methods"), options.calib,
                           options.calib_size, options.lsq_epochs, options.threads, options.iterations,
-                          targets=quality_targets(options.targets), max_drops=budgets, stage=stage)
+                          targets=quality_targets(options.targets), max_drops=budgets, nncf=options.nncf,
+                          stage=stage)
 
 
 def quality_targets(text: str) -> list[str]:
@@ -92,12 +104,14 @@ def quality_report(model: str | None = None, bits: Sequence[int] = (8, 6, 4),
                    calib: str | None = None, calib_size: int = 256, lsq_epochs: int = 3,
                    threads: int = 2, iterations: int = 12, batch_size: int = 8,
                    targets: Sequence[str] = ("onnxruntime",), max_drops: Sequence[float] = (),
-                   stage: Stage | None = None) -> list[QualityRow]:
+                   nncf: bool = False, stage: Stage | None = None) -> list[QualityRow]:
     """Quality, file size and latency (batch 8 x 128 and 1 x 32) of FP32, BF16, `quantize_dynamic`
-    INT8 and every method x bits, on each of `targets`."""
+    INT8, NNCF's INT8 (with `nncf`, on OpenVINO) and every method x bits, on each of `targets`.
+    On OpenVINO a quantized graph runs with the float-op precision its export would serve it
+    with (`BertOptions.float_ops`); NNCF's runs with each hint this CPU has."""
     import torch
 
-    from tritonforge.export.bert import BertOptions
+    from tritonforge.export.bert import BertOptions, tokenize
 
     for method in methods:
         if method not in METHODS:
@@ -121,14 +135,17 @@ def quality_report(model: str | None = None, bits: Sequence[int] = (8, 6, 4),
 
         def measure(name: str, precision: str, method: str | None, path: Path, alphas=None,
                     on: Sequence[str] = targets, run_precision: str = "fp32",
-                    bits: float | None = None) -> None:
+                    bits: float | None = None, recipe: BertOptions | None = None) -> None:
             for target in on:
-                session = open_session(path, target, threads, run_precision)
+                run = run_precision
+                if recipe is not None and dataclasses.replace(recipe, target=target).float_ops == "bf16":
+                    run = "bf16"
+                session = open_session(path, target, threads, run)
                 embeddings = sentence_embeddings(lambda batch, s=session: run_session(s, batch), inputs)
-                label = f"{name} ({target})"
+                label = f"{name}{FLOAT_OPS_BF16 if run == 'bf16' and precision != 'bf16' else ''} ({target})"
                 rows.append(QualityRow(label, target, quality_metrics(fp, embeddings), details={
-                    "precision": precision, "method": method,
-                    "onnx_mb": round(path.stat().st_size / 1e6, 1), "alphas": alphas,
+                    "precision": precision, "method": method, "float_ops": run,
+                    "onnx_mb": round(model_bytes(path) / 1e6, 1), "alphas": alphas,
                     **({"average_bits": round(bits, 3)} if bits is not None else {})}))
                 sessions[label] = session
 
@@ -141,6 +158,18 @@ def quality_report(model: str | None = None, bits: Sequence[int] = (8, 6, 4),
         dynamic_path = folder / "dynamic.onnx"
         quantize_dynamic_int8(fp_path, dynamic_path)
         measure("quantize_dynamic int8", "w8a8 (dynamic)", "ort-dynamic", dynamic_path, on=["onnxruntime"])
+        if nncf and "openvino" in targets:
+            problem = nncf_missing()
+            if problem:
+                stage(problem, 0)
+            else:
+                stage("NNCF INT8 (transformer recipe): calibrating", 0)
+                texts, _ = calibration_texts(calib, NNCF_TEXTS, allow_fewer=True)
+                nncf_path = nncf_int8(fp_path, tokenize(fp_model.tokenizer, texts, CALIBRATION_LENGTH),
+                                      folder / "nncf_int8.xml")
+                for hint in ("fp32", *(["bf16"] if cpu_has_bf16() else [])):
+                    measure("nncf int8", "w8a8 (nncf)", "nncf", nncf_path, on=["openvino"],
+                            run_precision=hint)
         for b in bits:
             for method in methods:
                 options = BertOptions(model=model, bits=b, method=method, calib=calib,
@@ -152,7 +181,7 @@ def quality_report(model: str | None = None, bits: Sequence[int] = (8, 6, 4),
                 path = folder / f"{options.precision}_{method}.onnx"
                 family.export(quantized, path, options)
                 measure(label, options.precision, method, path, quantized.quantized.alphas or None,
-                        bits=average_bits(quantized.quantized))
+                        bits=average_bits(quantized.quantized), recipe=options)
                 del quantized
         for budget in max_drops:
             options = BertOptions(model=model, bits="auto", max_drop=budget, calib=calib,
@@ -162,7 +191,7 @@ def quality_report(model: str | None = None, bits: Sequence[int] = (8, 6, 4),
             quantized = family.load(options, stage)
             path = folder / f"auto_{budget:g}.onnx"
             family.export(quantized, path, options)
-            measure(label, "mixed", options.method, path, bits=quantized.plan.average_bits)
+            measure(label, "mixed", options.method, path, bits=quantized.plan.average_bits, recipe=options)
             del quantized
         shapes = {"8x128": next(batches(inputs, batch_size)),
                   "1x32": family.sample_inputs(fp_model, fp_options, 1, {"seq_len": 32})}
@@ -177,6 +206,12 @@ def quality_report(model: str | None = None, bits: Sequence[int] = (8, 6, 4),
         row.latency_p50_ms = round(latency["8x128"][row.variant].percentile(50), 2)
         row.serving_p50_ms = round(latency["1x32"][row.variant].percentile(50), 2)
     return rows
+
+
+def model_bytes(path: Path) -> int:
+    """The model's size on disk: an ONNX file, or OpenVINO IR's .xml and its .bin."""
+    weights = path.with_suffix(".bin")
+    return path.stat().st_size + (weights.stat().st_size if path.suffix == ".xml" and weights.exists() else 0)
 
 
 def average_bits(result) -> float:
