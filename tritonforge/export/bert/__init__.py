@@ -211,11 +211,13 @@ class BertOptions(TargetOptions):
     @property
     def float_ops(self) -> str:
         """What a quantized graph's float operations (LayerNorm, GELU, attention) compute in:
-        bf16 on OpenVINO when attention is left float and the CPU has BF16 (measured faster at
-        both 8 x 128 and 1 x 32 on MiniLM; with attention quantized too it is slower at 1 x 32),
-        else fp32. The integer MatMuls are the same either way."""
-        if (self.quantized and self.target == "openvino" and self.recipe().placement == "linear"
-                and cpu_has_bf16()):
+        bf16 on OpenVINO for 8-bit activations when attention is left float and the CPU has BF16
+        (measured faster at both 8 x 128 and 1 x 32 on MiniLM; with attention quantized too it
+        is slower at 1 x 32), else fp32. Below 8 bits a bf16 LayerNorm output lands on another
+        grid step of its quantizer too often: W6A6 MiniLM read cosine 0.9916 against its
+        integer-exact reference, under the 0.995 gate. The integer MatMuls are the same."""
+        if (self.quantized and self.bits != AUTO_BITS and self.target == "openvino" and cpu_has_bf16()
+                and self.recipe().placement == "linear" and self.recipe().abits == 8):
             return "bf16"
         return "fp32"
 
