@@ -275,7 +275,7 @@ class SpeedGroup(FamilyGroup):
 
 # `tritonforge --help` lists the commands in the order of the work, one line each; commands not
 # named here follow in registration order, then the families' own command groups.
-COMMAND_ORDER = ("export", "verify", "ls", "versions", "prune", "rollback", "serve", "query", "bench",
+COMMAND_ORDER = ("export", "verify", "ls", "versions", "prune", "rollback", "serve", "query", "bench", "tune",
                  "soak", "quality", "speed", "report", "push", "plan", "deploy")
 FAMILY_PANEL = "Family commands"
 

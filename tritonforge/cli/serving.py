@@ -1,4 +1,4 @@
-"""Commands against a Triton server: `serve` (a real one here), `query`, `bench` and `soak`."""
+"""Commands against a Triton server: `serve` (a real one here), `query`, `bench`, `tune` and `soak`."""
 
 from __future__ import annotations
 
@@ -368,6 +368,81 @@ def bench(
         console.print(f"results written to {json_path}")
     if plot:
         plot_latency_throughput(results, plot, f"{name}: latency vs throughput ({url})")
+        console.print(f"plot written to {plot}")
+
+
+@app.command()
+@friendly
+def tune(
+    name: Annotated[str, typer.Argument(help="A model of the repository, e.g. bert_fp32_text (an "
+                                             "ensemble: its ONNX steps are tuned) or bert_fp32.")],
+    repo: RepoOption = DEFAULT_REPO,
+    p99_ms: Annotated[float, typer.Option(help="The p99 latency each request must stay under.")] = 200.0,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight while each setting is measured.")] = 16,
+    requests: Annotated[int, typer.Option(help="Requests per setting (real payloads, as bench).")] = 300,
+    max_batch: Annotated[str, typer.Option(help="Max batch sizes to try (comma-separated).")] = "8,32",
+    queue_delay_us: Annotated[str, typer.Option(help="Batcher queue delays to try, in microseconds.")
+                              ] = "0,500,2000",
+    instances: Annotated[str, typer.Option(help="Instance counts to try.")] = "1,2",
+    threads: Annotated[str | None, typer.Option(
+        help="Runtime threads per instance to try (default: 1 and each power of two up to the "
+             "cores); combinations using more threads than cores are left out.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Measure and report; write nothing.")
+                       ] = False,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write every trial here.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="PNG plot of throughput against p99, per setting.")
+                    ] = None,
+):
+    """Choose a model's batcher, instances and threads by measurement on a local Triton.
+
+    Today's config and each setting tried are served one after the other by a local Triton on a
+    copy of the model, under the same real load; the fastest under --p99-ms becomes the model's
+    new config (written atomically; a running `serve` reloads it), unless --dry-run."""
+    import os
+
+    from tritonforge.serving.tune import candidate_settings, default_threads, parse_values, plot_trials
+    from tritonforge.serving.tune import tune as run_tune
+
+    cores = os.cpu_count() or 1
+    settings = candidate_settings(parse_values(max_batch, "--max-batch", 1),
+                                  parse_values(queue_delay_us, "--queue-delay-us", 0),
+                                  parse_values(instances, "--instances", 1),
+                                  parse_values(threads or default_threads(), "--threads", 1), cores)
+    require_at_least("--concurrency", concurrency, 1)
+    require_at_least("--requests", requests, 1)
+    require_positive("--p99-ms", p99_ms)
+    with progress_bar() as progress:
+        stages = Stages(progress)
+        report = run_tune(repo, name, settings, p99_ms, concurrency, requests, dry_run=dry_run, stage=stages)
+        stages.finish()
+    table = new_table(f"tune {name}: concurrency {concurrency}, {requests} real requests per setting, "
+                      f"p99 target {p99_ms:g} ms ({', '.join(report.models)} tuned)",
+                      "setting", "req/s", "x today", "p50", "p99", "err", "")
+    base = report.current.result.throughput
+    for trial in sorted(report.trials, key=lambda t: -t.result.throughput):
+        result = trial.result
+        mark = "chosen" if trial is report.chosen else ("today" if trial.current else "")
+        if not trial.meets(p99_ms) and not mark:
+            mark = "over p99" if not result.errors else "errors"
+        table.add_row(trial.setting.label(), f"{result.throughput:.1f}",
+                      f"{result.throughput / base:.2f}" if base else "-", f"{result.percentile(50):.1f}",
+                      f"{result.percentile(99):.1f}", str(result.errors), mark)
+    console.print(table)
+    chosen = report.chosen
+    if report.written:
+        console.print(f"wrote {chosen.setting.label()} into {', '.join(report.models)}'s config in {repo} "
+                      f"({report.gain:.2f}x today's throughput at p99 {chosen.result.percentile(99):.0f} ms)")
+    elif chosen.current:
+        console.print("today's config is the fastest under the target: nothing was written")
+    else:
+        console.print(f"--dry-run: {chosen.setting.label()} would give {report.gain:.2f}x; nothing was "
+                      "written")
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+        console.print(f"trials written to {json_path}")
+    if plot:
+        plot_trials(report, plot)
         console.print(f"plot written to {plot}")
 
 

@@ -144,7 +144,12 @@ def shadow_config(config: mc.ModelConfig, threads: int, limits: dict[str, object
     for group in shadow.instance_group:
         group.kind = mc.ModelInstanceGroup.KIND_CPU
         group.ClearField("gpus")
-    shadow.parameters["intra_op_threads"].string_value = str(threads)
+    # The config's own thread count (`tritonforge tune` writes the backend's parameter) over
+    # `serve --threads`, so the wrapper runs what Triton's backend would.
+    own = next((config.parameters[key].string_value
+                for key in ("intra_op_thread_count", "INFERENCE_NUM_THREADS")
+                if key in config.parameters and config.parameters[key].string_value), None)
+    shadow.parameters["intra_op_threads"].string_value = own or str(threads)
     for key, value in (limits or {}).items():  # max_sequence_length, value_ranges, ...: see the wrapper
         shadow.parameters[key].string_value = value if isinstance(value, str) else json.dumps(value)
     if shadow.sequence_batching.state:
