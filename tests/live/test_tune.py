@@ -32,9 +32,10 @@ def test_tune_measures_today_and_each_setting_and_writes_the_fastest_under_p99(t
                                  "--plot", str(plot)], terminal_width=200)
     assert result.exit_code == 0, result.output
     trials = json.loads(report.read_text())
-    # today's config (1 instance, the batcher as exported) first, then the two settings tried
+    # today's config (1 instance, the batcher as exported) first and again last, the two settings
+    # tried between
     assert [(t["instances"], t["threads"], t["current"]) for t in trials["trials"]] == [
-        (1, 0, True), (1, 1, False), (2, 1, False)]
+        (1, 0, True), (1, 1, False), (2, 1, False), (1, 0, True)]
     assert all(t["ok"] == 40 and t["errors"] == 0 for t in trials["trials"])
     best = max(trials["trials"], key=lambda t: t["throughput_rps"])
     assert {k: trials["chosen"][k] for k in ("instances", "threads")} == \

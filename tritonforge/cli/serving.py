@@ -419,11 +419,15 @@ def tune(
                       f"p99 target {p99_ms:g} ms ({', '.join(report.models)} tuned)",
                       "setting", "req/s", "x today", "p50", "p99", "err", "")
     base = report.current.result.throughput
+    first_today = next(t for t in report.trials if t.current)
     for trial in sorted(report.trials, key=lambda t: -t.result.throughput):
         result = trial.result
-        mark = "chosen" if trial is report.chosen else ("today" if trial.current else "")
-        if not trial.meets(p99_ms) and not mark:
-            mark = "over p99" if not result.errors else "errors"
+        marks = [f"today, {'first' if trial is first_today else 'last'} run"] if trial.current else []
+        if trial is report.chosen:
+            marks.append("chosen")
+        elif not trial.meets(p99_ms):
+            marks.append("over p99" if not result.errors else "errors")
+        mark = "; ".join(marks)
         table.add_row(trial.setting.label(), f"{result.throughput:.1f}",
                       f"{result.throughput / base:.2f}" if base else "-", f"{result.percentile(50):.1f}",
                       f"{result.percentile(99):.1f}", str(result.errors), mark)
