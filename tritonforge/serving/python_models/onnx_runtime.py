@@ -83,8 +83,11 @@ class OpenVINOModel:
     def __init__(self, path: str, threads: int, bf16: bool):
         import openvino
 
+        # Each instance of this model is a process of its own: OpenVINO's default pinning puts
+        # every process's threads on the same first cores, so two 1-thread instances would
+        # share one core. Unpinned, the OS spreads them.
         config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
-                  "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32"}
+                  "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32", "ENABLE_CPU_PINNING": False}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         self.compile = lambda: openvino.Core().compile_model(path, "CPU", config)
