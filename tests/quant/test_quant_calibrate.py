@@ -121,7 +121,7 @@ def test_stages_that_take_only_a_description_are_told_each_step(tiny):
     model, calib = tiny
     told = []
     calibrate(slotted_copy(model), QuantRecipe(method="minmax", lsq_epochs=1), calib, 16, told.append)
-    assert told[0] == "FP reference outputs" and "LSQ+ (fine)" in told
+    assert told[0] == "FP reference outputs, observing activations" and "LSQ+ (fine)" in told
 
 
 def test_lsq_plus_lowers_the_output_error_of_its_starting_point(tiny):

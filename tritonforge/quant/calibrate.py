@@ -181,13 +181,15 @@ class CalibrationResult:
 
 @torch.no_grad()
 def observe(model: Quantizable, quantizers: Mapping[str, ActQuantizer], calib: Mapping[str, np.ndarray],
-            batch_size: int) -> None:
-    """Run `calib` through `model` with every quantizer recording statistics."""
+            batch_size: int) -> list[torch.Tensor]:
+    """Run `calib` through `model` with every quantizer recording statistics; returns the
+    outputs (observing passes every value through as it is)."""
     for quantizer in quantizers.values():
         quantizer.reset_statistics()
     set_mode(quantizers, "observe")
-    model_outputs(model, calib, batch_size)
+    outputs = model_outputs(model, calib, batch_size)
     set_mode(quantizers, "off")
+    return outputs
 
 
 @torch.no_grad()
@@ -237,15 +239,18 @@ def calibrate(model: Quantizable, recipe: QuantRecipe, calib: Mapping[str, np.nd
     `model` must still compute in FP (its slots empty): its outputs are the reference that
     clipping searches and LSQ+ match. `stage` is told about each step (see `start_stage`).
     """
-    start_stage(stage, "FP reference outputs")
-    reference = model_outputs(model, calib, batch_size)
     quantizers = attach_quantizers(model, widths["activations"] if widths else recipe.abits, recipe.placement)
     result = CalibrationResult(model, recipe, quantizers=quantizers)
     if recipe.method == "os":
+        start_stage(stage, "FP reference outputs")
+        reference = model_outputs(model, calib, batch_size)  # quantizers off: the FP model
         start_stage(stage, "Gamma Migration")
         gamma_migrate(model)
-    start_stage(stage, "observing activations")
-    observe(model, quantizers, calib, batch_size)  # FP weights: ranges of the model being copied
+        start_stage(stage, "observing activations")
+        observe(model, quantizers, calib, batch_size)  # FP weights: ranges of the model being copied
+    else:  # one FP pass gives the reference outputs and the ranges (observing changes no value)
+        start_stage(stage, "FP reference outputs, observing activations")
+        reference = observe(model, quantizers, calib, batch_size)
     if recipe.method == "os+":
         start_stage(stage, "channel-wise shifting and scaling")
         result.thresholds = shift_and_scale(model, quantizers, recipe.shift_scale_grid)
@@ -284,10 +289,14 @@ def calibrate(model: Quantizable, recipe: QuantRecipe, calib: Mapping[str, np.nd
     if recipe.lsq_epochs or recipe.reconstruct:
         start_stage(stage, "output error against FP")
     model.set_exact(True)
-    result.calibration_error = output_error(model, calib, reference, batch_size)
+    # A record, not a choice: the first batches (ERROR_TEXTS texts) tell it as well as all of them.
+    kept = -(-ERROR_TEXTS // batch_size)
+    few = {name: values[:kept * batch_size] for name, values in calib.items()}
+    result.calibration_error = output_error(model, few, reference[:kept], batch_size)
     return result
 
 
+ERROR_TEXTS = 64  # calibration texts the recorded output error is measured on
 LSQ_MICRO_BATCH = 16  # samples per forward/backward pass of LSQ+ (bounds its memory)
 
 

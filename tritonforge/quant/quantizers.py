@@ -253,7 +253,8 @@ class ActQuantizer(nn.Module):
     def percentile_range(self, percentile: float = 99.99) -> tuple[float, float]:
         values = self.sample().flatten().double()
         q = percentile / 100.0
-        return float(torch.quantile(values, 1.0 - q)), float(torch.quantile(values, q))
+        low, high = torch.quantile(values, torch.tensor([1.0 - q, q], dtype=values.dtype))  # one sort
+        return float(low), float(high)
 
     def token_wise_range(self, alpha: float) -> tuple[float, float]:
         """Token-Wise Clipping, coarse stage: clip at the alpha-quantile of the per-token
