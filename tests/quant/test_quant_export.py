@@ -124,6 +124,9 @@ def test_bits_4_means_w4a8_with_gptq_weights():
     options = BertOptions(bits=4)
     recipe = options.recipe()
     assert (recipe.wbits, recipe.abits, recipe.weight_observer) == (4, 8, "gptq")
+    # os+ clips 6- and 7-bit weights per row by MSE; 8-bit ones and the paper's os keep MinMax
+    assert [BertOptions(bits=b).recipe().weight_observer for b in (8, 7, 6)] == ["minmax", "mse", "mse"]
+    assert BertOptions(bits=6, method="os").recipe().weight_observer == "minmax"
     assert options.precision == "w4a8"
     assert BertOptions(bits=8, abits=6).precision == "w8a6"
 

@@ -104,9 +104,10 @@ def float_outside(path: Path, quantized: Sequence[str], reason: str) -> dict[str
 
 
 def static_qdq(fp32: Path, target: Path, feeds: Iterable[Mapping[str, np.ndarray]],
-               keep_float: Iterable[str] = ()) -> int:
+               keep_float: Iterable[str] = (), options: Mapping[str, object] | None = None) -> int:
     """Write the INT8 QDQ graph of `fp32` to `target`, calibrated on `feeds` (MinMax), with the
-    nodes named in `keep_float` left in float. Returns the number of QuantizeLinear nodes."""
+    nodes named in `keep_float` left in float and `options` given to quantize_static as its
+    `extra_options` (e.g. `MatMulConstBOnly`). Returns the number of QuantizeLinear nodes."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     kept = list(keep_float)
@@ -116,7 +117,8 @@ def static_qdq(fp32: Path, target: Path, feeds: Iterable[Mapping[str, np.ndarray
     try:
         quantize_static(str(fp32), str(target), FeedReader(feeds), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        op_types_to_quantize=list(QUANTIZED_OP_TYPES), nodes_to_exclude=kept)
+                        op_types_to_quantize=list(QUANTIZED_OP_TYPES), nodes_to_exclude=kept,
+                        extra_options=dict(options or {}))
     finally:
         root.setLevel(level)
     read_float_inputs(target, set(kept))

@@ -130,6 +130,16 @@ def test_int8_keeps_the_fragile_parts_in_float_and_stays_close_to_fp32(tmp_path,
         producers = {n.output[0]: n for n in graph.node if n.output}
         assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear"
                    for i in by_name[name].input)
+    # quantized MatMuls read quantized inputs and give float outputs; Convs keep theirs quantized
+    readers = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node.op_type)
+    quantized = [n for n in graph.node if n.op_type in ("MatMul", "Conv") and n.name not in kept]
+    matmuls = [n for n in quantized if n.op_type == "MatMul"]
+    assert matmuls and not [n.name for n in matmuls if "QuantizeLinear" in readers.get(n.output[0], [])]
+    assert list(record["float_outputs"]) == ["MatMul"]
+    assert any("QuantizeLinear" in readers.get(n.output[0], []) for n in quantized if n.op_type == "Conv")
     with pytest.raises(TritonForgeError, match="--bits 4 is not offered for detectors: choose 32, 16 or 8"):
         DetrOptions(bits=4)
 

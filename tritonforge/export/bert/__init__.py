@@ -232,9 +232,12 @@ class BertOptions(TargetOptions):
         bits = 8 if self.bits == AUTO_BITS else self.bits
         wbits = self.wbits or bits
         abits = self.abits or (8 if bits == 4 else bits)
-        observer = self.weight_observer or ("gptq" if wbits < 6 else "minmax")
-        lsq = self.lsq_epochs if self.method in ("os", "os+") else 0
         plus = self.method == "os+"
+        # os+ at 6 and 7 bits: per-row clipping chosen by MSE (W6A6 MiniLM: embedding cosine
+        # 0.9878 -> 0.9885, NN agreement 0.872 -> 0.884 against MinMax, same export time)
+        observer = self.weight_observer or ("gptq" if wbits < 6 else
+                                            "mse" if plus and wbits < 8 else "minmax")
+        lsq = self.lsq_epochs if self.method in ("os", "os+") else 0
         reconstruct = plus if self.reconstruct is None else self.reconstruct
         objective = self.objective or (OS_PLUS_OBJECTIVE if plus else "hidden")
         placement = self.placement or (OS_PLUS_PLACEMENT if plus else "all")
