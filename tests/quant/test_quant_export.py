@@ -134,6 +134,8 @@ def test_bits_4_means_w4a8_with_gptq_weights():
 def test_os_plus_reconstructs_on_the_pooled_objective_and_os_stays_the_papers():
     plus = BertOptions(bits=6).recipe()
     assert (plus.method, plus.reconstruct, plus.objective) == ("os+", True, "pooled")
+    assert plus.reconstruct_iters == 160 and BertOptions(bits=6, method="os", reconstruct=True
+                                                         ).recipe().reconstruct_iters == 200
     paper = BertOptions(bits=6, method="os").recipe()
     assert (paper.reconstruct, paper.objective) == (False, "hidden")
     chosen = BertOptions(bits=6, reconstruct=False, objective="both").recipe()
