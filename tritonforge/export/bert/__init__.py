@@ -86,8 +86,9 @@ QUANTIZATION_OPTIONS = ("method", "calib", "calib_size", "allow_fewer", "lsq_epo
 OS_PLUS_OBJECTIVE = "pooled"
 # os+ quantizes the inputs of every Linear and leaves attention float, as NNCF's transformer
 # preset does: OpenVINO then runs attention as one fused kernel and every quantized MatMul as an
-# integer one. MiniLM W8A8 on OpenVINO, 2-core EPYC: 8 x 128 at 3.67x PyTorch (all activations:
-# 2.99x), embedding cosine 0.9988 and NN agreement 0.972 (all: 0.9987, 0.956).
+# integer one. MiniLM W8A8 on OpenVINO, 2-core EPYC, one run: 8 x 128 at 3.10x PyTorch with fp32
+# float ops (all activations quantized: 2.70x), 3.37x with bf16 ones; embedding cosine 0.9988 and
+# NN agreement 0.972 with fp32 float ops (all: 0.9987, 0.956). docs/bert.md has the table.
 OS_PLUS_PLACEMENT = "linear"
 # Block-reconstruction steps per layer of os+: 160 instead of the core's 200 keeps a W6A6 export
 # under 2.5 minutes on 2 cores at the same quality (MiniLM W6A6, fake-quantized PyTorch, 320
