@@ -256,6 +256,16 @@ def batched(spec: TensorSpec) -> TensorSpec:
     return replace(spec, dims=(-1, *spec.dims))
 
 
+# The config parameter each backend reads its per-instance thread count from (`tritonforge tune`
+# writes it; `serve`'s wrapper reads it, see `tritonforge.serving.local.shadow_config`).
+THREAD_PARAMETERS = {"onnxruntime": "intra_op_thread_count", "openvino": "INFERENCE_NUM_THREADS"}
+
+
+def thread_parameter(config: mc.ModelConfig) -> str:
+    """The name of the thread-count parameter of `config`'s backend."""
+    return THREAD_PARAMETERS["openvino" if config.backend == "openvino" else "onnxruntime"]
+
+
 def openvino_parameters(config: mc.ModelConfig, serving: ServingOptions) -> None:
     """Triton's openvino backend on the version's model.onnx (OpenVINO reads ONNX itself, so
     the artifact is the same file the other targets serve): latency hint, one stream per

@@ -39,7 +39,7 @@ OBJECTIVES = ("hidden", "pooled", "both")
 # Which activations are quantized: every slot the model offers ("all": Outlier Suppression's
 # placement, attention's Q, K, V and probabilities included), or only the inputs of its Linears
 # ("linear": what NNCF's transformer preset quantizes; attention computes in float, so OpenVINO
-# keeps it one fused ScaledDotProductAttention and every quantized MatMul runs an integer kernel).
+# keeps it one fused kernel and every quantized MatMul runs an integer one).
 PLACEMENTS = ("all", "linear")
 
 @dataclass(frozen=True)

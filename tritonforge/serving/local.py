@@ -53,6 +53,7 @@ from tritonforge.triton_config import (
     parse_config,
     policy_versions,
     state_specs,
+    thread_parameter,
     version_policy_text,
 )
 
@@ -146,9 +147,8 @@ def shadow_config(config: mc.ModelConfig, threads: int, limits: dict[str, object
         group.ClearField("gpus")
     # The config's own thread count (`tritonforge tune` writes the backend's parameter) over
     # `serve --threads`, so the wrapper runs what Triton's backend would.
-    own = next((config.parameters[key].string_value
-                for key in ("intra_op_thread_count", "INFERENCE_NUM_THREADS")
-                if key in config.parameters and config.parameters[key].string_value), None)
+    own = config.parameters[thread_parameter(config)].string_value \
+        if thread_parameter(config) in config.parameters else ""
     shadow.parameters["intra_op_threads"].string_value = own or str(threads)
     for key, value in (limits or {}).items():  # max_sequence_length, value_ranges, ...: see the wrapper
         shadow.parameters[key].string_value = value if isinstance(value, str) else json.dumps(value)

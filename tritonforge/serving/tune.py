@@ -38,10 +38,8 @@ from tritonforge.errors import TritonForgeError
 from tritonforge.figures import save_figure
 from tritonforge.serving.bench import LevelResult, run_bench
 from tritonforge.serving.repository import ModelRepository
-from tritonforge.triton_config import preferred_batch_sizes
+from tritonforge.triton_config import preferred_batch_sizes, thread_parameter
 
-# The config parameter each backend reads its per-instance thread count from.
-THREAD_PARAMETERS = {"onnxruntime": "intra_op_thread_count", "openvino": "INFERENCE_NUM_THREADS"}
 Stage = Callable[[str, int], Callable[[], None]]
 
 
@@ -158,10 +156,6 @@ def tuned_models(repository: ModelRepository, name: str) -> list[str]:
     return models
 
 
-def thread_parameter(config: mc.ModelConfig) -> str:
-    return THREAD_PARAMETERS["openvino" if config.backend == "openvino" else "onnxruntime"]
-
-
 def current_setting(config: mc.ModelConfig) -> Setting:
     parameter = config.parameters.get(thread_parameter(config))
     return Setting(config.max_batch_size, config.dynamic_batching.max_queue_delay_microseconds,
@@ -197,7 +191,7 @@ def setting_configs(repository: ModelRepository, name: str, models: Sequence[str
         steps = [configs.get(step.model_name) or repository.read_config(step.model_name)
                  for step in ensemble.ensemble_scheduling.step]
         limit = min(step.max_batch_size for step in steps)
-        if ensemble.max_batch_size > limit or ensemble.max_batch_size < min(limit, setting.max_batch_size):
+        if ensemble.max_batch_size != limit:
             ensemble.max_batch_size = limit
             configs[name] = ensemble
     return configs
