@@ -122,7 +122,7 @@ QUALITY_PARAMETERS = [
 
 def quality_command(family) -> Callable:
     def run(options, json_path, plot) -> None:
-        from tritonforge.verify.recipe_table import pareto_front, plot_pareto, plot_quality
+        from tritonforge.verify.recipe_table import pareto_front, plot_pareto, plot_quality, speedups
 
         with progress_bar() as progress:
             stages = Stages(progress)
@@ -131,17 +131,19 @@ def quality_command(family) -> Callable:
         metrics = list(rows[0].metrics)
         serving = rows[0].serving_p50_ms is not None  # also timed on the common serving request
         sizes = any("onnx_mb" in row.details for row in rows)
+        groups = len({row.group for row in rows}) > 1
         table = new_table(f"{family.name}: quality against full precision, and latency (p50, interleaved)",
                           "variant", "runtime", *(m.replace("_", " ") for m in metrics),
-                          *(["MB"] if sizes else []), "p50 ms", f"x {rows[0].variant}",
+                          *(["MB"] if sizes else []), "p50 ms",
+                          "x its group's first row" if groups else f"x {rows[0].variant}",
                           *(["serving p50 ms", "x"] if serving else []))
-        baseline, serving_baseline = rows[0].latency_p50_ms, rows[0].serving_p50_ms
-        for row in rows:
+        ratios = zip(speedups(rows), speedups(rows, serving=True) if serving else [None] * len(rows),
+                     strict=True)
+        for row, (ratio, serving_ratio) in zip(rows, ratios, strict=True):
             table.add_row(row.variant, row.runtime, *(f"{row.metrics[m]:.4f}" for m in metrics),
                           *([str(row.details.get("onnx_mb", ""))] if sizes else []),
-                          f"{row.latency_p50_ms:.1f}", f"{baseline / row.latency_p50_ms:.2f}",
-                          *([f"{row.serving_p50_ms:.1f}", f"{serving_baseline / row.serving_p50_ms:.2f}"]
-                            if serving else []))
+                          f"{row.latency_p50_ms:.1f}", f"{ratio:.2f}",
+                          *([f"{row.serving_p50_ms:.1f}", f"{serving_ratio:.2f}"] if serving else []))
         console.print(table)
         runtime = next((row.runtime for row in rows if "average_bits" in row.details), None)
         front = pareto_front(rows, runtime) if runtime else []

@@ -28,12 +28,26 @@ class QualityRow:
     details: dict[str, Any] = field(default_factory=dict)  # precision, method, file size, ...
     # p50 on the modality's common serving request (text: 1 x 32), where the family times it
     serving_p50_ms: float | None = None
+    # rows of one group (e.g. one architecture) are timed against the group's first row
+    group: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {"variant": self.variant, "runtime": self.runtime, **self.metrics,
+        return {"variant": self.variant, "runtime": self.runtime,
+                **({"group": self.group} if self.group else {}), **self.metrics,
                 "latency_p50_ms": self.latency_p50_ms,
                 **({"serving_p50_ms": self.serving_p50_ms} if self.serving_p50_ms is not None else {}),
                 **self.details}
+
+
+def speedups(rows: Sequence[QualityRow], serving: bool = False) -> list[float]:
+    """Each row's speed against the first row of its group (its p50 over theirs, inverted)."""
+    def p50(row: QualityRow) -> float:
+        return row.serving_p50_ms if serving else row.latency_p50_ms
+
+    first: dict[str, QualityRow] = {}
+    for row in rows:
+        first.setdefault(row.group, row)
+    return [p50(first[row.group]) / p50(row) for row in rows]
 
 
 def parse_list(text: str, what: str) -> list[str]:

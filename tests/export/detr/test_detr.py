@@ -165,14 +165,27 @@ def test_quality_detr_tables_pytorch_fp32_and_int8_side_by_side(tmp_path):
     from typer.testing import CliRunner
 
     from tritonforge.cli import app
+    from tritonforge.verify.recipe_table import QualityRow, speedups
 
-    result = CliRunner().invoke(app, ["quality", "detr", "--archs", "detr", "--size", "tiny", "--image-size",
-                                      "128", "--iterations", "2", "--json", str(tmp_path / "q.json")])
+    result = CliRunner().invoke(app, ["quality", "detr", "--archs", "detr,mttrans", "--size", "tiny",
+                                      "--image-size", "128", "--iterations", "2",
+                                      "--json", str(tmp_path / "q.json")])
     assert result.exit_code == 0, result.output
-    rows = {row["variant"]: row for row in json.loads((tmp_path / "q.json").read_text())}
-    assert set(rows) == {"detr fp32 (PyTorch eager)", "detr fp32", "detr int8"}
-    assert rows["detr fp32"]["logits_cosine_min"] > 0.99999 and rows["detr int8"]["logits_cosine_min"] >= 0.99
-    assert all(row["latency_p50_ms"] > 0 for row in rows.values())
+    listed = json.loads((tmp_path / "q.json").read_text())
+    rows = {row["variant"]: row for row in listed}
+    assert set(rows) == {f"{arch} {variant}" for arch in ("detr", "mttrans")
+                         for variant in ("fp32 (PyTorch eager)", "fp32", "int8")}
+    for arch in ("detr", "mttrans"):
+        assert rows[f"{arch} fp32"]["logits_cosine_min"] > 0.99999
+        assert rows[f"{arch} int8"]["logits_cosine_min"] >= 0.99
+    assert all(row["latency_p50_ms"] > 0 for row in listed)
+    # each architecture is timed against its own PyTorch model, not the first architecture's
+    assert [row["group"] for row in listed] == ["detr"] * 3 + ["mttrans"] * 3
+    ratios = speedups([QualityRow(r["variant"], r["runtime"], {}, r["latency_p50_ms"], group=r["group"])
+                       for r in listed])
+    mttrans_eager, mttrans_ort = rows["mttrans fp32 (PyTorch eager)"], rows["mttrans fp32"]
+    assert ratios[0] == ratios[3] == 1.0
+    assert ratios[4] == mttrans_eager["latency_p50_ms"] / mttrans_ort["latency_p50_ms"]
 
 
 def test_mttrans_keeps_its_domain_tokens_in_the_exported_graph(tmp_path):
