@@ -137,13 +137,13 @@ def quality_command(family) -> Callable:
                           *(["MB"] if sizes else []), "p50 ms",
                           "x its group's first row" if groups else f"x {rows[0].variant}",
                           *(["serving p50 ms", "x"] if serving else []))
-        ratios = zip(speedups(rows), speedups(rows, serving=True) if serving else [None] * len(rows),
-                     strict=True)
-        for row, (ratio, serving_ratio) in zip(rows, ratios, strict=True):
+        faster = speedups(rows)
+        faster_serving = speedups(rows, serving=True) if serving else []
+        for i, row in enumerate(rows):
             table.add_row(row.variant, row.runtime, *(f"{row.metrics[m]:.4f}" for m in metrics),
                           *([str(row.details.get("onnx_mb", ""))] if sizes else []),
-                          f"{row.latency_p50_ms:.1f}", f"{ratio:.2f}",
-                          *([f"{row.serving_p50_ms:.1f}", f"{serving_ratio:.2f}"] if serving else []))
+                          f"{row.latency_p50_ms:.1f}", f"{faster[i]:.2f}",
+                          *([f"{row.serving_p50_ms:.1f}", f"{faster_serving[i]:.2f}"] if serving else []))
         console.print(table)
         runtime = next((row.runtime for row in rows if "average_bits" in row.details), None)
         front = pareto_front(rows, runtime) if runtime else []

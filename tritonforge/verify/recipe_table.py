@@ -40,7 +40,8 @@ class QualityRow:
 
 
 def speedups(rows: Sequence[QualityRow], serving: bool = False) -> list[float]:
-    """Each row's speed against the first row of its group (its p50 over theirs, inverted)."""
+    """How many times faster each row runs than the first row of its group: that row's p50
+    over this row's (`serving`: on the common serving request)."""
     def p50(row: QualityRow) -> float:
         return row.serving_p50_ms if serving else row.latency_p50_ms
 
