@@ -266,6 +266,17 @@ def thread_parameter(config: mc.ModelConfig) -> str:
     return THREAD_PARAMETERS["openvino" if config.backend == "openvino" else "onnxruntime"]
 
 
+def config_threads(config: mc.ModelConfig) -> int:
+    """The per-instance thread count `config` sets for its backend; 0 when it sets none."""
+    name = thread_parameter(config)
+    parameter = config.parameters.get(name)
+    text = parameter.string_value.strip() if parameter is not None else ""
+    if text and not text.isdigit():
+        raise TritonForgeError(f"{config.name}'s config sets {name} to {text!r}, which is not a thread "
+                               "count: give a whole number (or remove it for the backend's default)")
+    return int(text) if text else 0
+
+
 def openvino_parameters(config: mc.ModelConfig, serving: ServingOptions) -> None:
     """Triton's openvino backend on the version's model.onnx (OpenVINO reads ONNX itself, so
     the artifact is the same file the other targets serve): latency hint, one stream per

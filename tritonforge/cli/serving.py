@@ -408,10 +408,7 @@ def tune(
                                   parse_values(queue_delay_us, "--queue-delay-us", 0),
                                   parse_values(instances, "--instances", 1),
                                   parse_values(threads or default_threads(), "--threads", 1), cores)
-    require_at_least("--concurrency", concurrency, 1)
-    require_at_least("--requests", requests, 1)
-    require_positive("--p99-ms", p99_ms)
-    with progress_bar() as progress:
+    with progress_bar() as progress:  # run_tune checks --p99-ms, --concurrency and --requests first
         stages = Stages(progress)
         report = run_tune(repo, name, settings, p99_ms, concurrency, requests, dry_run=dry_run, stage=stages)
         stages.finish()

@@ -50,10 +50,10 @@ from tritonforge.triton_config import (
     CONFIG_FILE,
     PYTHON_MODEL_FILE,
     config_text,
+    config_threads,
     parse_config,
     policy_versions,
     state_specs,
-    thread_parameter,
     version_policy_text,
 )
 
@@ -147,9 +147,7 @@ def shadow_config(config: mc.ModelConfig, threads: int, limits: dict[str, object
         group.ClearField("gpus")
     # The config's own thread count (`tritonforge tune` writes the backend's parameter) over
     # `serve --threads`, so the wrapper runs what Triton's backend would.
-    own = config.parameters[thread_parameter(config)].string_value \
-        if thread_parameter(config) in config.parameters else ""
-    shadow.parameters["intra_op_threads"].string_value = own or str(threads)
+    shadow.parameters["intra_op_threads"].string_value = str(config_threads(config) or threads)
     for key, value in (limits or {}).items():  # max_sequence_length, value_ranges, ...: see the wrapper
         shadow.parameters[key].string_value = value if isinstance(value, str) else json.dumps(value)
     if shadow.sequence_batching.state:

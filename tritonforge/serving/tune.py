@@ -38,7 +38,7 @@ from tritonforge.errors import TritonForgeError
 from tritonforge.figures import save_figure
 from tritonforge.serving.bench import LevelResult, run_bench
 from tritonforge.serving.repository import ModelRepository
-from tritonforge.triton_config import preferred_batch_sizes, thread_parameter
+from tritonforge.triton_config import config_threads, preferred_batch_sizes, thread_parameter
 
 Stage = Callable[[str, int], Callable[[], None]]
 
@@ -157,10 +157,8 @@ def tuned_models(repository: ModelRepository, name: str) -> list[str]:
 
 
 def current_setting(config: mc.ModelConfig) -> Setting:
-    parameter = config.parameters.get(thread_parameter(config))
     return Setting(config.max_batch_size, config.dynamic_batching.max_queue_delay_microseconds,
-                   sum(group.count or 1 for group in config.instance_group) or 1,
-                   int(parameter.string_value) if parameter is not None and parameter.string_value else 0)
+                   sum(group.count or 1 for group in config.instance_group) or 1, config_threads(config))
 
 
 def applied(config: mc.ModelConfig, setting: Setting) -> mc.ModelConfig:

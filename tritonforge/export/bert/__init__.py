@@ -221,10 +221,10 @@ class BertOptions(TargetOptions):
         is slower at 1 x 32), else fp32. Below 8 bits a bf16 LayerNorm output lands on another
         grid step of its quantizer too often: W6A6 MiniLM read cosine 0.9916 against its
         integer-exact reference, under the 0.995 gate. The integer MatMuls are the same."""
-        if (self.quantized and self.bits != AUTO_BITS and self.target == "openvino" and cpu_has_bf16()
-                and self.recipe().placement == "linear" and self.recipe().abits == 8):
-            return "bf16"
-        return "fp32"
+        if not (self.quantized and self.bits != AUTO_BITS and self.target == "openvino" and cpu_has_bf16()):
+            return "fp32"
+        recipe = self.recipe()
+        return "bf16" if recipe.placement == "linear" and recipe.abits == 8 else "fp32"
 
     def serving(self, base: ServingOptions) -> ServingOptions:
         """As `TargetOptions.serving`; a quantized graph whose float ops run in bfloat16 is
